@@ -1,0 +1,103 @@
+//! Accounts and API tokens. Tokens are random, shown once, and stored only as
+//! their SHA-256.
+
+use serde::Serialize;
+
+use crate::{col, now_ms, Store, StoreError};
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: i64,
+}
+
+fn user_from(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        admin: col::<i64>(row, "is_admin")? != 0,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("mrt_{}", hex::encode(bytes))
+}
+
+fn token_hash(token: &str) -> String {
+    merit_core::sha256_hex(token.as_bytes())
+}
+
+impl Store {
+    /// Creates an account and its first API token; returns both. The token is
+    /// not stored, only its hash.
+    pub async fn create_user(&self, name: &str, admin: bool) -> Result<(User, String), StoreError> {
+        merit_core::names::check("user", name).map_err(StoreError::Invalid)?;
+        let mut w = self.write().await?;
+        let exists = sqlx::query("SELECT id FROM users WHERE name = $1").bind(name).fetch_optional(&mut *w.tx).await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!("user `{name}` already exists")));
+        }
+        let now = now_ms();
+        let row = sqlx::query("INSERT INTO users (name, is_admin, created_at) VALUES ($1, $2, $3) RETURNING id")
+            .bind(name)
+            .bind(admin as i64)
+            .bind(now)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        let user = User { id: col(&row, "id")?, name: name.to_string(), admin, created_at: now };
+        let token = new_token();
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash(&token))
+            .bind(user.id)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok((user, token))
+    }
+
+    /// Issues a further API token for an existing account.
+    pub async fn create_token(&self, user: &User) -> Result<String, StoreError> {
+        let mut w = self.write().await?;
+        let token = new_token();
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash(&token))
+            .bind(user.id)
+            .bind(now_ms())
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(token)
+    }
+
+    /// The account an API token belongs to.
+    pub async fn user_by_token(&self, token: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.is_admin, u.created_at FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    /// The account called `name`.
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT id, name, is_admin, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    /// Every account, by name.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, is_admin, created_at FROM users ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(user_from).collect()
+    }
+}
