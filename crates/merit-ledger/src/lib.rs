@@ -18,6 +18,9 @@
 //! assert_eq!(f.root(), root(&leaves));
 //! ```
 
+pub mod checkpoint;
+pub mod proof;
+
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest.
