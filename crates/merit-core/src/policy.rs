@@ -287,7 +287,10 @@ pub struct PolicyError {
 
 impl PolicyError {
     fn new(key: &str, reason: impl Into<String>) -> Self {
-        PolicyError { key: key.to_string(), reason: reason.into() }
+        PolicyError {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -318,8 +321,19 @@ impl Policy {
             let msg = e.message().to_string();
             PolicyError::new("(file)", format!("not valid TOML: {msg}"))
         })?;
-        let mut reader = Reader { table: &table, prefix: "" };
-        reader.known(&["kind", "formats", "rows", "max_file_bytes", "review", "limits", "gates"])?;
+        let mut reader = Reader {
+            table: &table,
+            prefix: "",
+        };
+        reader.known(&[
+            "kind",
+            "formats",
+            "rows",
+            "max_file_bytes",
+            "review",
+            "limits",
+            "gates",
+        ])?;
 
         let kind = match reader.string("kind")? {
             None => Kind::Text,
@@ -344,7 +358,10 @@ impl Policy {
             let mut formats = Vec::new();
             for name in &list {
                 let Some(format) = Format::from_name(name) else {
-                    return Err(PolicyError::new("formats", format!("`{name}` is not a known format")));
+                    return Err(PolicyError::new(
+                        "formats",
+                        format!("`{name}` is not a known format"),
+                    ));
                 };
                 if format.kind() != kind {
                     let allowed: Vec<&str> = kind.formats().iter().map(|f| f.as_str()).collect();
@@ -392,14 +409,24 @@ impl Policy {
                 "auto" => Review::Auto,
                 "owner" => Review::Owner,
                 other => {
-                    return Err(PolicyError::new("review", format!("`{other}` is not a review mode; expected auto or owner")))
+                    return Err(PolicyError::new(
+                        "review",
+                        format!("`{other}` is not a review mode; expected auto or owner"),
+                    ))
                 }
             };
         }
 
         if let Some(limits) = reader.table("limits")? {
-            let mut r = Reader { table: limits, prefix: "limits." };
-            r.known(&["user_bytes_per_day", "user_files_per_day", "datanet_bytes_per_day"])?;
+            let mut r = Reader {
+                table: limits,
+                prefix: "limits.",
+            };
+            r.known(&[
+                "user_bytes_per_day",
+                "user_files_per_day",
+                "datanet_bytes_per_day",
+            ])?;
             if let Some(n) = r.uint("user_bytes_per_day")? {
                 policy.limits.user_bytes_per_day = n;
             }
@@ -412,7 +439,10 @@ impl Policy {
         }
 
         if let Some(gates) = reader.table("gates")? {
-            let mut r = Reader { table: gates, prefix: "gates." };
+            let mut r = Reader {
+                table: gates,
+                prefix: "gates.",
+            };
             r.known(&[
                 "min_words",
                 "max_words",
@@ -480,18 +510,23 @@ impl Policy {
                     other => {
                         return Err(PolicyError::new(
                             "gates.pii",
-                            format!("`{other}` is not a PII mode; expected reject, redact or allow"),
+                            format!(
+                                "`{other}` is not a PII mode; expected reject, redact or allow"
+                            ),
                         ))
                     }
                 };
             }
             if let Some(path) = r.string("json_schema")? {
-                let text = load_schema(&path)
-                    .map_err(|why| PolicyError::new("gates.json_schema", format!("cannot read `{path}`: {why}")))?;
-                let schema: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| PolicyError::new("gates.json_schema", format!("`{path}` is not JSON: {e}")))?;
-                crate::schema::check_schema(&schema)
-                    .map_err(|why| PolicyError::new("gates.json_schema", format!("`{path}`: {why}")))?;
+                let text = load_schema(&path).map_err(|why| {
+                    PolicyError::new("gates.json_schema", format!("cannot read `{path}`: {why}"))
+                })?;
+                let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    PolicyError::new("gates.json_schema", format!("`{path}` is not JSON: {e}"))
+                })?;
+                crate::schema::check_schema(&schema).map_err(|why| {
+                    PolicyError::new("gates.json_schema", format!("`{path}`: {why}"))
+                })?;
                 g.json_schema = Some(schema);
             }
             for (key, slot) in [
@@ -517,9 +552,16 @@ impl Policy {
                 }
             }
             for (lo, hi) in [("min_width", "max_width"), ("min_height", "max_height")] {
-                let (a, b) = if lo == "min_width" { (g.min_width, g.max_width) } else { (g.min_height, g.max_height) };
+                let (a, b) = if lo == "min_width" {
+                    (g.min_width, g.max_width)
+                } else {
+                    (g.min_height, g.max_height)
+                };
                 if b != 0 && a > b {
-                    return Err(PolicyError::new(&format!("gates.{lo}"), format!("is {a} but gates.{hi} is {b}")));
+                    return Err(PolicyError::new(
+                        &format!("gates.{lo}"),
+                        format!("is {a} but gates.{hi} is {b}"),
+                    ));
                 }
             }
             for (key, slot) in [
@@ -528,7 +570,10 @@ impl Policy {
             ] {
                 if let Some(x) = r.float(key)? {
                     if !(x >= 0.0 && x.is_finite()) {
-                        return Err(PolicyError::new(&format!("gates.{key}"), format!("must be a non-negative number, got {x}")));
+                        return Err(PolicyError::new(
+                            &format!("gates.{key}"),
+                            format!("must be a non-negative number, got {x}"),
+                        ));
                     }
                     *slot = x;
                 }
@@ -536,7 +581,10 @@ impl Policy {
             if g.max_duration_seconds != 0.0 && g.min_duration_seconds > g.max_duration_seconds {
                 return Err(PolicyError::new(
                     "gates.min_duration_seconds",
-                    format!("is {} but gates.max_duration_seconds is {}", g.min_duration_seconds, g.max_duration_seconds),
+                    format!(
+                        "is {} but gates.max_duration_seconds is {}",
+                        g.min_duration_seconds, g.max_duration_seconds
+                    ),
                 ));
             }
         }
@@ -562,14 +610,20 @@ impl<'a> Reader<'a> {
     fn known(&mut self, keys: &[&str]) -> Result<(), PolicyError> {
         for k in self.table.keys() {
             if !keys.contains(&k.as_str()) {
-                return Err(PolicyError::new(&self.key(k), format!("unknown key; expected one of {}", keys.join(", "))));
+                return Err(PolicyError::new(
+                    &self.key(k),
+                    format!("unknown key; expected one of {}", keys.join(", ")),
+                ));
             }
         }
         Ok(())
     }
 
     fn type_error(&self, k: &str, want: &str, got: &Value) -> PolicyError {
-        PolicyError::new(&self.key(k), format!("must be {want}, got {}", got.type_str()))
+        PolicyError::new(
+            &self.key(k),
+            format!("must be {want}, got {}", got.type_str()),
+        )
     }
 
     fn string(&self, k: &str) -> Result<Option<String>, PolicyError> {
@@ -599,7 +653,10 @@ impl<'a> Reader<'a> {
         match self.table.get(k) {
             None => Ok(None),
             Some(Value::Integer(n)) if *n >= 0 => Ok(Some(*n as u64)),
-            Some(Value::Integer(n)) => Err(PolicyError::new(&self.key(k), format!("must not be negative, got {n}"))),
+            Some(Value::Integer(n)) => Err(PolicyError::new(
+                &self.key(k),
+                format!("must not be negative, got {n}"),
+            )),
             Some(v) => Err(self.type_error(k, "a whole number", v)),
         }
     }
@@ -678,13 +735,21 @@ pii = "reject"
         let p = parse("kind = \"image\"\n[gates]\nmin_width = 32\nmax_width = 4096").unwrap();
         assert_eq!(p.formats, Kind::Image.formats());
         assert_eq!(p.gates.min_width, 32);
-        assert_eq!(parse("kind = \"image\"\nformats = [\"jpeg\"]").unwrap().formats, vec![Format::Jpg]);
+        assert_eq!(
+            parse("kind = \"image\"\nformats = [\"jpeg\"]")
+                .unwrap()
+                .formats,
+            vec![Format::Jpg]
+        );
     }
 
     #[test]
     fn refusals_name_the_key() {
         assert_eq!(refused("kind = \"video\"").0, "kind");
-        assert_eq!(refused("kind = \"image\"\nformats = [\"pdf\"]").0, "formats");
+        assert_eq!(
+            refused("kind = \"image\"\nformats = [\"pdf\"]").0,
+            "formats"
+        );
         assert_eq!(refused("formats = [\"exe\"]").0, "formats");
         assert_eq!(refused("formats = []").0, "formats");
         assert_eq!(refused("rows = \"xml\"").0, "rows");
@@ -692,14 +757,32 @@ pii = "reject"
         assert_eq!(refused("max_file_bytes = \"big\"").0, "max_file_bytes");
         assert_eq!(refused("review = \"nobody\"").0, "review");
         assert_eq!(refused("colour = 1").0, "colour");
-        assert_eq!(refused("[limits]\nuser_files_per_day = -1").0, "limits.user_files_per_day");
+        assert_eq!(
+            refused("[limits]\nuser_files_per_day = -1").0,
+            "limits.user_files_per_day"
+        );
         assert_eq!(refused("[limits]\nfiles = 1").0, "limits.files");
-        assert_eq!(refused("[gates]\nmin_words = 10\nmax_words = 5").0, "gates.min_words");
-        assert_eq!(refused("[gates]\nlanguages = [\"english\"]").0, "gates.languages");
-        assert_eq!(refused("[gates]\nnear_duplicate_threshold = 1.5").0, "gates.near_duplicate_threshold");
+        assert_eq!(
+            refused("[gates]\nmin_words = 10\nmax_words = 5").0,
+            "gates.min_words"
+        );
+        assert_eq!(
+            refused("[gates]\nlanguages = [\"english\"]").0,
+            "gates.languages"
+        );
+        assert_eq!(
+            refused("[gates]\nnear_duplicate_threshold = 1.5").0,
+            "gates.near_duplicate_threshold"
+        );
         assert_eq!(refused("[gates]\npii = \"hide\"").0, "gates.pii");
-        assert_eq!(refused("[gates]\njson_schema = \"missing.json\"").0, "gates.json_schema");
-        assert_eq!(refused("[gates]\njson_schema = \"bad.json\"").0, "gates.json_schema");
+        assert_eq!(
+            refused("[gates]\njson_schema = \"missing.json\"").0,
+            "gates.json_schema"
+        );
+        assert_eq!(
+            refused("[gates]\njson_schema = \"bad.json\"").0,
+            "gates.json_schema"
+        );
         assert_eq!(refused("[gates]\nc4 = \"yes\"").0, "gates.c4");
         assert_eq!(refused("gates = 3").0, "gates");
         assert_eq!(refused("kind = ").0, "(file)");

@@ -57,7 +57,13 @@ pub struct Reason {
 
 impl Reason {
     /// A reason about the whole file.
-    pub fn new(gate: &str, metric: &str, value: impl Into<Value>, threshold: impl Into<Value>, message: impl Into<String>) -> Reason {
+    pub fn new(
+        gate: &str,
+        metric: &str,
+        value: impl Into<Value>,
+        threshold: impl Into<Value>,
+        message: impl Into<String>,
+    ) -> Reason {
         Reason {
             gate: gate.to_string(),
             metric: metric.to_string(),
@@ -78,7 +84,11 @@ impl Reason {
 /// SHA-256 over the canonical JSON of a list of reasons, as lowercase hex;
 /// the ledger records this digest with each verdict.
 pub fn reasons_digest(reasons: &[Reason]) -> String {
-    crate::sha256_hex(serde_json::to_string(reasons).unwrap_or_default().as_bytes())
+    crate::sha256_hex(
+        serde_json::to_string(reasons)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
 }
 
 /// The reason for a row that repeats, after normalisation, a row accepted

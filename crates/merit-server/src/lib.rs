@@ -1,1 +1,77 @@
-//! merit-server
+//! Merit's HTTP API.
+//!
+//! [`router`] builds the whole API over an [`AppState`]; [`serve`] binds it.
+//! Routes live under `/api/v1` and are listed, with their bodies, in the
+//! OpenAPI document served at `/api/v1/openapi.json` (see `openapi.rs`; a
+//! test checks that the two agree). Every error is JSON
+//! `{"error": {"code", "message", "details"}}` (see [`error::ApiError`]).
+//!
+//! Architecture invariant: handlers hold no SQL; they check roles, call
+//! `merit-gate` for verdicts and `merit-store` for state.
+
+pub mod error;
+mod extract;
+pub mod openapi;
+pub mod ratelimit;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+use merit_store::Store;
+
+pub use ratelimit::RateLimit;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub rate_limit: RateLimit,
+    buckets: Arc<ratelimit::Buckets>,
+}
+
+impl AppState {
+    pub fn new(store: Store, rate_limit: RateLimit) -> AppState {
+        AppState {
+            store,
+            rate_limit,
+            buckets: Arc::new(ratelimit::Buckets::default()),
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", routes::api())
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .fallback(|| async {
+            error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+                .into_response()
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::middleware,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            error::ApiError::internal().into_response()
+        }))
+        .with_state(state)
+}
+
+/// Serves the API on `addr` until the process is stopped.
+pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -13,11 +13,16 @@ impl Blobs {
     /// Opens (creating if needed) the blob directory `root`.
     pub fn open(root: &Path) -> std::io::Result<Blobs> {
         std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Blobs { root: root.to_path_buf() })
+        Ok(Blobs {
+            root: root.to_path_buf(),
+        })
     }
 
     fn path_of(&self, sha256: &str) -> Option<PathBuf> {
-        let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let valid = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         valid.then(|| self.root.join(&sha256[..2]).join(sha256))
     }
 
@@ -43,7 +48,9 @@ impl Blobs {
 
     /// Reads a blob, or `None` when there is none by that digest.
     pub fn get(&self, sha256: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(path) = self.path_of(sha256) else { return Ok(None) };
+        let Some(path) = self.path_of(sha256) else {
+            return Ok(None);
+        };
         match std::fs::read(path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -59,7 +66,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = super::Blobs::open(dir.path()).unwrap();
         let sha = blobs.put(b"hello").unwrap();
-        assert_eq!(sha, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            sha,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert_eq!(blobs.get(&sha).unwrap().unwrap(), b"hello");
         assert_eq!(blobs.put(b"hello").unwrap(), sha);
         assert!(blobs.get("../../etc/passwd").unwrap().is_none());

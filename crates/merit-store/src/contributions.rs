@@ -91,7 +91,9 @@ fn contribution_from(row: &sqlx::any::AnyRow) -> Result<Contribution, StoreError
     let id: i64 = col(row, "id")?;
     let status: String = col(row, "status")?;
     Ok(Contribution {
-        status: Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("contribution {id} has status `{status}`")))?,
+        status: Status::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("contribution {id} has status `{status}`"))
+        })?,
         reasons: serde_json::from_str(&col::<String>(row, "reasons")?)
             .map_err(|e| StoreError::Corrupt(format!("reasons of contribution {id}: {e}")))?,
         datanet: col(row, "datanet")?,
@@ -128,7 +130,10 @@ fn minhash_bytes(sig: &[u32]) -> Vec<u8> {
 }
 
 fn minhash_from(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn similarity(a: &[u32], b: &[u32]) -> f64 {
@@ -153,14 +158,38 @@ impl Store {
     /// against the datanet's rows, decides the verdict and, when accepted,
     /// appends the rows as a new version — all in one transaction. The file
     /// itself is kept (as a blob) when accepted or pending.
-    pub async fn submit(&self, d: &Datanet, who: &User, sub: Submission, file: &[u8]) -> Result<Contribution, StoreError> {
+    pub async fn submit(
+        &self,
+        d: &Datanet,
+        who: &User,
+        sub: Submission,
+        file: &[u8],
+    ) -> Result<Contribution, StoreError> {
         let mut w = self.write().await?;
         let now = now_ms();
         let day = utc_day(now);
         let limits = &d.policy.limits;
         let bytes = sub.bytes as i64;
-        reserve(&mut w, &format!("u:{}", who.id), day, bytes, limits.user_bytes_per_day, limits.user_files_per_day, true).await?;
-        reserve(&mut w, &format!("d:{}", d.id), day, bytes, limits.datanet_bytes_per_day, 0, false).await?;
+        reserve(
+            &mut w,
+            &format!("u:{}", who.id),
+            day,
+            bytes,
+            limits.user_bytes_per_day,
+            limits.user_files_per_day,
+            true,
+        )
+        .await?;
+        reserve(
+            &mut w,
+            &format!("d:{}", d.id),
+            day,
+            bytes,
+            limits.datanet_bytes_per_day,
+            0,
+            false,
+        )
+        .await?;
 
         let mut reasons = sub.reasons;
         let mut dup_flags = vec![false; sub.rows.len()];
@@ -202,11 +231,17 @@ impl Store {
             self.blobs.put(file)?;
         }
         w.commit().await?;
-        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// Checks rows for duplicates against the datanet without changing anything (dry runs).
-    pub async fn check_duplicates(&self, d: &Datanet, rows: &[NewRow]) -> Result<Vec<Reason>, StoreError> {
+    pub async fn check_duplicates(
+        &self,
+        d: &Datanet,
+        rows: &[NewRow],
+    ) -> Result<Vec<Reason>, StoreError> {
         let tx = self.pool.begin().await?;
         let mut w = Writer { tx, _guard: None };
         let mut flags = vec![false; rows.len()];
@@ -238,8 +273,16 @@ impl Store {
         if reasons.is_empty() {
             reasons = find_duplicates(&mut w, d, rows, &mut flags).await?;
         }
-        let status = if reasons.is_empty() { Status::Accepted } else { Status::Rejected };
-        let credit = if reasons.is_empty() { credit_of(rows, &flags) } else { 0.0 };
+        let status = if reasons.is_empty() {
+            Status::Accepted
+        } else {
+            Status::Rejected
+        };
+        let credit = if reasons.is_empty() {
+            credit_of(rows, &flags)
+        } else {
+            0.0
+        };
         sqlx::query(
             "UPDATE contributions SET status = $1, reasons = $2, score = $3, decided_at = $4, reviewer_id = $5, row_count = $6 \
              WHERE id = $7 AND status = 'pending'",
@@ -257,14 +300,28 @@ impl Store {
             append_rows(&mut w, d, id, rows, &flags, c.bytes, now).await?;
         }
         w.commit().await?;
-        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// Rejects a pending contribution with the reviewer's reason.
-    pub async fn reject(&self, d: &Datanet, id: i64, reviewer: &User, reason: &str) -> Result<Contribution, StoreError> {
+    pub async fn reject(
+        &self,
+        d: &Datanet,
+        id: i64,
+        reviewer: &User,
+        reason: &str,
+    ) -> Result<Contribution, StoreError> {
         let mut w = self.write().await?;
         pending_in(&mut w, d, id).await?;
-        let reasons = vec![Reason::new("review", "decision", "rejected", serde_json::Value::Null, reason)];
+        let reasons = vec![Reason::new(
+            "review",
+            "decision",
+            "rejected",
+            serde_json::Value::Null,
+            reason,
+        )];
         sqlx::query(
             "UPDATE contributions SET status = 'rejected', reasons = $1, score = 0, decided_at = $2, reviewer_id = $3, review_reason = $4 \
              WHERE id = $5 AND status = 'pending'",
@@ -277,17 +334,28 @@ impl Store {
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;
-        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// A contribution by id.
     pub async fn contribution(&self, id: i64) -> Result<Option<Contribution>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(contribution_from).transpose()
     }
 
     /// Contributions to `d`, newest first.
-    pub async fn contributions(&self, d: &Datanet, filter: &ContributionFilter, limit: i64, offset: i64) -> Result<Vec<Contribution>, StoreError> {
+    pub async fn contributions(
+        &self,
+        d: &Datanet,
+        filter: &ContributionFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Contribution>, StoreError> {
         let mut sql = format!("{SELECT_CONTRIBUTION} WHERE c.datanet_id = $1");
         if filter.status.is_some() {
             sql.push_str(" AND c.status = $2");
@@ -319,7 +387,10 @@ impl Store {
 
     /// Every version of `d`, oldest first.
     pub async fn versions(&self, d: &Datanet) -> Result<Vec<Version>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number").bind(d.id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number")
+            .bind(d.id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(version_from).collect()
     }
 
@@ -335,18 +406,35 @@ impl Store {
 
     /// The newest version of `d`, if any row was ever accepted.
     pub async fn latest_version(&self, d: &Datanet) -> Result<Option<Version>, StoreError> {
-        let row = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
-            .bind(d.id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(d.id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(version_from).transpose()
     }
 
     /// Rows `[offset, offset + limit)` of version `v` (all rows of a version
     /// are the first `row_count` rows of the datanet). `search`, when given,
     /// keeps rows whose JSON contains it (case-insensitive).
-    pub async fn rows(&self, d: &Datanet, v: &Version, offset: i64, limit: i64, search: Option<&str>) -> Result<Vec<StoredRow>, StoreError> {
-        let pattern = search.map(|s| format!("%{}%", s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    pub async fn rows(
+        &self,
+        d: &Datanet,
+        v: &Version,
+        offset: i64,
+        limit: i64,
+        search: Option<&str>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let pattern = search.map(|s| {
+            format!(
+                "%{}%",
+                s.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        });
         let rows = sqlx::query(
             "SELECT r.idx, r.contribution_id, u.name AS contributor, r.content, r.score, r.near_duplicate \
              FROM rows r JOIN contributions c ON c.id = r.contribution_id JOIN users u ON u.id = c.contributor_id \
@@ -388,12 +476,17 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let status: String = col(r, "status")?;
-                let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status `{status}`")))?;
+                let status = Status::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("status `{status}`")))?;
                 Ok(Outcome {
                     contributor: col(r, "contributor")?,
                     credit: col(r, "score")?,
                     submitted_at: col(r, "submitted_at")?,
-                    accepted_at: if status == Status::Accepted { col(r, "decided_at")? } else { None },
+                    accepted_at: if status == Status::Accepted {
+                        col(r, "decided_at")?
+                    } else {
+                        None
+                    },
                     status,
                 })
             })
@@ -401,18 +494,26 @@ impl Store {
     }
 
     /// Today's use of the daily limits: (user bytes, user files, datanet bytes).
-    pub async fn usage_today(&self, d: &Datanet, who: &User) -> Result<(u64, u64, u64), StoreError> {
+    pub async fn usage_today(
+        &self,
+        d: &Datanet,
+        who: &User,
+    ) -> Result<(u64, u64, u64), StoreError> {
         let day = utc_day(now_ms());
         let read = |scope: String| {
             let pool = self.pool.clone();
             async move {
-                let row = sqlx::query("SELECT bytes, files FROM usage WHERE scope = $1 AND day = $2")
-                    .bind(scope)
-                    .bind(day)
-                    .fetch_optional(&pool)
-                    .await?;
+                let row =
+                    sqlx::query("SELECT bytes, files FROM usage WHERE scope = $1 AND day = $2")
+                        .bind(scope)
+                        .bind(day)
+                        .fetch_optional(&pool)
+                        .await?;
                 match row {
-                    Some(r) => Ok::<_, StoreError>((col::<i64>(&r, "bytes")? as u64, col::<i64>(&r, "files")? as u64)),
+                    Some(r) => Ok::<_, StoreError>((
+                        col::<i64>(&r, "bytes")? as u64,
+                        col::<i64>(&r, "files")? as u64,
+                    )),
                     None => Ok((0, 0)),
                 }
             }
@@ -426,21 +527,36 @@ impl Store {
     /// one contribution at a time). SQLite already has one writer.
     async fn lock_datanet(&self, w: &mut Writer<'_>, d: &Datanet) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(d.id).execute(&mut *w.tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(d.id)
+                .execute(&mut *w.tx)
+                .await?;
         }
         Ok(())
     }
 }
 
 fn credit_of(rows: &[NewRow], dup_flags: &[bool]) -> f64 {
-    let pairs: Vec<(f64, bool)> = rows.iter().zip(dup_flags).map(|(r, &dup)| (r.score, dup)).collect();
+    let pairs: Vec<(f64, bool)> = rows
+        .iter()
+        .zip(dup_flags)
+        .map(|(r, &dup)| (r.score, dup))
+        .collect();
     merit_core::score::credit(&pairs)
 }
 
 /// Adds `bytes` (and one file, if `count_file`) to a daily counter, unless a
 /// limit would be crossed. One conditional UPDATE, so concurrent uploads
 /// cannot both take the last unit.
-async fn reserve(w: &mut Writer<'_>, scope: &str, day: i64, bytes: i64, byte_limit: u64, file_limit: u64, count_file: bool) -> Result<(), StoreError> {
+async fn reserve(
+    w: &mut Writer<'_>,
+    scope: &str,
+    day: i64,
+    bytes: i64,
+    byte_limit: u64,
+    file_limit: u64,
+    count_file: bool,
+) -> Result<(), StoreError> {
     let files = i64::from(count_file);
     sqlx::query("INSERT INTO usage (scope, day, bytes, files) VALUES ($1, $2, 0, 0) ON CONFLICT (scope, day) DO NOTHING")
         .bind(scope)
@@ -462,7 +578,11 @@ async fn reserve(w: &mut Writer<'_>, scope: &str, day: i64, bytes: i64, byte_lim
     if done.rows_affected() == 1 {
         return Ok(());
     }
-    let row = sqlx::query("SELECT files FROM usage WHERE scope = $1 AND day = $2").bind(scope).bind(day).fetch_one(&mut *w.tx).await?;
+    let row = sqlx::query("SELECT files FROM usage WHERE scope = $1 AND day = $2")
+        .bind(scope)
+        .bind(day)
+        .fetch_one(&mut *w.tx)
+        .await?;
     let used_files = col::<i64>(&row, "files")? as u64;
     let (name, limit) = if count_file && file_limit != 0 && used_files + 1 > file_limit {
         (LimitName::UserFilesPerDay, file_limit)
@@ -471,19 +591,28 @@ async fn reserve(w: &mut Writer<'_>, scope: &str, day: i64, bytes: i64, byte_lim
     } else {
         (LimitName::DatanetBytesPerDay, byte_limit)
     };
-    Err(StoreError::Limit { name, limit, reset_at_ms: reset_at_ms(day) })
+    Err(StoreError::Limit {
+        name,
+        limit,
+        reset_at_ms: reset_at_ms(day),
+    })
 }
 
 async fn pending_in(w: &mut Writer<'_>, d: &Datanet, id: i64) -> Result<Contribution, StoreError> {
-    let row = sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1 AND c.datanet_id = $2"))
-        .bind(id)
-        .bind(d.id)
-        .fetch_optional(&mut *w.tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("contribution {id} in datanet `{}`", d.name)))?;
+    let row = sqlx::query(&format!(
+        "{SELECT_CONTRIBUTION} WHERE c.id = $1 AND c.datanet_id = $2"
+    ))
+    .bind(id)
+    .bind(d.id)
+    .fetch_optional(&mut *w.tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("contribution {id} in datanet `{}`", d.name)))?;
     let c = contribution_from(&row)?;
     if c.status != Status::Pending {
-        return Err(StoreError::Conflict(format!("contribution {id} is {}, not pending", c.status.as_str())));
+        return Err(StoreError::Conflict(format!(
+            "contribution {id} is {}, not pending",
+            c.status.as_str()
+        )));
     }
     Ok(c)
 }
@@ -491,19 +620,28 @@ async fn pending_in(w: &mut Writer<'_>, d: &Datanet, id: i64) -> Result<Contribu
 /// Reasons for rows that duplicate rows already in the datanet. Sets
 /// `flags[i]` for rows that are near duplicates when the gate that would
 /// refuse them is off: they are accepted but earn nothing.
-async fn find_duplicates(w: &mut Writer<'_>, d: &Datanet, rows: &[NewRow], flags: &mut [bool]) -> Result<Vec<Reason>, StoreError> {
+async fn find_duplicates(
+    w: &mut Writer<'_>,
+    d: &Datanet,
+    rows: &[NewRow],
+    flags: &mut [bool],
+) -> Result<Vec<Reason>, StoreError> {
     let gates = &d.policy.gates;
     let mut reasons = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let exact = sqlx::query("SELECT idx FROM rows WHERE datanet_id = $1 AND text_hash = $2 LIMIT 1")
-            .bind(d.id)
-            .bind(&row.text_hash)
-            .fetch_optional(&mut *w.tx)
-            .await?;
+        let exact =
+            sqlx::query("SELECT idx FROM rows WHERE datanet_id = $1 AND text_hash = $2 LIMIT 1")
+                .bind(d.id)
+                .bind(&row.text_hash)
+                .fetch_optional(&mut *w.tx)
+                .await?;
         if let Some(hit) = exact {
             let idx: i64 = col(&hit, "idx")?;
             if gates.exact_duplicates {
-                reasons.push(verdict::exact_duplicate(i as u64, &format!("row {idx} of datanet `{}`", d.name)));
+                reasons.push(verdict::exact_duplicate(
+                    i as u64,
+                    &format!("row {idx} of datanet `{}`", d.name),
+                ));
             } else {
                 flags[i] = true;
             }
@@ -512,7 +650,9 @@ async fn find_duplicates(w: &mut Writer<'_>, d: &Datanet, rows: &[NewRow], flags
         if row.minhash.is_empty() || row.band_keys.is_empty() {
             continue;
         }
-        let placeholders: Vec<String> = (0..row.band_keys.len()).map(|k| format!("${}", k + 2)).collect();
+        let placeholders: Vec<String> = (0..row.band_keys.len())
+            .map(|k| format!("${}", k + 2))
+            .collect();
         let sql = format!(
             "SELECT DISTINCT r.idx, r.minhash FROM row_bands b JOIN rows r ON r.datanet_id = b.datanet_id AND r.idx = b.idx \
              WHERE b.datanet_id = $1 AND b.band_key IN ({})",
@@ -524,14 +664,22 @@ async fn find_duplicates(w: &mut Writer<'_>, d: &Datanet, rows: &[NewRow], flags
         }
         let mut best: Option<(i64, f64)> = None;
         for cand in q.fetch_all(&mut *w.tx).await? {
-            let sim = similarity(&row.minhash, &minhash_from(&col::<Vec<u8>>(&cand, "minhash")?));
+            let sim = similarity(
+                &row.minhash,
+                &minhash_from(&col::<Vec<u8>>(&cand, "minhash")?),
+            );
             if best.is_none_or(|(_, s)| sim > s) {
                 best = Some((col(&cand, "idx")?, sim));
             }
         }
         if let Some((idx, sim)) = best.filter(|&(_, s)| s >= gates.near_duplicate_threshold) {
             if gates.near_duplicates {
-                reasons.push(verdict::near_duplicate(i as u64, &format!("row {idx} of datanet `{}`", d.name), sim, gates.near_duplicate_threshold));
+                reasons.push(verdict::near_duplicate(
+                    i as u64,
+                    &format!("row {idx} of datanet `{}`", d.name),
+                    sim,
+                    gates.near_duplicate_threshold,
+                ));
             } else {
                 flags[i] = true;
             }
@@ -544,11 +692,20 @@ async fn find_duplicates(w: &mut Writer<'_>, d: &Datanet, rows: &[NewRow], flags
 }
 
 /// Appends accepted rows and records the version they make.
-async fn append_rows(w: &mut Writer<'_>, d: &Datanet, contribution_id: i64, rows: &[NewRow], flags: &[bool], bytes: i64, now: i64) -> Result<(), StoreError> {
-    let latest = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
-        .bind(d.id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
+async fn append_rows(
+    w: &mut Writer<'_>,
+    d: &Datanet,
+    contribution_id: i64,
+    rows: &[NewRow],
+    flags: &[bool],
+    bytes: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let latest =
+        sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
+            .bind(d.id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
     let latest = latest.as_ref().map(version_from).transpose()?;
     let (number, row_count, byte_count, mut frontier) = match &latest {
         None => (0, 0, 0, merit_ledger::Frontier::default()),
@@ -604,15 +761,18 @@ async fn append_rows(w: &mut Writer<'_>, d: &Datanet, contribution_id: i64, rows
 }
 
 fn parse_frontier(v: &Version) -> Result<merit_ledger::Frontier, StoreError> {
-    let corrupt = |why: String| StoreError::Corrupt(format!("frontier of version {}: {why}", v.number));
+    let corrupt =
+        |why: String| StoreError::Corrupt(format!("frontier of version {}: {why}", v.number));
     let hashes = v
         .frontier
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|h| {
             let bytes = hex::decode(h).map_err(|e| corrupt(e.to_string()))?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| corrupt("hash is not 32 bytes".into()))
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| corrupt("hash is not 32 bytes".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    merit_ledger::Frontier::from_parts(v.row_count as u64, hashes).map_err(|e| corrupt(e.to_string()))
+    merit_ledger::Frontier::from_parts(v.row_count as u64, hashes)
+        .map_err(|e| corrupt(e.to_string()))
 }

@@ -52,7 +52,11 @@ pub enum StoreError {
     Invalid(String),
     /// A daily limit would be exceeded.
     #[error("daily limit `{}` of {limit} reached; it resets at {}", name.as_str(), merit_core::quota::rfc3339(*reset_at_ms))]
-    Limit { name: merit_core::quota::LimitName, limit: u64, reset_at_ms: i64 },
+    Limit {
+        name: merit_core::quota::LimitName,
+        limit: u64,
+        reset_at_ms: i64,
+    },
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -84,7 +88,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,16 +115,17 @@ impl Store {
     /// with blobs under `DATA_DIR/blobs`, and runs the migrations.
     pub async fn open(database_url: &str, data_dir: &Path) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else if database_url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            return Err(StoreError::Invalid(format!(
-                "database URL must start with sqlite:// or postgres://, got `{}`",
-                database_url.split(':').next().unwrap_or("")
-            )));
-        };
+        let backend =
+            if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+                Backend::Postgres
+            } else if database_url.starts_with("sqlite:") {
+                Backend::Sqlite
+            } else {
+                return Err(StoreError::Invalid(format!(
+                    "database URL must start with sqlite:// or postgres://, got `{}`",
+                    database_url.split(':').next().unwrap_or("")
+                )));
+            };
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .after_connect(move |conn, _| {
@@ -197,24 +204,40 @@ where
 pub mod testing {
     use super::*;
 
-    /// A fresh, empty store under `data_dir`: on the PostgreSQL server named
-    /// by `MERIT_TEST_DATABASE_URL` (a new database per call) when it is set,
+    /// A new, empty PostgreSQL database on the server named by
+    /// `MERIT_TEST_DATABASE_URL`, as a URL; `None` when the variable is unset.
+    pub async fn fresh_database_url() -> Option<String> {
+        let url = std::env::var("MERIT_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        sqlx::any::install_default_drivers();
+        let name = format!("merit_test_{:016x}", rand::random::<u64>());
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect to MERIT_TEST_DATABASE_URL");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        // Replace the database name: the path after the host part.
+        let (head, _) = url.split_once('?').unwrap_or((&url, ""));
+        let base = match head.rfind('/') {
+            Some(i) if i > head.find("://").map_or(0, |j| j + 2) => &head[..i],
+            _ => head,
+        };
+        Some(format!("{base}/{name}"))
+    }
+
+    /// A fresh, empty store under `data_dir`: on a new PostgreSQL database
+    /// (see [`fresh_database_url`]) when `MERIT_TEST_DATABASE_URL` is set,
     /// else on SQLite in `data_dir`.
     pub async fn fresh_store(data_dir: &Path) -> Store {
-        match std::env::var("MERIT_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => {
-                sqlx::any::install_default_drivers();
-                let name = format!("merit_test_{:016x}", rand::random::<u64>());
-                let admin = AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("connect to MERIT_TEST_DATABASE_URL");
-                sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
-                admin.close().await;
-                let base = match url.rfind('/') {
-                    Some(i) if url[..i].contains('@') || url[..i].matches('/').count() >= 2 => &url[..i],
-                    _ => url.as_str(),
-                };
-                Store::open(&format!("{base}/{name}"), data_dir).await.expect("open test store")
-            }
-            _ => Store::open_local(data_dir).await.expect("open test store"),
+        match fresh_database_url().await {
+            Some(url) => Store::open(&url, data_dir).await.expect("open test store"),
+            None => Store::open_local(data_dir).await.expect("open test store"),
         }
     }
 }

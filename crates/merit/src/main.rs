@@ -1,1 +1,761 @@
-fn main() {}
+//! `merit`: the one binary. `merit serve` runs the API; the other commands
+//! are clients of a running server (`--server`, `--token`), apart from
+//! `merit user`, which works on the local store directly.
+
+mod client;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use client::{seg, Client};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "merit",
+    version,
+    about = "Merit: datanets where training data has to earn its place"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Local {
+    /// Data directory: SQLite database and blobs
+    #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+    data_dir: PathBuf,
+    /// Database URL (sqlite://… or postgres://…); default: SQLite in the data directory
+    #[arg(long, env = "MERIT_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl Local {
+    async fn open(&self) -> Result<merit_store::Store> {
+        let store = match &self.database_url {
+            Some(url) => merit_store::Store::open(url, &self.data_dir).await,
+            None => merit_store::Store::open_local(&self.data_dir).await,
+        };
+        store.with_context(|| {
+            format!(
+                "opening the store (data directory {})",
+                self.data_dir.display()
+            )
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// URL of the Merit server
+    #[arg(
+        long,
+        env = "MERIT_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// API token (from `merit user add`)
+    #[arg(long, env = "MERIT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> Result<Client> {
+        Client::new(&self.server, self.token.clone().filter(|t| !t.is_empty()))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server on the embedded defaults (SQLite in WAL mode, blobs under ./merit-data)
+    Serve {
+        #[command(flatten)]
+        local: Local,
+        /// Address to listen on
+        #[arg(long, env = "MERIT_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Requests per second allowed per API token (or per address for the public)
+        #[arg(long, default_value_t = 20.0)]
+        rate_limit: f64,
+        /// Burst of requests allowed above the rate
+        #[arg(long, default_value_t = 100.0)]
+        rate_burst: f64,
+    },
+    /// Accounts on the local store
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create, publish, inspect and export datanets
+    #[command(subcommand)]
+    Datanet(DatanetCommand),
+    /// Upload files to a datanet; every file gets a verdict. Exits with 3 when a file is rejected
+    Contribute {
+        /// Datanet name
+        name: String,
+        /// Files to upload
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Check the files without storing or counting anything
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the verdicts as JSON: [{file, status, contribution_id, score, reasons}]
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List pending contributions of a datanet, or approve / reject one
+    Review {
+        /// Datanet name
+        name: String,
+        /// Approve this contribution
+        #[arg(long, value_name = "ID", conflicts_with = "reject")]
+        approve: Option<i64>,
+        /// Reject this contribution (needs --reason)
+        #[arg(long, value_name = "ID", requires = "reason")]
+        reject: Option<i64>,
+        /// Why it is rejected
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Contributors ranked on what was accepted (one datanet, or all published ones)
+    Leaderboard {
+        /// Datanet name; all published datanets when absent
+        name: Option<String>,
+        /// Print JSON: [{rank, contributor, accepted, rejected, submitted, acceptance_rate, active_days, score}]
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Benchmarks
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; prints its API token as the last line
+    Add {
+        name: String,
+        /// Make the account an administrator
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Issue a further API token for an account; prints it as the last line
+    Token {
+        name: String,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// List accounts
+    List {
+        #[command(flatten)]
+        local: Local,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatanetCommand {
+    /// Create a datanet from a policy file (TOML)
+    Create {
+        name: String,
+        /// Policy file (TOML); see the README for its keys
+        #[arg(long)]
+        policy: PathBuf,
+        /// One-line summary
+        #[arg(long, default_value = "")]
+        summary: String,
+        /// Markdown description file
+        #[arg(long)]
+        description_file: Option<PathBuf>,
+        /// Tag (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Publish at once
+        #[arg(long)]
+        publish: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Publish a datanet: the public can read it and anyone signed in can contribute
+    Publish {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Change a datanet; after publishing only summary, description and tags
+    Edit {
+        name: String,
+        #[arg(long)]
+        summary: Option<String>,
+        #[arg(long)]
+        description_file: Option<PathBuf>,
+        /// Replace the tags (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// New policy file (before publishing only)
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the datanets you can see
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a datanet: policy, versions, counts
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Name (or with --remove, remove) a curator, who reviews contributions
+    Curator {
+        name: String,
+        user: String,
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write the rows of a version to a file (JSONL or parquet)
+    Export {
+        name: String,
+        /// Version number; default the latest
+        #[arg(long)]
+        version: Option<i64>,
+        #[arg(long, value_parser = ["jsonl", "parquet"], default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Validate a generated JSONL text corpus through every text gate; prints MB/s and rows/s
+    Gate {
+        /// Corpus size in MB
+        #[arg(long, default_value_t = 100)]
+        mb: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Serve {
+            local,
+            listen,
+            rate_limit,
+            rate_burst,
+        } => {
+            if !(rate_limit > 0.0 && rate_burst >= 1.0) {
+                bail!("--rate-limit must be above 0 and --rate-burst at least 1");
+            }
+            let store = local.open().await?;
+            let state = merit_server::AppState::new(
+                store,
+                merit_server::RateLimit {
+                    per_second: rate_limit,
+                    burst: rate_burst,
+                },
+            );
+            eprintln!(
+                "merit: serving http://{listen} (data in {})",
+                local.data_dir.display()
+            );
+            merit_server::serve(state, listen)
+                .await
+                .with_context(|| format!("serving on {listen}"))?;
+        }
+        Command::User(cmd) => user(cmd).await?,
+        Command::Datanet(cmd) => datanet(cmd).await?,
+        Command::Contribute {
+            name,
+            files,
+            dry_run,
+            json,
+            remote,
+        } => return contribute(&name, &files, dry_run, json, &remote).await,
+        Command::Review {
+            name,
+            approve,
+            reject,
+            reason,
+            json,
+            remote,
+        } => {
+            let c = remote.client()?;
+            let base = format!("/datanets/{}/contributions", seg(&name));
+            let v = if let Some(id) = approve {
+                c.json(c.request(Method::POST, &format!("{base}/{id}/approve")))
+                    .await?
+            } else if let Some(id) = reject {
+                let reason = reason.unwrap_or_default();
+                c.json(
+                    c.request(Method::POST, &format!("{base}/{id}/reject"))
+                        .json(&json!({ "reason": reason })),
+                )
+                .await?
+            } else {
+                c.get(&format!("{base}?status=pending")).await?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(list) = v.as_array() {
+                if list.is_empty() {
+                    println!("no pending contributions in {name}");
+                }
+                for p in list {
+                    println!(
+                        "{:>6}  {:<16} {:<28} {:>10} bytes  {} rows",
+                        p["id"],
+                        p["contributor"].as_str().unwrap_or(""),
+                        p["filename"].as_str().unwrap_or(""),
+                        p["bytes"],
+                        p["rows"]
+                    );
+                }
+            } else {
+                print_verdicts(std::slice::from_ref(&v));
+            }
+        }
+        Command::Leaderboard { name, json, remote } => {
+            let c = remote.client()?;
+            let path = match &name {
+                Some(n) => format!("/datanets/{}/leaderboard", seg(n)),
+                None => "/leaderboard".to_string(),
+            };
+            let v = c.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>6} {:>5} {:>9}",
+                    "rank",
+                    "contributor",
+                    "accepted",
+                    "rejected",
+                    "submitted",
+                    "rate",
+                    "days",
+                    "score"
+                );
+                for r in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>5.0}% {:>5} {:>9.3}",
+                        r["rank"],
+                        r["contributor"].as_str().unwrap_or(""),
+                        r["accepted"],
+                        r["rejected"],
+                        r["submitted"],
+                        r["acceptance_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                        r["active_days"],
+                        r["score"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Gate { mb }) => {
+            if mb == 0 {
+                bail!("--mb must be at least 1");
+            }
+            eprintln!("generating a {mb} MB JSONL corpus and running every text gate…");
+            let report = tokio::task::spawn_blocking(move || merit_gate::bench::run(mb)).await?;
+            println!(
+                "gate bench: {:.1} MB in {:.2} s → {:.1} MB/s, {:.0} rows/s ({} rows, {} accepted); target ≥ 50 MB/s",
+                report.bytes as f64 / 1e6,
+                report.seconds,
+                report.mb_per_s(),
+                report.rows_per_s(),
+                report.rows,
+                report.accepted_rows
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, admin, local } => {
+            let store = local.open().await?;
+            let (user, token) = store
+                .create_user(&name, admin)
+                .await
+                .with_context(|| format!("creating user `{name}`"))?;
+            println!(
+                "created {}user {}; API token:",
+                if user.admin { "admin " } else { "" },
+                user.name
+            );
+            println!("{token}");
+        }
+        UserCommand::Token { name, local } => {
+            let store = local.open().await?;
+            let user = store
+                .user_by_name(&name)
+                .await?
+                .with_context(|| format!("user `{name}` not found"))?;
+            let token = store.create_token(&user).await?;
+            println!("new API token for {}:", user.name);
+            println!("{token}");
+        }
+        UserCommand::List { local } => {
+            let store = local.open().await?;
+            for u in store.users().await? {
+                println!("{}{}", u.name, if u.admin { " (admin)" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a policy file and, if it names one, its JSON schema (relative to the policy file).
+fn policy_body(path: &Path) -> Result<(String, Option<String>)> {
+    let text = read_text(path, "policy file")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut schema_text = None;
+    // Check locally first: the same rules as the server, with file errors named here.
+    merit_core::Policy::from_toml(&text, |rel| {
+        let p = dir.join(rel);
+        let s = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        schema_text = Some(s.clone());
+        Ok(s)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((text, schema_text))
+}
+
+async fn datanet(cmd: DatanetCommand) -> Result<()> {
+    match cmd {
+        DatanetCommand::Create {
+            name,
+            policy,
+            summary,
+            description_file,
+            tags,
+            publish,
+            remote,
+        } => {
+            let c = remote.client()?;
+            let (policy, json_schema) = policy_body(&policy)?;
+            let description = description_file
+                .map(|p| read_text(&p, "description file"))
+                .transpose()?
+                .unwrap_or_default();
+            let body = json!({ "name": name, "policy": policy, "json_schema": json_schema, "summary": summary,
+                               "description": description, "tags": tags, "publish": publish });
+            let v = c
+                .json(c.request(Method::POST, "/datanets").json(&body))
+                .await?;
+            println!(
+                "created datanet {} ({}, {})",
+                v["name"].as_str().unwrap_or(&name),
+                v["kind"].as_str().unwrap_or(""),
+                if publish {
+                    "published"
+                } else {
+                    "not published"
+                }
+            );
+        }
+        DatanetCommand::Publish { name, remote } => {
+            let c = remote.client()?;
+            c.json(c.request(Method::POST, &format!("/datanets/{}/publish", seg(&name))))
+                .await?;
+            println!("published datanet {name}");
+        }
+        DatanetCommand::Edit {
+            name,
+            summary,
+            description_file,
+            tags,
+            policy,
+            remote,
+        } => {
+            let c = remote.client()?;
+            let mut body = json!({});
+            if let Some(s) = summary {
+                body["summary"] = json!(s);
+            }
+            if let Some(p) = description_file {
+                body["description"] = json!(read_text(&p, "description file")?);
+            }
+            if !tags.is_empty() {
+                body["tags"] = json!(tags);
+            }
+            if let Some(p) = policy {
+                let (text, schema) = policy_body(&p)?;
+                body["policy"] = json!(text);
+                body["json_schema"] = json!(schema);
+            }
+            c.json(
+                c.request(Method::PATCH, &format!("/datanets/{}", seg(&name)))
+                    .json(&body),
+            )
+            .await?;
+            println!("updated datanet {name}");
+        }
+        DatanetCommand::List { json, remote } => {
+            let c = remote.client()?;
+            let v = c.get("/datanets").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<6} {:<10} {:>6} rows  v{:<4} {}",
+                    d["name"].as_str().unwrap_or(""),
+                    d["kind"].as_str().unwrap_or(""),
+                    if d["published"] == true {
+                        "published"
+                    } else {
+                        "draft"
+                    },
+                    d["stats"]["rows"],
+                    d["stats"]["versions"],
+                    d["summary"].as_str().unwrap_or("")
+                );
+            }
+        }
+        DatanetCommand::Show { name, json, remote } => {
+            let c = remote.client()?;
+            let v = c.get(&format!("/datanets/{}", seg(&name))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_datanet(&v);
+            }
+        }
+        DatanetCommand::Curator {
+            name,
+            user,
+            remove,
+            remote,
+        } => {
+            let c = remote.client()?;
+            let method = if remove { Method::DELETE } else { Method::PUT };
+            c.json(c.request(
+                method,
+                &format!("/datanets/{}/curators/{}", seg(&name), seg(&user)),
+            ))
+            .await?;
+            println!(
+                "{} {user} {} curator of {name}",
+                if remove { "removed" } else { "made" },
+                if remove { "as" } else { "a" }
+            );
+        }
+        DatanetCommand::Export {
+            name,
+            version,
+            format,
+            out,
+            remote,
+        } => {
+            let c = remote.client()?;
+            let mut path = format!("/datanets/{}/export?format={format}", seg(&name));
+            if let Some(n) = version {
+                path.push_str(&format!("&version={n}"));
+            }
+            let bytes = c
+                .send(c.request(Method::GET, &path))
+                .await?
+                .bytes()
+                .await
+                .context("reading the export")?;
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} bytes to {}", bytes.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_datanet(v: &Value) {
+    let p = &v["policy"];
+    println!(
+        "{}  ({} datanet by {}, {})",
+        v["name"].as_str().unwrap_or(""),
+        v["kind"].as_str().unwrap_or(""),
+        v["owner"].as_str().unwrap_or(""),
+        if v["published"] == true {
+            "published"
+        } else {
+            "not published"
+        }
+    );
+    if let Some(s) = v["summary"].as_str().filter(|s| !s.is_empty()) {
+        println!("  {s}");
+    }
+    if let Some(tags) = v["tags"].as_array().filter(|t| !t.is_empty()) {
+        println!(
+            "  tags: {}",
+            tags.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let s = &v["stats"];
+    println!("  counts: {} rows in {} versions; {} accepted, {} pending, {} rejected from {} contributors", s["rows"], s["versions"], s["accepted"], s["pending"], s["rejected"], s["contributors"]);
+    println!("policy ({}):", v["policy_hash"].as_str().unwrap_or(""));
+    let formats: Vec<&str> = p["formats"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "  formats: {}  rows: {}  review: {}  max_file_bytes: {}",
+        formats.join(", "),
+        p["rows"].as_str().unwrap_or(""),
+        p["review"].as_str().unwrap_or(""),
+        p["max_file_bytes"]
+    );
+    let l = &p["limits"];
+    println!(
+        "  limits per day: {} bytes and {} files per user, {} bytes per datanet",
+        l["user_bytes_per_day"], l["user_files_per_day"], l["datanet_bytes_per_day"]
+    );
+    println!("  gates: {}", p["gates"]);
+    if let Some(q) = v["your_quota"].as_object() {
+        println!(
+            "  your quota today: {} bytes, {} files left (resets {})",
+            q["user_bytes_remaining"],
+            q["user_files_remaining"],
+            q["resets_at"].as_str().unwrap_or("")
+        );
+    }
+    println!("versions:");
+    for ver in v["versions"].as_array().into_iter().flatten() {
+        println!(
+            "  v{:<4} {:>7} rows {:>10} bytes  root {}",
+            ver["number"],
+            ver["row_count"],
+            ver["byte_count"],
+            ver["root"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn print_verdicts(list: &[Value]) {
+    for v in list {
+        let id = v["contribution_id"]
+            .as_i64()
+            .map_or("-".to_string(), |i| i.to_string());
+        println!(
+            "{:<9} {:<30} id {:<6} score {:.3}",
+            v["status"].as_str().unwrap_or(""),
+            v["file"].as_str().unwrap_or(""),
+            id,
+            v["score"].as_f64().unwrap_or(0.0)
+        );
+        for r in v["reasons"].as_array().into_iter().flatten() {
+            let row = r["row"]
+                .as_u64()
+                .map_or(String::new(), |i| format!(" row {i}"));
+            println!(
+                "    {}/{}{}: {}",
+                r["gate"].as_str().unwrap_or(""),
+                r["metric"].as_str().unwrap_or(""),
+                row,
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+async fn contribute(
+    name: &str,
+    files: &[PathBuf],
+    dry_run: bool,
+    json: bool,
+    remote: &Remote,
+) -> Result<u8> {
+    let c = remote.client()?;
+    let mut form = reqwest::multipart::Form::new();
+    for path in files {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let filename = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable file name", path.display()))?;
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
+        );
+    }
+    let path = format!(
+        "/datanets/{}/contributions{}",
+        seg(name),
+        if dry_run { "?dry_run=true" } else { "" }
+    );
+    let v = c
+        .json(c.request(Method::POST, &path).multipart(form))
+        .await?;
+    let list = v.as_array().cloned().unwrap_or_default();
+    if json {
+        let out: Vec<Value> = list
+            .iter()
+            .map(|x| json!({ "file": x["file"], "status": x["status"], "contribution_id": x["contribution_id"], "score": x["score"], "reasons": x["reasons"] }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if dry_run {
+            println!("dry run: nothing was stored or counted");
+        }
+        print_verdicts(&list);
+    }
+    let rejected = list.iter().any(|x| x["status"] == "rejected");
+    Ok(if rejected { 3 } else { 0 })
+}

@@ -1,0 +1,142 @@
+//! Ledger leaves: typed events, serialised as canonical JSON (RFC 8785 key
+//! order, no insignificant whitespace) with a schema version.
+//!
+//! Leaves hold only strings and integers, so the canonical form is simply
+//! the compact JSON of a key-sorted object.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version written in every leaf (`"v"`).
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// A fact the ledger records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum Event {
+    /// A datanet was created.
+    #[serde(rename = "datanet.created")]
+    DatanetCreated {
+        datanet: String,
+        owner: String,
+        kind: String,
+        at: i64,
+    },
+    /// A datanet's policy was set (at creation or changed before publishing).
+    #[serde(rename = "datanet.policy")]
+    DatanetPolicy {
+        datanet: String,
+        policy_hash: String,
+        at: i64,
+    },
+    /// A file was submitted.
+    #[serde(rename = "contribution.submitted")]
+    ContributionSubmitted {
+        contribution_id: i64,
+        datanet: String,
+        contributor: String,
+        sha256: String,
+        bytes: i64,
+        at: i64,
+    },
+    /// A verdict on a contribution (at submission, or after review).
+    #[serde(rename = "contribution.verdict")]
+    ContributionVerdict {
+        contribution_id: i64,
+        datanet: String,
+        contributor: String,
+        status: String,
+        reasons_digest: String,
+        policy_hash: String,
+        gate_version: String,
+        /// Credit in millionths (integers keep leaves canonical).
+        credit_micros: i64,
+        reviewer: Option<String>,
+        at: i64,
+    },
+    /// A new datanet version.
+    #[serde(rename = "datanet.version")]
+    DatanetVersion {
+        datanet: String,
+        version: i64,
+        row_count: i64,
+        byte_count: i64,
+        rows_root: String,
+        contribution_id: i64,
+        at: i64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u64,
+    #[serde(flatten)]
+    event: Event,
+}
+
+/// Why leaf bytes could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+#[error("leaf is not a Merit event: {0}")]
+pub struct DecodeError(String);
+
+impl Event {
+    /// The canonical JSON bytes of this event: the leaf.
+    pub fn to_leaf(&self) -> Vec<u8> {
+        let value = serde_json::to_value(Envelope {
+            v: SCHEMA_VERSION,
+            event: self.clone(),
+        })
+        .unwrap_or_default();
+        // serde_json's Map is ordered by key (it is a BTreeMap without the
+        // `preserve_order` feature), and compact output has no whitespace.
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    /// Reads a leaf back.
+    pub fn from_leaf(leaf: &[u8]) -> Result<Event, DecodeError> {
+        let env: Envelope = serde_json::from_slice(leaf).map_err(|e| DecodeError(e.to_string()))?;
+        if env.v != SCHEMA_VERSION {
+            return Err(DecodeError(format!(
+                "schema version {} is not {SCHEMA_VERSION}",
+                env.v
+            )));
+        }
+        Ok(env.event)
+    }
+
+    /// The event's type name, such as `contribution.verdict`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DatanetCreated { .. } => "datanet.created",
+            Event::DatanetPolicy { .. } => "datanet.policy",
+            Event::ContributionSubmitted { .. } => "contribution.submitted",
+            Event::ContributionVerdict { .. } => "contribution.verdict",
+            Event::DatanetVersion { .. } => "datanet.version",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_are_canonical_and_roundtrip() {
+        let e = Event::DatanetVersion {
+            datanet: "qa".into(),
+            version: 2,
+            row_count: 10,
+            byte_count: 999,
+            rows_root: "ab".into(),
+            contribution_id: 7,
+            at: 1,
+        };
+        let leaf = e.to_leaf();
+        assert_eq!(
+            String::from_utf8(leaf.clone()).unwrap(),
+            r#"{"at":1,"byte_count":999,"contribution_id":7,"datanet":"qa","row_count":10,"rows_root":"ab","type":"datanet.version","v":1,"version":2}"#
+        );
+        assert_eq!(Event::from_leaf(&leaf).unwrap(), e);
+        assert!(Event::from_leaf(b"{\"v\":2,\"type\":\"datanet.version\"}").is_err());
+    }
+}

@@ -1,0 +1,472 @@
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use merit_core::{Policy, Review, Status};
+use merit_store::{Contribution, ContributionFilter, Datanet, NewRow, StoreError, Submission};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{access, parse_id, Access};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::AppState;
+
+/// The most files one upload request may carry.
+const MAX_FILES_PER_REQUEST: usize = 32;
+
+/// Runs the gates on a file (on a blocking thread: they are CPU work) and
+/// turns the candidates into rows for the store.
+async fn gate(
+    policy: &Policy,
+    filename: &str,
+    bytes: bytes::Bytes,
+) -> ApiResult<(
+    Option<merit_core::Format>,
+    Vec<NewRow>,
+    Vec<merit_core::Reason>,
+)> {
+    let policy = policy.clone();
+    let filename = filename.to_string();
+    let sha = merit_core::sha256_hex(&bytes);
+    let inspection =
+        tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &filename, &bytes))
+            .await
+            .map_err(|_| ApiError::internal())?;
+    let rows = inspection
+        .rows
+        .into_iter()
+        .map(|c| {
+            let mut content = c.content;
+            if c.minhash.is_empty() {
+                // Media rows point at the kept file.
+                content["sha256"] = json!(sha);
+            }
+            NewRow {
+                content: content.to_string(),
+                text_hash: hex::encode(c.exact_hash),
+                band_keys: if c.minhash.is_empty() {
+                    Vec::new()
+                } else {
+                    merit_gate::minhash::band_keys(&c.minhash)
+                },
+                minhash: c.minhash,
+                score: c.score,
+            }
+        })
+        .collect();
+    Ok((inspection.format, rows, inspection.reasons))
+}
+
+fn verdict_json(file: &str, c: &Contribution) -> Value {
+    json!({
+        "file": file,
+        "status": c.status,
+        "contribution_id": c.id,
+        "score": c.score,
+        "rows": c.rows,
+        "version": c.version,
+        "reasons": c.reasons,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Reads every file of a multipart body, cutting a file off with 413 as soon
+/// as it passes the datanet's `max_file_bytes` (nothing is kept then).
+async fn read_files(
+    mut multipart: Multipart,
+    d: &Datanet,
+) -> ApiResult<Vec<(String, bytes::Bytes)>> {
+    let cap = d.policy.max_file_bytes;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request(format!("bad multipart body: {}", e.body_text()))
+    };
+    let mut files = Vec::new();
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        let Some(filename) = field.file_name().map(str::to_string) else {
+            // Plain form fields carry nothing we need.
+            continue;
+        };
+        let filename = filename
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if filename.is_empty() {
+            return Err(ApiError::bad_request("a file part has an empty file name"));
+        }
+        if files.len() == MAX_FILES_PER_REQUEST {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_files",
+                format!("at most {MAX_FILES_PER_REQUEST} files per request"),
+            ));
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if buf.len() as u64 + chunk.len() as u64 > cap {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!(
+                        "`{filename}` is larger than this datanet's max_file_bytes ({cap} bytes)"
+                    ),
+                )
+                .with_details(
+                    json!({ "file": filename, "limit": "max_file_bytes", "value": cap }),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        files.push((filename, buf.freeze()));
+    }
+    if files.is_empty() {
+        return Err(ApiError::bad_request(
+            "the multipart body holds no file part (send files as `file` parts with a file name)",
+        ));
+    }
+    Ok(files)
+}
+
+pub async fn contributions_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let user = caller.user()?.clone();
+    let a = access(&state, &caller, &name).await?;
+    let multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send files as multipart/form-data: {}", e.body_text()),
+        )
+    })?;
+    let d = &a.datanet;
+    let files = read_files(multipart, d).await?;
+    let mut results = Vec::new();
+    for (filename, bytes) in files {
+        let (format, rows, reasons) = gate(&d.policy, &filename, bytes.clone()).await?;
+        if query.dry_run {
+            let mut reasons = reasons;
+            if reasons.is_empty() {
+                reasons = state.store.check_duplicates(d, &rows).await?;
+            }
+            let status = if !reasons.is_empty() {
+                Status::Rejected
+            } else if d.policy.review == Review::Owner {
+                Status::Pending
+            } else {
+                Status::Accepted
+            };
+            let pairs: Vec<(f64, bool)> = rows.iter().map(|r| (r.score, false)).collect();
+            results.push(json!({
+                "file": filename,
+                "status": status,
+                "contribution_id": null,
+                "score": if status == Status::Rejected { 0.0 } else { merit_core::score::credit(&pairs) },
+                "rows": rows.len(),
+                "version": null,
+                "reasons": reasons,
+                "dry_run": true,
+            }));
+            continue;
+        }
+        let sub = Submission {
+            filename: filename.clone(),
+            format,
+            bytes: bytes.len() as u64,
+            sha256: merit_core::sha256_hex(&bytes),
+            rows,
+            reasons,
+        };
+        match state.store.submit(d, &user, sub, &bytes).await {
+            Ok(c) => results.push(verdict_json(&filename, &c)),
+            Err(e @ StoreError::Limit { .. }) => {
+                // Files before this one are recorded; say so next to the 429.
+                let mut err = ApiError::from(e);
+                err.details["file"] = json!(filename);
+                err.details["results"] = json!(results);
+                return Err(err);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let status = if query.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(Value::Array(results))).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    contributor: Option<String>,
+    #[serde(default)]
+    offset: i64,
+    limit: Option<i64>,
+}
+
+/// Owners and curators see every contribution; a contributor sees accepted
+/// ones and their own; the public sees accepted ones.
+fn visibility(a: &Access, caller: &Caller) -> ContributionFilter {
+    if a.is_curator() {
+        return ContributionFilter::default();
+    }
+    match &caller.0 {
+        Some(user) => ContributionFilter {
+            accepted_or_own: Some(user.id),
+            ..Default::default()
+        },
+        None => ContributionFilter {
+            status: Some(Status::Accepted),
+            ..Default::default()
+        },
+    }
+}
+
+fn can_see(a: &Access, caller: &Caller, c: &Contribution) -> bool {
+    a.is_curator()
+        || c.status == Status::Accepted
+        || caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
+}
+
+pub async fn contributions_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<Contribution>>> {
+    let a = access(&state, &caller, &name).await?;
+    let mut filter = visibility(&a, &caller);
+    if let Some(s) = &query.status {
+        let status = Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status must be accepted, pending or rejected, got `{s}`"
+            ))
+        })?;
+        if filter.status.is_some_and(|f| f != status) {
+            return Ok(Json(Vec::new()));
+        }
+        filter.status = Some(status);
+    }
+    if let Some(who) = &query.contributor {
+        let Some(user) = state.store.user_by_name(who).await? else {
+            return Ok(Json(Vec::new()));
+        };
+        filter.contributor_id = Some(user.id);
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || query.offset < 0 {
+        return Err(ApiError::bad_request(
+            "limit must be 1 to 1000 and offset not negative",
+        ));
+    }
+    Ok(Json(
+        state
+            .store
+            .contributions(&a.datanet, &filter, limit, query.offset)
+            .await?,
+    ))
+}
+
+async fn visible_contribution(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    id: &str,
+) -> ApiResult<(Access, Contribution)> {
+    let a = access(state, caller, name).await?;
+    let id = parse_id("contribution id", id)?;
+    let not_found = || ApiError::not_found(format!("contribution {id} in datanet `{name}`"));
+    let c = state.store.contribution(id).await?.ok_or_else(not_found)?;
+    if c.datanet != a.datanet.name || !can_see(&a, caller, &c) {
+        return Err(not_found());
+    }
+    Ok((a, c))
+}
+
+pub async fn contributions_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Json<Contribution>> {
+    let (_, c) = visible_contribution(&state, &caller, &name, &id).await?;
+    Ok(Json(c))
+}
+
+/// The file of a contribution (kept when accepted or pending), for review previews.
+pub async fn contributions_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (_, c) = visible_contribution(&state, &caller, &name, &id).await?;
+    let bytes = state
+        .store
+        .blobs()
+        .get(&c.sha256)
+        .map_err(StoreError::from)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "the file of contribution {} (rejected files are not kept)",
+                c.id
+            ))
+        })?;
+    let safe_name: String = c
+        .filename
+        .chars()
+        .filter(|ch| !ch.is_control() && *ch != '"' && *ch != '\\')
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{safe_name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn reviewable(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    id: &str,
+) -> ApiResult<(Access, Contribution)> {
+    let user = caller.user()?;
+    // The role check comes first: a contributor learns they cannot review,
+    // not whether a contribution they cannot see exists.
+    access(state, caller, name).await?.require_curator()?;
+    let (a, c) = visible_contribution(state, caller, name, id).await?;
+    if c.contributor == user.name {
+        return Err(ApiError::forbidden("nobody reviews their own contribution"));
+    }
+    if c.status != Status::Pending {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "contribution {} is {}, not pending",
+                c.id,
+                c.status.as_str()
+            ),
+        ));
+    }
+    Ok((a, c))
+}
+
+pub async fn contributions_approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (a, c) = reviewable(&state, &caller, &name, &id).await?;
+    let user = caller.user()?;
+    let bytes = state
+        .store
+        .blobs()
+        .get(&c.sha256)
+        .map_err(StoreError::from)?
+        .ok_or_else(|| {
+            tracing::error!(
+                contribution = c.id,
+                "the kept file of a pending contribution is missing"
+            );
+            ApiError::internal()
+        })?;
+    let (_, rows, reasons) = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
+    let c = state
+        .store
+        .approve(&a.datanet, c.id, user, &rows, reasons)
+        .await?;
+    Ok(Json(verdict_json(&c.filename, &c)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    reason: String,
+}
+
+pub async fn contributions_reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RejectBody>,
+) -> ApiResult<Json<Value>> {
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 2000 {
+        return Err(ApiError::unprocessable(
+            "reason must be 1 to 2000 characters",
+        ));
+    }
+    let (a, c) = reviewable(&state, &caller, &name, &id).await?;
+    let c = state
+        .store
+        .reject(&a.datanet, c.id, caller.user()?, reason)
+        .await?;
+    Ok(Json(verdict_json(&c.filename, &c)))
+}
+
+/// Exported rows as one parquet file: the metadata columns, then one column
+/// per content field (strings and numbers as such, anything else as JSON text).
+pub(crate) fn to_parquet(records: &[serde_json::Map<String, Value>]) -> ApiResult<Vec<u8>> {
+    use merit_gate::export::Column;
+    let mut names: Vec<String> = vec![
+        "row_index".into(),
+        "contribution_id".into(),
+        "contributor".into(),
+        "score".into(),
+    ];
+    for r in records {
+        for k in r.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
+    let columns: Vec<(String, Column)> = names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<&Value> = records
+                .iter()
+                .map(|r| r.get(&name).unwrap_or(&Value::Null))
+                .collect();
+            let col = if values.iter().all(|v| v.is_i64()) {
+                Column::Int64(values.iter().filter_map(|v| v.as_i64()).collect())
+            } else if values.iter().all(|v| v.is_number()) {
+                Column::Double(values.iter().filter_map(|v| v.as_f64()).collect())
+            } else {
+                Column::Utf8(
+                    values
+                        .iter()
+                        .map(|v| match v {
+                            Value::String(s) => s.clone(),
+                            Value::Null => String::new(),
+                            other => other.to_string(),
+                        })
+                        .collect(),
+                )
+            };
+            (name, col)
+        })
+        .collect();
+    merit_gate::export::write_parquet(&columns).map_err(|e| {
+        tracing::error!(error = %e, "parquet export failed");
+        ApiError::internal()
+    })
+}

@@ -1,0 +1,136 @@
+//! The `/api/v1` routes, composed in one place.
+
+mod contributions;
+mod datanets;
+mod users;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Caller;
+use crate::AppState;
+use merit_store::{Datanet, Role};
+
+pub fn api() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(crate::openapi::openapi_get))
+        .route("/me", get(users::me_get))
+        .route("/users", post(users::users_create))
+        .route("/leaderboard", get(datanets::leaderboard_global))
+        .route(
+            "/datanets",
+            get(datanets::datanets_list).post(datanets::datanets_create),
+        )
+        .route(
+            "/datanets/{name}",
+            get(datanets::datanets_show).patch(datanets::datanets_update),
+        )
+        .route("/datanets/{name}/publish", post(datanets::datanets_publish))
+        .route(
+            "/datanets/{name}/curators/{user}",
+            put(datanets::curators_add).delete(datanets::curators_remove),
+        )
+        .route("/datanets/{name}/versions", get(datanets::versions_list))
+        .route(
+            "/datanets/{name}/versions/{number}",
+            get(datanets::versions_show),
+        )
+        .route("/datanets/{name}/rows", get(datanets::rows_list))
+        .route("/datanets/{name}/export", get(datanets::datanets_export))
+        .route(
+            "/datanets/{name}/leaderboard",
+            get(datanets::leaderboard_datanet),
+        )
+        .route(
+            "/datanets/{name}/contributions",
+            get(contributions::contributions_list)
+                .post(contributions::contributions_create)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/datanets/{name}/contributions/{id}",
+            get(contributions::contributions_show),
+        )
+        .route(
+            "/datanets/{name}/contributions/{id}/file",
+            get(contributions::contributions_file),
+        )
+        .route(
+            "/datanets/{name}/contributions/{id}/approve",
+            post(contributions::contributions_approve),
+        )
+        .route(
+            "/datanets/{name}/contributions/{id}/reject",
+            post(contributions::contributions_reject),
+        )
+}
+
+/// What a caller may do with a datanet.
+pub(crate) struct Access {
+    pub datanet: Datanet,
+    pub role: Option<Role>,
+    pub admin: bool,
+}
+
+impl Access {
+    /// Owner, curator (or an administrator): sees everything, reviews.
+    pub fn is_curator(&self) -> bool {
+        self.admin || matches!(self.role, Some(Role::Owner | Role::Curator))
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.role == Some(Role::Owner)
+    }
+
+    pub fn require_owner(&self) -> ApiResult<()> {
+        if self.is_owner() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "only the owner of datanet `{}` can do this",
+                self.datanet.name
+            )))
+        }
+    }
+
+    pub fn require_curator(&self) -> ApiResult<()> {
+        if self.is_curator() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "only the owner or a curator of datanet `{}` can do this",
+                self.datanet.name
+            )))
+        }
+    }
+}
+
+/// Loads a datanet the caller may see: published ones for everybody,
+/// unpublished ones only for their owner, curators and administrators
+/// (others get 404, so unpublished names do not leak).
+pub(crate) async fn access(state: &AppState, caller: &Caller, name: &str) -> ApiResult<Access> {
+    let not_found = || ApiError::not_found(format!("datanet `{name}`"));
+    let datanet = state.store.datanet(name).await?.ok_or_else(not_found)?;
+    let (role, admin) = match &caller.0 {
+        Some(user) => (state.store.role(&datanet, user).await?, user.admin),
+        None => (None, false),
+    };
+    let access = Access {
+        datanet,
+        role,
+        admin,
+    };
+    if !access.datanet.published && !access.is_curator() {
+        return Err(not_found());
+    }
+    Ok(access)
+}
+
+/// Parses a numeric path segment.
+pub(crate) fn parse_id(what: &str, s: &str) -> ApiResult<i64> {
+    s.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("{what} must be a positive whole number, got `{s}`"))
+    })
+}

@@ -1,0 +1,314 @@
+//! Drives the real `merit` binary: `merit user add`, `merit serve`, and the
+//! client commands against it. Runs on PostgreSQL too when
+//! `MERIT_TEST_DATABASE_URL` is set.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+    db: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn merit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_merit"));
+    c.env_remove("MERIT_SERVER")
+        .env_remove("MERIT_TOKEN")
+        .env("MERIT_LOG", "warn");
+    c
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match merit_store::testing::fresh_database_url().await {
+            Some(url) => vec!["--database-url".to_string(), url],
+            None => vec![],
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = merit()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(&db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            db,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "merit serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `merit user add NAME`; returns the token (the last line of stdout).
+    fn user(&self, name: &str) -> String {
+        let out = merit()
+            .args(["user", "add", name, "--data-dir"])
+            .arg(self.dir.path())
+            .args(&self.db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().to_string()
+    }
+
+    fn run(&self, token: &str, args: &[&str]) -> Output {
+        merit()
+            .env("MERIT_SERVER", &self.url)
+            .env("MERIT_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.run(token, args);
+        assert!(
+            out.status.success(),
+            "merit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn prose(seed: u64) -> String {
+    let words = [
+        "quiet", "river", "village", "garden", "teacher", "market", "bridge", "painter", "student",
+        "forest", "station", "valley", "island", "baker", "castle", "meadow", "orchard", "tower",
+        "welcomed", "helped", "visited", "crossed", "repaired", "watched", "guided", "praised",
+        "bright", "gentle", "careful", "honest",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        words[(x % words.len() as u64) as usize]
+    };
+    let mut out = String::new();
+    for _ in 0..14 {
+        out.push_str(&format!(
+            "The {} {} {} a {} {} near the {} {}. ",
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next()
+        ));
+    }
+    out.push_str(&format!(
+        "\nThis note carries the number {seed} so it stays unique.\n"
+    ));
+    out
+}
+
+#[tokio::test]
+async fn journeys_one_and_two_through_the_cli() {
+    let srv = Server::start().await;
+    let ann = srv.user("ann");
+    assert!(ann.starts_with("mrt_"));
+    let bob = srv.user("bob");
+
+    // An invalid policy is refused with its key.
+    let bad = srv.file("bad.toml", b"[gates]\npii = \"hide\"\n");
+    let out = srv.run(&ann, &["datanet", "create", "qa", "--policy", s(&bad)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gates.pii"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let policy = srv.file(
+        "policy.toml",
+        b"kind = \"text\"\nreview = \"owner\"\n[gates]\nmin_words = 50\n",
+    );
+    let desc = srv.file("desc.md", b"# Questions\nGood ones.");
+    srv.ok(
+        &ann,
+        &[
+            "datanet",
+            "create",
+            "qa",
+            "--policy",
+            s(&policy),
+            "--summary",
+            "Q and A",
+            "--description-file",
+            s(&desc),
+            "--tag",
+            "qa",
+            "--tag",
+            "en",
+        ],
+    );
+    srv.ok(&ann, &["datanet", "publish", "qa"]);
+    let list = srv.ok(&bob, &["datanet", "list"]);
+    assert!(list.contains("qa"), "{list}");
+
+    // Dry run: a verdict, nothing stored.
+    let good = srv.file("good.txt", prose(1).as_bytes());
+    let short = srv.file("short.txt", b"Far too short.");
+    let out = srv.ok(&bob, &["contribute", "qa", s(&good), "--dry-run", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["status"], "pending");
+    assert_eq!(v[0]["contribution_id"], Value::Null);
+
+    // Real upload: one pending, one rejected (exit status 3), JSON shape as documented.
+    let out = srv.run(&bob, &["contribute", "qa", s(&good), s(&short), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["status"], "pending");
+    assert_eq!(v[1]["status"], "rejected");
+    assert_eq!(v[1]["reasons"][0]["gate"], "length");
+    for key in ["file", "status", "contribution_id", "score", "reasons"] {
+        assert!(v[0].get(key).is_some());
+    }
+    let id = v[0]["contribution_id"].as_i64().unwrap().to_string();
+
+    // Review: the contributor cannot approve; the owner can.
+    let pending = srv.ok(&ann, &["review", "qa"]);
+    assert!(pending.contains("good.txt"), "{pending}");
+    assert!(!srv
+        .run(&bob, &["review", "qa", "--approve", &id])
+        .status
+        .success());
+    let approved = srv.ok(&ann, &["review", "qa", "--approve", &id, "--json"]);
+    assert!(approved.contains("\"accepted\""), "{approved}");
+
+    let shown = srv.ok(&bob, &["datanet", "show", "qa", "--json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["versions"][0]["row_count"], 1);
+    assert_eq!(shown["versions"][0]["root"].as_str().unwrap().len(), 64);
+    let text = srv.ok(&bob, &["datanet", "show", "qa"]);
+    assert!(text.contains("v1"), "{text}");
+
+    let board: Value = serde_json::from_str(&srv.ok("", &["leaderboard", "qa", "--json"])).unwrap();
+    assert_eq!(board[0]["contributor"], "bob");
+    assert_eq!(board[0]["accepted"], 1);
+    assert_eq!(board[0]["rejected"], 1);
+    for key in [
+        "rank",
+        "contributor",
+        "accepted",
+        "rejected",
+        "submitted",
+        "acceptance_rate",
+        "active_days",
+        "score",
+    ] {
+        assert!(board[0].get(key).is_some(), "{key}");
+    }
+    srv.ok("", &["leaderboard"]);
+
+    // Export, JSONL and parquet; pandas reads both when the CI installed it.
+    let jsonl = srv.dir.path().join("out.jsonl");
+    let parquet = srv.dir.path().join("out.parquet");
+    srv.ok(
+        "",
+        &[
+            "datanet",
+            "export",
+            "qa",
+            "--version",
+            "1",
+            "--format",
+            "jsonl",
+            "--out",
+            s(&jsonl),
+        ],
+    );
+    srv.ok(
+        "",
+        &[
+            "datanet",
+            "export",
+            "qa",
+            "--format",
+            "parquet",
+            "--out",
+            s(&parquet),
+        ],
+    );
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&jsonl)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(line["text"].as_str().unwrap().contains("number 1 "));
+    if std::env::var("MERIT_TEST_PANDAS").is_ok_and(|v| v == "1") {
+        let script = format!(
+            "import pandas as pd\nj = pd.read_json(r'{}', lines=True)\np = pd.read_parquet(r'{}')\nassert len(j) == 1 and len(p) == 1, (len(j), len(p))\nassert p['contributor'][0] == 'bob'\nassert 'number 1 ' in p['text'][0]\nprint('pandas ok')",
+            s(&jsonl),
+            s(&parquet)
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A token that is not valid is refused.
+    let out = srv.run("mrt_wrong", &["datanet", "show", "qa"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"));
+}
