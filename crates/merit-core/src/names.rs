@@ -4,18 +4,10 @@
 /// Checks a user or datanet name; the error says what is wrong.
 pub fn check(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!(
-            "{what} name must be 1 to 64 characters, got {}",
-            name.len()
-        ));
+        return Err(format!("{what} name must be 1 to 64 characters, got {}", name.len()));
     }
-    let first_ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let all_ok = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let all_ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
     if !first_ok || !all_ok {
         return Err(format!(
             "{what} name `{name}` may hold only lowercase letters, digits, '-', '_' and '.', and must start with a letter or digit"
@@ -31,14 +23,9 @@ pub fn check_tags(tags: &[String]) -> Result<(), String> {
         return Err(format!("at most 16 tags, got {}", tags.len()));
     }
     for (i, t) in tags.iter().enumerate() {
-        let ok = !t.is_empty()
-            && t.len() <= 32
-            && t.chars()
-                .all(|c| c.is_lowercase() || c.is_numeric() || c == '-');
+        let ok = !t.is_empty() && t.len() <= 32 && t.chars().all(|c| c.is_lowercase() || c.is_numeric() || c == '-');
         if !ok {
-            return Err(format!(
-                "tag `{t}` must be 1 to 32 lowercase letters, digits or '-'"
-            ));
+            return Err(format!("tag `{t}` must be 1 to 32 lowercase letters, digits or '-'"));
         }
         if tags[..i].contains(t) {
             return Err(format!("tag `{t}` is repeated"));
@@ -54,10 +41,7 @@ pub fn check_texts(summary: &str, description: &str) -> Result<(), String> {
         return Err("summary must be one line of at most 280 characters".to_string());
     }
     if description.len() > 65_536 {
-        return Err(format!(
-            "description must be at most 65536 bytes, got {}",
-            description.len()
-        ));
+        return Err(format!("description must be at most 65536 bytes, got {}", description.len()));
     }
     Ok(())
 }

@@ -115,10 +115,7 @@ impl Format {
 
     /// The kind of datanet this format belongs to.
     pub fn kind(self) -> Kind {
-        [Kind::Text, Kind::Image, Kind::Audio]
-            .into_iter()
-            .find(|k| k.formats().contains(&self))
-            .unwrap_or(Kind::Text)
+        [Kind::Text, Kind::Image, Kind::Audio].into_iter().find(|k| k.formats().contains(&self)).unwrap_or(Kind::Text)
     }
 
     /// Whether rows come from a structured file (one row per record).
@@ -188,11 +185,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            user_bytes_per_day: 10_000_000,
-            user_files_per_day: 20,
-            datanet_bytes_per_day: 10_000_000,
-        }
+        Limits { user_bytes_per_day: 10_000_000, user_files_per_day: 20, datanet_bytes_per_day: 10_000_000 }
     }
 }
 
@@ -287,10 +280,7 @@ pub struct PolicyError {
 
 impl PolicyError {
     fn new(key: &str, reason: impl Into<String>) -> Self {
-        PolicyError {
-            key: key.to_string(),
-            reason: reason.into(),
-        }
+        PolicyError { key: key.to_string(), reason: reason.into() }
     }
 }
 
@@ -321,19 +311,8 @@ impl Policy {
             let msg = e.message().to_string();
             PolicyError::new("(file)", format!("not valid TOML: {msg}"))
         })?;
-        let mut reader = Reader {
-            table: &table,
-            prefix: "",
-        };
-        reader.known(&[
-            "kind",
-            "formats",
-            "rows",
-            "max_file_bytes",
-            "review",
-            "limits",
-            "gates",
-        ])?;
+        let mut reader = Reader { table: &table, prefix: "" };
+        reader.known(&["kind", "formats", "rows", "max_file_bytes", "review", "limits", "gates"])?;
 
         let kind = match reader.string("kind")? {
             None => Kind::Text,
@@ -358,10 +337,7 @@ impl Policy {
             let mut formats = Vec::new();
             for name in &list {
                 let Some(format) = Format::from_name(name) else {
-                    return Err(PolicyError::new(
-                        "formats",
-                        format!("`{name}` is not a known format"),
-                    ));
+                    return Err(PolicyError::new("formats", format!("`{name}` is not a known format")));
                 };
                 if format.kind() != kind {
                     let allowed: Vec<&str> = kind.formats().iter().map(|f| f.as_str()).collect();
@@ -418,15 +394,8 @@ impl Policy {
         }
 
         if let Some(limits) = reader.table("limits")? {
-            let mut r = Reader {
-                table: limits,
-                prefix: "limits.",
-            };
-            r.known(&[
-                "user_bytes_per_day",
-                "user_files_per_day",
-                "datanet_bytes_per_day",
-            ])?;
+            let mut r = Reader { table: limits, prefix: "limits." };
+            r.known(&["user_bytes_per_day", "user_files_per_day", "datanet_bytes_per_day"])?;
             if let Some(n) = r.uint("user_bytes_per_day")? {
                 policy.limits.user_bytes_per_day = n;
             }
@@ -439,10 +408,7 @@ impl Policy {
         }
 
         if let Some(gates) = reader.table("gates")? {
-            let mut r = Reader {
-                table: gates,
-                prefix: "gates.",
-            };
+            let mut r = Reader { table: gates, prefix: "gates." };
             r.known(&[
                 "min_words",
                 "max_words",
@@ -510,23 +476,18 @@ impl Policy {
                     other => {
                         return Err(PolicyError::new(
                             "gates.pii",
-                            format!(
-                                "`{other}` is not a PII mode; expected reject, redact or allow"
-                            ),
+                            format!("`{other}` is not a PII mode; expected reject, redact or allow"),
                         ))
                     }
                 };
             }
             if let Some(path) = r.string("json_schema")? {
-                let text = load_schema(&path).map_err(|why| {
-                    PolicyError::new("gates.json_schema", format!("cannot read `{path}`: {why}"))
-                })?;
-                let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    PolicyError::new("gates.json_schema", format!("`{path}` is not JSON: {e}"))
-                })?;
-                crate::schema::check_schema(&schema).map_err(|why| {
-                    PolicyError::new("gates.json_schema", format!("`{path}`: {why}"))
-                })?;
+                let text = load_schema(&path)
+                    .map_err(|why| PolicyError::new("gates.json_schema", format!("cannot read `{path}`: {why}")))?;
+                let schema: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| PolicyError::new("gates.json_schema", format!("`{path}` is not JSON: {e}")))?;
+                crate::schema::check_schema(&schema)
+                    .map_err(|why| PolicyError::new("gates.json_schema", format!("`{path}`: {why}")))?;
                 g.json_schema = Some(schema);
             }
             for (key, slot) in [
@@ -552,16 +513,9 @@ impl Policy {
                 }
             }
             for (lo, hi) in [("min_width", "max_width"), ("min_height", "max_height")] {
-                let (a, b) = if lo == "min_width" {
-                    (g.min_width, g.max_width)
-                } else {
-                    (g.min_height, g.max_height)
-                };
+                let (a, b) = if lo == "min_width" { (g.min_width, g.max_width) } else { (g.min_height, g.max_height) };
                 if b != 0 && a > b {
-                    return Err(PolicyError::new(
-                        &format!("gates.{lo}"),
-                        format!("is {a} but gates.{hi} is {b}"),
-                    ));
+                    return Err(PolicyError::new(&format!("gates.{lo}"), format!("is {a} but gates.{hi} is {b}")));
                 }
             }
             for (key, slot) in [
@@ -620,10 +574,7 @@ impl<'a> Reader<'a> {
     }
 
     fn type_error(&self, k: &str, want: &str, got: &Value) -> PolicyError {
-        PolicyError::new(
-            &self.key(k),
-            format!("must be {want}, got {}", got.type_str()),
-        )
+        PolicyError::new(&self.key(k), format!("must be {want}, got {}", got.type_str()))
     }
 
     fn string(&self, k: &str) -> Result<Option<String>, PolicyError> {
@@ -653,10 +604,7 @@ impl<'a> Reader<'a> {
         match self.table.get(k) {
             None => Ok(None),
             Some(Value::Integer(n)) if *n >= 0 => Ok(Some(*n as u64)),
-            Some(Value::Integer(n)) => Err(PolicyError::new(
-                &self.key(k),
-                format!("must not be negative, got {n}"),
-            )),
+            Some(Value::Integer(n)) => Err(PolicyError::new(&self.key(k), format!("must not be negative, got {n}"))),
             Some(v) => Err(self.type_error(k, "a whole number", v)),
         }
     }
@@ -735,21 +683,13 @@ pii = "reject"
         let p = parse("kind = \"image\"\n[gates]\nmin_width = 32\nmax_width = 4096").unwrap();
         assert_eq!(p.formats, Kind::Image.formats());
         assert_eq!(p.gates.min_width, 32);
-        assert_eq!(
-            parse("kind = \"image\"\nformats = [\"jpeg\"]")
-                .unwrap()
-                .formats,
-            vec![Format::Jpg]
-        );
+        assert_eq!(parse("kind = \"image\"\nformats = [\"jpeg\"]").unwrap().formats, vec![Format::Jpg]);
     }
 
     #[test]
     fn refusals_name_the_key() {
         assert_eq!(refused("kind = \"video\"").0, "kind");
-        assert_eq!(
-            refused("kind = \"image\"\nformats = [\"pdf\"]").0,
-            "formats"
-        );
+        assert_eq!(refused("kind = \"image\"\nformats = [\"pdf\"]").0, "formats");
         assert_eq!(refused("formats = [\"exe\"]").0, "formats");
         assert_eq!(refused("formats = []").0, "formats");
         assert_eq!(refused("rows = \"xml\"").0, "rows");
@@ -757,32 +697,14 @@ pii = "reject"
         assert_eq!(refused("max_file_bytes = \"big\"").0, "max_file_bytes");
         assert_eq!(refused("review = \"nobody\"").0, "review");
         assert_eq!(refused("colour = 1").0, "colour");
-        assert_eq!(
-            refused("[limits]\nuser_files_per_day = -1").0,
-            "limits.user_files_per_day"
-        );
+        assert_eq!(refused("[limits]\nuser_files_per_day = -1").0, "limits.user_files_per_day");
         assert_eq!(refused("[limits]\nfiles = 1").0, "limits.files");
-        assert_eq!(
-            refused("[gates]\nmin_words = 10\nmax_words = 5").0,
-            "gates.min_words"
-        );
-        assert_eq!(
-            refused("[gates]\nlanguages = [\"english\"]").0,
-            "gates.languages"
-        );
-        assert_eq!(
-            refused("[gates]\nnear_duplicate_threshold = 1.5").0,
-            "gates.near_duplicate_threshold"
-        );
+        assert_eq!(refused("[gates]\nmin_words = 10\nmax_words = 5").0, "gates.min_words");
+        assert_eq!(refused("[gates]\nlanguages = [\"english\"]").0, "gates.languages");
+        assert_eq!(refused("[gates]\nnear_duplicate_threshold = 1.5").0, "gates.near_duplicate_threshold");
         assert_eq!(refused("[gates]\npii = \"hide\"").0, "gates.pii");
-        assert_eq!(
-            refused("[gates]\njson_schema = \"missing.json\"").0,
-            "gates.json_schema"
-        );
-        assert_eq!(
-            refused("[gates]\njson_schema = \"bad.json\"").0,
-            "gates.json_schema"
-        );
+        assert_eq!(refused("[gates]\njson_schema = \"missing.json\"").0, "gates.json_schema");
+        assert_eq!(refused("[gates]\njson_schema = \"bad.json\"").0, "gates.json_schema");
         assert_eq!(refused("[gates]\nc4 = \"yes\"").0, "gates.c4");
         assert_eq!(refused("gates = 3").0, "gates");
         assert_eq!(refused("kind = ").0, "(file)");

@@ -28,9 +28,7 @@ const KEYWORDS: &[&str] = &[
     "description",
 ];
 
-const TYPES: &[&str] = &[
-    "object", "array", "string", "number", "integer", "boolean", "null",
-];
+const TYPES: &[&str] = &["object", "array", "string", "number", "integer", "boolean", "null"];
 
 /// Checks that `schema` uses only supported keywords, with well-formed values.
 pub fn check_schema(schema: &Value) -> Result<(), String> {
@@ -45,10 +43,7 @@ fn check_at(schema: &Value, at: &str) -> Result<(), String> {
     };
     for (k, v) in obj {
         if !KEYWORDS.contains(&k.as_str()) {
-            return Err(format!(
-                "{at}: keyword `{k}` is not supported (supported: {})",
-                KEYWORDS.join(", ")
-            ));
+            return Err(format!("{at}: keyword `{k}` is not supported (supported: {})", KEYWORDS.join(", ")));
         }
         match k.as_str() {
             "type" => {
@@ -77,9 +72,7 @@ fn check_at(schema: &Value, at: &str) -> Result<(), String> {
             }
             "additionalProperties" => {
                 if !v.is_boolean() {
-                    return Err(format!(
-                        "{at}/additionalProperties: only true or false is supported"
-                    ));
+                    return Err(format!("{at}/additionalProperties: only true or false is supported"));
                 }
             }
             "items" => check_at(v, &format!("{at}/items"))?,
@@ -117,9 +110,7 @@ fn type_matches(name: &str, value: &Value) -> bool {
         "string" => value.is_string(),
         "number" => value.is_number(),
         "integer" => {
-            value.as_i64().is_some()
-                || value.as_u64().is_some()
-                || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+            value.as_i64().is_some() || value.as_u64().is_some() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
         }
         "boolean" => value.is_boolean(),
         "null" => value.is_null(),
@@ -158,16 +149,12 @@ fn validate_at(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
         let len = s.chars().count() as u64;
         if let Some(min) = obj.get("minLength").and_then(Value::as_u64) {
             if len < min {
-                return Err(format!(
-                    "{here}: string is {len} characters, shorter than {min}"
-                ));
+                return Err(format!("{here}: string is {len} characters, shorter than {min}"));
             }
         }
         if let Some(max) = obj.get("maxLength").and_then(Value::as_u64) {
             if len > max {
-                return Err(format!(
-                    "{here}: string is {len} characters, longer than {max}"
-                ));
+                return Err(format!("{here}: string is {len} characters, longer than {max}"));
             }
         }
     }
@@ -233,9 +220,7 @@ mod tests {
     fn unsupported_keywords_are_refused() {
         assert!(check_schema(&json!({"type": "object", "patternProperties": {}})).is_err());
         assert!(check_schema(&json!({"type": "thing"})).is_err());
-        assert!(
-            check_schema(&json!({"properties": {"a": {"type": "string", "minLength": 3}}})).is_ok()
-        );
+        assert!(check_schema(&json!({"properties": {"a": {"type": "string", "minLength": 3}}})).is_ok());
     }
 
     #[test]
@@ -245,17 +230,9 @@ mod tests {
             "tags": {"type": "array", "items": {"enum": ["a", "b"]}}
         }, "additionalProperties": false});
         assert!(validate(&s, &json!({"text": "hello", "tags": ["a"]})).is_ok());
-        assert!(validate(&s, &json!({}))
-            .unwrap_err()
-            .contains("missing required field `text`"));
-        assert!(validate(&s, &json!({"text": "hi"}))
-            .unwrap_err()
-            .starts_with("/text"));
-        assert!(validate(&s, &json!({"text": "hello", "tags": ["c"]}))
-            .unwrap_err()
-            .starts_with("/tags/0"));
-        assert!(validate(&s, &json!({"text": "hello", "x": 1}))
-            .unwrap_err()
-            .contains("`x`"));
+        assert!(validate(&s, &json!({})).unwrap_err().contains("missing required field `text`"));
+        assert!(validate(&s, &json!({"text": "hi"})).unwrap_err().starts_with("/text"));
+        assert!(validate(&s, &json!({"text": "hello", "tags": ["c"]})).unwrap_err().starts_with("/tags/0"));
+        assert!(validate(&s, &json!({"text": "hello", "x": 1})).unwrap_err().contains("`x`"));
     }
 }

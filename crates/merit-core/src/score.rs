@@ -47,10 +47,7 @@ pub fn credit(rows: &[(f64, bool)]) -> f64 {
     if rows.is_empty() {
         return 0.0;
     }
-    let sum: f64 = rows
-        .iter()
-        .map(|&(s, dup)| if dup { 0.0 } else { s.clamp(0.0, 1.0) })
-        .sum();
+    let sum: f64 = rows.iter().map(|&(s, dup)| if dup { 0.0 } else { s.clamp(0.0, 1.0) }).sum();
     sum / rows.len() as f64
 }
 
@@ -100,11 +97,7 @@ pub fn leaderboard(outcomes: &[Outcome]) -> Vec<Standing> {
         .into_iter()
         .map(|(name, a)| {
             let decided = a.accepted + a.rejected;
-            let rate = if decided == 0 {
-                0.0
-            } else {
-                a.accepted as f64 / decided as f64
-            };
+            let rate = if decided == 0 { 0.0 } else { a.accepted as f64 / decided as f64 };
             let standing = Standing {
                 rank: 0,
                 contributor: name.to_string(),
@@ -116,19 +109,11 @@ pub fn leaderboard(outcomes: &[Outcome]) -> Vec<Standing> {
                 // Rounded so that sums in different orders compare equal.
                 score: (a.score * 1e9).round() / 1e9,
             };
-            (
-                standing,
-                wilson_lower_bound(a.accepted, decided),
-                a.first_accept.unwrap_or(i64::MAX),
-            )
+            (standing, wilson_lower_bound(a.accepted, decided), a.first_accept.unwrap_or(i64::MAX))
         })
         .collect();
     rows.sort_by(|(a, wa, fa), (b, wb, fb)| {
-        b.score
-            .total_cmp(&a.score)
-            .then(wb.total_cmp(wa))
-            .then(fa.cmp(fb))
-            .then(a.contributor.cmp(&b.contributor))
+        b.score.total_cmp(&a.score).then(wb.total_cmp(wa)).then(fa.cmp(fb)).then(a.contributor.cmp(&b.contributor))
     });
     rows.into_iter()
         .enumerate()
@@ -155,23 +140,14 @@ mod tests {
     }
 
     fn arb_outcome() -> impl Strategy<Value = Outcome> {
-        (
-            0..4usize,
-            0..3usize,
-            0.0f64..=1.0,
-            0i64..10 * crate::quota::DAY_MS,
-        )
-            .prop_map(|(who, st, credit, t)| {
-                let status = [Status::Accepted, Status::Pending, Status::Rejected][st];
-                outcome(["ann", "bob", "cy", "dee"][who], status, credit, t)
-            })
+        (0..4usize, 0..3usize, 0.0f64..=1.0, 0i64..10 * crate::quota::DAY_MS).prop_map(|(who, st, credit, t)| {
+            let status = [Status::Accepted, Status::Pending, Status::Rejected][st];
+            outcome(["ann", "bob", "cy", "dee"][who], status, credit, t)
+        })
     }
 
     fn score_of(board: &[Standing], who: &str) -> f64 {
-        board
-            .iter()
-            .find(|s| s.contributor == who)
-            .map_or(0.0, |s| s.score)
+        board.iter().find(|s| s.contributor == who).map_or(0.0, |s| s.score)
     }
 
     #[test]

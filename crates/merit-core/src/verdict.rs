@@ -84,11 +84,7 @@ impl Reason {
 /// SHA-256 over the canonical JSON of a list of reasons, as lowercase hex;
 /// the ledger records this digest with each verdict.
 pub fn reasons_digest(reasons: &[Reason]) -> String {
-    crate::sha256_hex(
-        serde_json::to_string(reasons)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
+    crate::sha256_hex(serde_json::to_string(reasons).unwrap_or_default().as_bytes())
 }
 
 /// The reason for a row that repeats, after normalisation, a row accepted
@@ -112,7 +108,9 @@ pub fn near_duplicate(row: u64, earlier: &str, similarity: f64, threshold: f64) 
         "jaccard",
         similarity,
         threshold,
-        format!("row {row} is a near duplicate of {earlier} (estimated Jaccard similarity {similarity:.2} ≥ {threshold})"),
+        format!(
+            "row {row} is a near duplicate of {earlier} (estimated Jaccard similarity {similarity:.2} ≥ {threshold})"
+        ),
     )
     .at_row(row)
 }

@@ -64,11 +64,7 @@ pub fn run_on(corpus: &[u8]) -> Report {
         bytes: corpus.len() as u64,
         rows: full.rows.len() as u64,
         seconds,
-        accepted_rows: if full.file_reasons.is_empty() {
-            accepted
-        } else {
-            0
-        },
+        accepted_rows: if full.file_reasons.is_empty() { accepted } else { 0 },
     }
 }
 
@@ -206,10 +202,8 @@ const VERBS: &[&str] = &[
     "repaired",
     "discovered",
 ];
-const LINKS: &[&str] = &[
-    "in", "across", "near", "behind", "before", "after", "through", "under", "beside", "around",
-    "towards", "with",
-];
+const LINKS: &[&str] =
+    &["in", "across", "near", "behind", "before", "after", "through", "under", "beside", "around", "towards", "with"];
 const OPENERS: &[&str] = &[
     "In the end",
     "For many years",
@@ -269,11 +263,7 @@ fn sentence(rng: &mut Rng, out: &mut Vec<String>) {
 fn prose(rng: &mut Rng) -> String {
     let target = 50 + rng.below(351);
     let mut words = Vec::with_capacity(target + 16);
-    let paragraphs = if rng.below(5) == 0 {
-        2 + rng.below(2)
-    } else {
-        1
-    };
+    let paragraphs = if rng.below(5) == 0 { 2 + rng.below(2) } else { 1 };
     let mut text = String::with_capacity(target * 7);
     for p in 0..paragraphs {
         words.clear();
@@ -292,10 +282,7 @@ fn junk(rng: &mut Rng) -> String {
     match rng.below(4) {
         0 => "Home | About | Contact | Login\n".repeat(20),
         1 => "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(12),
-        2 => (0..120)
-            .map(|i| format!("#{} ${}", i * 37 % 101, i))
-            .collect::<Vec<_>>()
-            .join(" "),
+        2 => (0..120).map(|i| format!("#{} ${}", i * 37 % 101, i)).collect::<Vec<_>>().join(" "),
         _ => "function main() { return 42; } // javascript\n".repeat(15),
     }
 }

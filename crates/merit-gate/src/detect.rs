@@ -36,11 +36,7 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
         return Sniffed::Binary(Format::Pdf);
     }
     if at(0, b"PK\x03\x04") || at(0, b"PK\x05\x06") {
-        return if contains(b, b"word/document.xml") {
-            Sniffed::Binary(Format::Docx)
-        } else {
-            Sniffed::Zip
-        };
+        return if contains(b, b"word/document.xml") { Sniffed::Binary(Format::Docx) } else { Sniffed::Zip };
     }
     if b.len() >= 12 && at(0, b"PAR1") && b.ends_with(b"PAR1") {
         return Sniffed::Binary(Format::Parquet);
@@ -76,15 +72,11 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
     let body = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
     match std::str::from_utf8(body) {
         Ok(s) if !s.as_bytes().contains(&0) => Sniffed::Text,
-        Ok(_) => Sniffed::Unknown {
-            invalid_utf8_at: None,
-        },
+        Ok(_) => Sniffed::Unknown { invalid_utf8_at: None },
         Err(e) => {
             let offset = e.valid_up_to() + (b.len() - body.len());
             let texty = !body[..e.valid_up_to()].contains(&0);
-            Sniffed::Unknown {
-                invalid_utf8_at: texty.then_some(offset),
-            }
+            Sniffed::Unknown { invalid_utf8_at: texty.then_some(offset) }
         }
     }
 }
@@ -130,9 +122,7 @@ pub(crate) fn claimed(filename: &str) -> Option<Format> {
 /// The extension of a file name, for messages.
 pub(crate) fn extension(filename: &str) -> Option<String> {
     let base = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
-    base.rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .filter(|e| !e.is_empty() && e.len() <= 16)
+    base.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).filter(|e| !e.is_empty() && e.len() <= 16)
 }
 
 /// A noun phrase for a format, for messages.
@@ -163,32 +153,13 @@ mod tests {
     #[test]
     fn magic_bytes() {
         assert_eq!(sniff(b"%PDF-1.7\n"), Sniffed::Binary(Format::Pdf));
-        assert_eq!(
-            sniff(b"\x89PNG\r\n\x1a\n...."),
-            Sniffed::Binary(Format::Png)
-        );
-        assert_eq!(
-            sniff(b"RIFF\0\0\0\0WEBPVP8 "),
-            Sniffed::Binary(Format::Webp)
-        );
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Sniffed::Binary(Format::Png));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Sniffed::Binary(Format::Webp));
         assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt "), Sniffed::Binary(Format::Wav));
-        assert_eq!(
-            sniff(b"BMW makes cars and the river is wide."),
-            Sniffed::Text
-        );
+        assert_eq!(sniff(b"BMW makes cars and the river is wide."), Sniffed::Text);
         assert_eq!(sniff(b"\xEF\xBB\xBFhello"), Sniffed::Text);
-        assert_eq!(
-            sniff(b"a\0b"),
-            Sniffed::Unknown {
-                invalid_utf8_at: None
-            }
-        );
-        assert_eq!(
-            sniff(b"ab\xFFcd"),
-            Sniffed::Unknown {
-                invalid_utf8_at: Some(2)
-            }
-        );
+        assert_eq!(sniff(b"a\0b"), Sniffed::Unknown { invalid_utf8_at: None });
+        assert_eq!(sniff(b"ab\xFFcd"), Sniffed::Unknown { invalid_utf8_at: Some(2) });
         assert_eq!(sniff(b"PK\x03\x04rest"), Sniffed::Zip);
         assert_eq!(claimed("dir.v2/Report.PDF"), Some(Format::Pdf));
         assert_eq!(claimed("photo.jpeg"), Some(Format::Jpg));

@@ -38,8 +38,7 @@ pub(crate) fn extract(bytes: &[u8], budget: u64) -> Result<String, Reason> {
     }
     let xml = std::panic::catch_unwind(|| document_xml(bytes, budget))
         .unwrap_or_else(|_| Err(refuse("the docx archive could not be read")))?;
-    std::panic::catch_unwind(|| text_of(&xml))
-        .unwrap_or_else(|_| Err(refuse("the docx document could not be read")))
+    std::panic::catch_unwind(|| text_of(&xml)).unwrap_or_else(|_| Err(refuse("the docx document could not be read")))
 }
 
 fn count(hay: &[u8], needle: &[u8]) -> usize {
@@ -57,9 +56,7 @@ fn document_xml(bytes: &[u8], budget: u64) -> Result<Vec<u8>, Reason> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| refuse(format!("the docx file is not a readable zip archive: {e}")))?;
     if archive.len() > MAX_ENTRIES {
-        return Err(refuse(format!(
-            "the docx archive holds more than {MAX_ENTRIES} entries"
-        )));
+        return Err(refuse(format!("the docx archive holds more than {MAX_ENTRIES} entries")));
     }
     let mut declared_total = 0u64;
     for i in 0..archive.len() {
@@ -74,19 +71,14 @@ fn document_xml(bytes: &[u8], budget: u64) -> Result<Vec<u8>, Reason> {
             format!("the docx archive declares {declared_total} bytes uncompressed, over the limit of {budget}"),
         ));
     }
-    let mut entry = archive.by_name("word/document.xml").map_err(|e| {
-        refuse(format!(
-            "the docx archive has no readable word/document.xml: {e}"
-        ))
-    })?;
+    let mut entry = archive
+        .by_name("word/document.xml")
+        .map_err(|e| refuse(format!("the docx archive has no readable word/document.xml: {e}")))?;
     if entry.size() > budget {
         return Err(too_big(
             entry.size(),
             budget,
-            format!(
-                "word/document.xml declares {} bytes, over the limit of {budget}",
-                entry.size()
-            ),
+            format!("word/document.xml declares {} bytes, over the limit of {budget}", entry.size()),
         ));
     }
     let mut xml = Vec::with_capacity(entry.size().min(budget) as usize);
@@ -111,9 +103,8 @@ fn text_of(xml: &[u8]) -> Result<String, Reason> {
     let mut out = String::new();
     let mut in_text = 0usize;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| refuse(format!("word/document.xml is not well-formed XML: {e}")))?;
+        let event =
+            reader.read_event().map_err(|e| refuse(format!("word/document.xml is not well-formed XML: {e}")))?;
         match event {
             Event::Start(e) => match e.local_name().as_ref() {
                 b"t" => in_text += 1,
@@ -152,11 +143,12 @@ pub(crate) mod tests {
     /// A minimal docx holding `document` as word/document.xml (deflated).
     pub(crate) fn docx_bytes(document: &str) -> Vec<u8> {
         let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("[Content_Types].xml", options).unwrap();
-        zip.write_all(b"<?xml version=\"1.0\"?><Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\"/>")
-            .unwrap();
+        zip.write_all(
+            b"<?xml version=\"1.0\"?><Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\"/>",
+        )
+        .unwrap();
         zip.start_file("word/document.xml", options).unwrap();
         zip.write_all(document.as_bytes()).unwrap();
         zip.finish().unwrap().into_inner()
@@ -164,10 +156,8 @@ pub(crate) mod tests {
 
     /// WordprocessingML with one paragraph per line.
     pub(crate) fn document(paragraphs: &[&str]) -> String {
-        let body: String = paragraphs
-            .iter()
-            .map(|p| format!("<w:p><w:r><w:t xml:space=\"preserve\">{p}</w:t></w:r></w:p>"))
-            .collect();
+        let body: String =
+            paragraphs.iter().map(|p| format!("<w:p><w:r><w:t xml:space=\"preserve\">{p}</w:t></w:r></w:p>")).collect();
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><w:document xmlns:w=\"http://schemas.openxmlformats.org/wordprocessingml/2006/main\"><w:body>{body}</w:body></w:document>"
         )
@@ -177,38 +167,28 @@ pub(crate) mod tests {
     fn paragraphs_tabs_and_breaks() {
         let xml = "<w:document xmlns:w=\"x\"><w:body><w:p><w:r><w:t>One &amp; two</w:t><w:tab/><w:t>three</w:t></w:r></w:p>\
                    <w:p><w:r><w:t>four</w:t><w:br/><w:t>five</w:t><w:instrText>PAGE</w:instrText></w:r></w:p></w:body></w:document>";
-        assert_eq!(
-            extract(&docx_bytes(xml), 1 << 20).unwrap(),
-            "One & two\tthree\nfour\nfive"
-        );
+        assert_eq!(extract(&docx_bytes(xml), 1 << 20).unwrap(), "One & two\tthree\nfour\nfive");
     }
 
     #[test]
     fn zip_bombs_are_refused() {
         // 8 MiB of zeros deflate to a few KiB; the budget is 1 MiB.
-        let body = format!("<w:document xmlns:w=\"x\"><w:body><w:p><w:r><w:t>{}</w:t></w:r></w:p></w:body></w:document>", "0".repeat(8 << 20));
+        let body = format!(
+            "<w:document xmlns:w=\"x\"><w:body><w:p><w:r><w:t>{}</w:t></w:r></w:p></w:body></w:document>",
+            "0".repeat(8 << 20)
+        );
         let bytes = docx_bytes(&body);
         assert!(bytes.len() < 64 << 10);
         let err = extract(&bytes, 1 << 20).unwrap_err();
-        assert_eq!(
-            (err.gate.as_str(), err.metric.as_str()),
-            ("size", "decompressed_bytes")
-        );
+        assert_eq!((err.gate.as_str(), err.metric.as_str()), ("size", "decompressed_bytes"));
     }
 
     #[test]
     fn not_a_docx() {
-        assert_eq!(
-            extract(b"PK\x03\x04garbage", 1 << 20).unwrap_err().gate,
-            "format"
-        );
+        assert_eq!(extract(b"PK\x03\x04garbage", 1 << 20).unwrap_err().gate, "format");
         let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        zip.start_file("other.txt", zip::write::SimpleFileOptions::default())
-            .unwrap();
+        zip.start_file("other.txt", zip::write::SimpleFileOptions::default()).unwrap();
         let bytes = zip.finish().unwrap().into_inner();
-        assert!(extract(&bytes, 1 << 20)
-            .unwrap_err()
-            .message
-            .contains("word/document.xml"));
+        assert!(extract(&bytes, 1 << 20).unwrap_err().message.contains("word/document.xml"));
     }
 }

@@ -111,16 +111,8 @@ pub fn write_parquet(columns: &[(String, Column)]) -> Result<Vec<u8>, ExportErro
         .build()?;
         fields.push(Arc::new(field));
     }
-    let schema = Arc::new(
-        Type::group_type_builder("schema")
-            .with_fields(fields)
-            .build()?,
-    );
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
+    let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build()?);
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
     let mut out = Vec::new();
     let mut writer = SerializedFileWriter::new(&mut out, schema, props)?;
     let total = first.len();
@@ -131,26 +123,19 @@ pub fn write_parquet(columns: &[(String, Column)]) -> Result<Vec<u8>, ExportErro
         let mut index = 0;
         while let Some(mut col) = group.next_column()? {
             let Some((_, data)) = columns.get(index) else {
-                return Err(ExportError::Parquet(
-                    "more parquet columns than given".to_string(),
-                ));
+                return Err(ExportError::Parquet("more parquet columns than given".to_string()));
             };
             match data {
                 Column::Int64(v) => {
-                    col.typed::<Int64Type>()
-                        .write_batch(&v[start..end], None, None)?;
+                    col.typed::<Int64Type>().write_batch(&v[start..end], None, None)?;
                 }
                 Column::Double(v) => {
-                    col.typed::<DoubleType>()
-                        .write_batch(&v[start..end], None, None)?;
+                    col.typed::<DoubleType>().write_batch(&v[start..end], None, None)?;
                 }
                 Column::Utf8(v) => {
-                    let values: Vec<ByteArray> = v[start..end]
-                        .iter()
-                        .map(|s| ByteArray::from(s.as_bytes().to_vec()))
-                        .collect();
-                    col.typed::<ByteArrayType>()
-                        .write_batch(&values, None, None)?;
+                    let values: Vec<ByteArray> =
+                        v[start..end].iter().map(|s| ByteArray::from(s.as_bytes().to_vec())).collect();
+                    col.typed::<ByteArrayType>().write_batch(&values, None, None)?;
                 }
             }
             col.close()?;

@@ -18,9 +18,7 @@ pub(crate) fn fmix64(mut h: u64) -> u64 {
 /// Combines a running hash with one more 64-bit value (order-sensitive).
 #[inline]
 pub(crate) fn combine(h: u64, v: u64) -> u64 {
-    (h.rotate_left(23) ^ v)
-        .wrapping_mul(K)
-        .wrapping_add(0x632B_E59B_D9B4_E019)
+    (h.rotate_left(23) ^ v).wrapping_mul(K).wrapping_add(0x632B_E59B_D9B4_E019)
 }
 
 /// A fast 64-bit hash of bytes (8 bytes at a time, then finalised).
@@ -103,11 +101,7 @@ struct Slot {
 
 impl CountTable {
     pub(crate) fn new() -> Self {
-        CountTable {
-            slots: Vec::new(),
-            used: Vec::new(),
-            mask: 0,
-        }
+        CountTable { slots: Vec::new(), used: Vec::new(), mask: 0 }
     }
 
     /// Empties the table and makes room for `n` keys.
@@ -136,11 +130,7 @@ impl CountTable {
         loop {
             let slot = &mut self.slots[i];
             if slot.count == 0 {
-                *slot = Slot {
-                    key,
-                    count: 1,
-                    first: pos,
-                };
+                *slot = Slot { key, count: 1, first: pos };
                 self.used.push(i as u32);
                 return (1, pos);
             }

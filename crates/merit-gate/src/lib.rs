@@ -150,6 +150,9 @@ pub mod bench;
 pub mod export;
 pub mod minhash;
 
+/// This crate's version; verdicts on the ledger name the gates that gave them.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 mod detect;
 mod docx;
 mod hash;
@@ -217,11 +220,7 @@ pub fn inspect(policy: &Policy, filename: &str, bytes: &[u8]) -> Inspection {
         }
     }
     reasons.truncate(MAX_REASONS);
-    Inspection {
-        format: full.format,
-        rows: full.rows,
-        reasons,
-    }
+    Inspection { format: full.format, rows: full.rows, reasons }
 }
 
 /// The reason for a row that repeats row `row` of the datanet exactly (after

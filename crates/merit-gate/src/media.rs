@@ -8,7 +8,14 @@ pub(crate) fn image_size(bytes: &[u8]) -> Result<(u64, u64), String> {
     let result = std::panic::catch_unwind(|| imagesize::blob_size(bytes));
     match result {
         Ok(Ok(size)) if size.width > 0 && size.height > 0 => {
-            Ok((size.width as u64, size.height as u64))
+            // A BMP stored top-down has a negative height, read here as a huge u32.
+            let (w, h) = (size.width as u64, size.height as u64);
+            let h = if bytes.starts_with(b"BM") && h > i32::MAX as u64 && h <= u32::MAX as u64 {
+                (1u64 << 32) - h
+            } else {
+                h
+            };
+            Ok((w, h))
         }
         Ok(Ok(_)) => Err("the image declares a zero width or height".to_string()),
         Ok(Err(e)) => Err(format!("the image dimensions cannot be read: {e}")),
@@ -74,11 +81,7 @@ fn wav(b: &[u8]) -> Result<Audio, String> {
             }
             b"data" => {
                 // A streaming writer may leave the size at 0 or 0xFFFFFFFF: count what is there.
-                let len = if size == 0 || size == 0xFFFF_FFFF {
-                    available
-                } else {
-                    size.min(available)
-                };
+                let len = if size == 0 || size == 0xFFFF_FFFF { available } else { size.min(available) };
                 data_len = Some(len);
             }
             _ => {}
@@ -104,11 +107,7 @@ fn wav(b: &[u8]) -> Result<Audio, String> {
     } else {
         return Err("the WAV file declares a zero byte rate".to_string());
     };
-    Ok(Audio {
-        duration_seconds: data_len as f64 / bytes_per_second,
-        sample_rate: rate,
-        channels,
-    })
+    Ok(Audio { duration_seconds: data_len as f64 / bytes_per_second, sample_rate: rate, channels })
 }
 
 /// FLAC: the STREAMINFO block gives the rate, channels and total samples.
@@ -131,11 +130,7 @@ fn flac(b: &[u8]) -> Result<Audio, String> {
     if total == 0 {
         return Err("the FLAC stream does not declare its length".to_string());
     }
-    Ok(Audio {
-        duration_seconds: total as f64 / rate as f64,
-        sample_rate: rate,
-        channels,
-    })
+    Ok(Audio { duration_seconds: total as f64 / rate as f64, sample_rate: rate, channels })
 }
 
 /// An MPEG audio frame header.
@@ -163,12 +158,7 @@ pub(crate) fn mp3_header(h: &[u8]) -> Option<Mp3Frame> {
         return None;
     }
     let mpeg1 = version == 3;
-    const RATES: [[u32; 3]; 4] = [
-        [11025, 12000, 8000],
-        [0, 0, 0],
-        [22050, 24000, 16000],
-        [44100, 48000, 32000],
-    ];
+    const RATES: [[u32; 3]; 4] = [[11025, 12000, 8000], [0, 0, 0], [22050, 24000, 16000], [44100, 48000, 32000]];
     let sample_rate = RATES[version as usize][rate_index];
     // kbit/s by [MPEG-1 layer I, II, III, MPEG-2/2.5 layer I, II/III].
     const BITRATES: [[u32; 5]; 15] = [
@@ -205,13 +195,7 @@ pub(crate) fn mp3_header(h: &[u8]) -> Option<Mp3Frame> {
     if length < 4 {
         return None;
     }
-    Some(Mp3Frame {
-        sample_rate,
-        samples,
-        length,
-        channels: if channel_mode == 3 { 1 } else { 2 },
-        mpeg1,
-    })
+    Some(Mp3Frame { sample_rate, samples, length, channels: if channel_mode == 3 { 1 } else { 2 }, mpeg1 })
 }
 
 /// MP3: skip an ID3v2 tag, then use the Xing/Info frame count when the first
@@ -233,8 +217,8 @@ fn mp3(b: &[u8]) -> Result<Audio, String> {
     while pos + 4 <= search_end {
         if let Some(f) = mp3_header(&b[pos..pos + 4]) {
             let next = pos + f.length;
-            let confirmed = next + 4 > b.len()
-                || mp3_header(&b[next..next + 4]).is_some_and(|g| g.sample_rate == f.sample_rate);
+            let confirmed =
+                next + 4 > b.len() || mp3_header(&b[next..next + 4]).is_some_and(|g| g.sample_rate == f.sample_rate);
             if confirmed {
                 first = Some((pos, f));
                 break;
@@ -270,11 +254,7 @@ fn mp3(b: &[u8]) -> Result<Audio, String> {
     if b.get(vbri_at..vbri_at + 4) == Some(b"VBRI") {
         if let Some(frames) = u32be(b, vbri_at + 14).filter(|&n| n > 0) {
             let seconds = frames as f64 * frame.samples as f64 / frame.sample_rate as f64;
-            return Ok(Audio {
-                duration_seconds: seconds,
-                sample_rate: frame.sample_rate,
-                channels: frame.channels,
-            });
+            return Ok(Audio { duration_seconds: seconds, sample_rate: frame.sample_rate, channels: frame.channels });
         }
     }
     let mut pos = start;
@@ -323,10 +303,7 @@ pub(crate) mod tests {
     #[test]
     fn wav_duration() {
         let a = audio(Format::Wav, &wav_bytes(3)).unwrap();
-        assert_eq!(
-            (a.duration_seconds, a.sample_rate, a.channels),
-            (3.0, 8000, 1)
-        );
+        assert_eq!((a.duration_seconds, a.sample_rate, a.channels), (3.0, 8000, 1));
         assert!(audio(Format::Wav, b"RIFF\0\0\0\0WAVE").is_err());
     }
 
@@ -343,10 +320,7 @@ pub(crate) mod tests {
         info[14..18].copy_from_slice(&441_000u32.to_be_bytes());
         v.extend_from_slice(&info);
         let a = audio(Format::Flac, &v).unwrap();
-        assert_eq!(
-            (a.duration_seconds, a.sample_rate, a.channels),
-            (10.0, 44100, 2)
-        );
+        assert_eq!((a.duration_seconds, a.sample_rate, a.channels), (10.0, 44100, 2));
     }
 
     #[test]

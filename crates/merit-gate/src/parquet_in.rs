@@ -43,11 +43,7 @@ fn over(metric: &str, value: u64, limit: u64, message: String) -> Reason {
 }
 
 /// Reads the records of a parquet file, or says why it will not.
-pub(crate) fn records(
-    bytes: &[u8],
-    schema: RowSchema,
-    budget: &Budget,
-) -> Result<Vec<Record>, Reason> {
+pub(crate) fn records(bytes: &[u8], schema: RowSchema, budget: &Budget) -> Result<Vec<Record>, Reason> {
     let plan = check(bytes, budget)?;
     let read = std::panic::catch_unwind(|| read_rows(bytes, schema, plan.rows));
     read.unwrap_or_else(|_| Err(refuse("the parquet file could not be decoded")))
@@ -124,29 +120,22 @@ const RLE_DICTIONARY: i64 = 8;
 fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
     let n = bytes.len();
     if n < 12 || &bytes[..4] != b"PAR1" || &bytes[n - 4..] != b"PAR1" {
-        return Err(refuse(
-            "the file is not a parquet file (no PAR1 magic at both ends)",
-        ));
+        return Err(refuse("the file is not a parquet file (no PAR1 magic at both ends)"));
     }
-    let footer_len =
-        u32::from_le_bytes([bytes[n - 8], bytes[n - 7], bytes[n - 6], bytes[n - 5]]) as usize;
+    let footer_len = u32::from_le_bytes([bytes[n - 8], bytes[n - 7], bytes[n - 6], bytes[n - 5]]) as usize;
     if footer_len + 12 > n {
         return Err(refuse("the parquet footer is longer than the file"));
     }
     let footer = &bytes[n - 8 - footer_len..n - 8];
     let mut fv = FooterVisit::default();
-    thrift::walk_struct(footer, &mut fv)
-        .map_err(|e| refuse(format!("the parquet footer is malformed: {e}")))?;
+    thrift::walk_struct(footer, &mut fv).map_err(|e| refuse(format!("the parquet footer is malformed: {e}")))?;
     schema_depth(&fv.schema)?;
     if fv.num_rows < 0 || fv.num_rows as u64 > budget.max_rows as u64 {
         return Err(over(
             "rows",
             fv.num_rows.max(0) as u64,
             budget.max_rows as u64,
-            format!(
-                "the parquet file declares {} rows, over the limit of {}",
-                fv.num_rows, budget.max_rows
-            ),
+            format!("the parquet file declares {} rows, over the limit of {}", fv.num_rows, budget.max_rows),
         ));
     }
     let meta = std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(footer))
@@ -154,8 +143,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
         .map_err(|e| refuse(format!("the parquet footer cannot be decoded: {e}")))?;
     let names: u64 = fv.schema.iter().map(|(len, _)| *len as u64).sum();
     let data_end = (n - 8 - footer_len) as u64;
-    let (mut uncompressed, mut page_bytes, mut values, mut pages, mut estimate) =
-        (0u64, 0u64, 0u64, 0usize, 0u64);
+    let (mut uncompressed, mut page_bytes, mut values, mut pages, mut estimate) = (0u64, 0u64, 0u64, 0usize, 0u64);
     for rg in meta.row_groups() {
         if rg.num_rows() < 0 {
             return Err(refuse("a parquet row group declares a negative row count"));
@@ -163,11 +151,13 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
         for col in rg.columns() {
             match col.compression() {
                 Compression::UNCOMPRESSED | Compression::SNAPPY => {}
-                other => return Err(refuse(format!("the parquet file uses {other} compression; Merit reads uncompressed or snappy files"))),
+                other => {
+                    return Err(refuse(format!(
+                        "the parquet file uses {other} compression; Merit reads uncompressed or snappy files"
+                    )))
+                }
             }
-            let start = col
-                .dictionary_page_offset()
-                .unwrap_or(col.data_page_offset());
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
             let len = col.compressed_size();
             if start < 4 || len < 0 || (start as u64).saturating_add(len as u64) > data_end {
                 return Err(refuse("a parquet column chunk lies outside the file"));
@@ -179,10 +169,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
                     "decompressed_bytes",
                     uncompressed,
                     budget.decompressed,
-                    format!(
-                        "the parquet file declares more than {} bytes uncompressed",
-                        budget.decompressed
-                    ),
+                    format!("the parquet file declares more than {} bytes uncompressed", budget.decompressed),
                 ));
             }
             let byte_array = col.column_type() == PhysicalType::BYTE_ARRAY;
@@ -192,9 +179,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
             while pos < chunk.len() {
                 pages += 1;
                 if pages > MAX_PAGES {
-                    return Err(refuse(format!(
-                        "the parquet file holds more than {MAX_PAGES} pages"
-                    )));
+                    return Err(refuse(format!("the parquet file holds more than {MAX_PAGES} pages")));
                 }
                 let mut pv = PageVisit::default();
                 let header_len = thrift::walk_struct(&chunk[pos..], &mut pv)
@@ -223,11 +208,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
                     DICTIONARY_PAGE => {
                         let body = &chunk[body_start..body_end];
                         dict_len = dict_len.max(if byte_array {
-                            longest_plain_byte_array(
-                                body,
-                                col.compression(),
-                                pv.uncompressed as u64,
-                            )?
+                            longest_plain_byte_array(body, col.compression(), pv.uncompressed as u64)?
                         } else {
                             16
                         });
@@ -244,9 +225,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
                 }
                 pos = body_end;
             }
-            estimate = estimate
-                .saturating_add(plain)
-                .saturating_add(dict_values.saturating_mul(dict_len));
+            estimate = estimate.saturating_add(plain).saturating_add(dict_values.saturating_mul(dict_len));
         }
     }
     if values > MAX_VALUES {
@@ -257,11 +236,8 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
             format!("the parquet file declares more than {MAX_VALUES} values"),
         ));
     }
-    estimate = estimate.saturating_add(
-        values
-            .saturating_add(fv.num_rows as u64)
-            .saturating_mul(VALUE_OVERHEAD + names),
-    );
+    estimate =
+        estimate.saturating_add(values.saturating_add(fv.num_rows as u64).saturating_mul(VALUE_OVERHEAD + names));
     let memory = budget.decompressed.saturating_mul(4);
     if estimate > memory {
         return Err(over(
@@ -271,9 +247,7 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
             format!("decoding the parquet file would take about {estimate} bytes, over the limit of {memory}"),
         ));
     }
-    Ok(Plan {
-        rows: fv.num_rows as usize,
-    })
+    Ok(Plan { rows: fv.num_rows as usize })
 }
 
 /// Refuses schemas nested deeper than [`MAX_SCHEMA_DEPTH`] (the parquet crate
@@ -284,24 +258,16 @@ fn schema_depth(schema: &[(usize, i64)]) -> Result<(), Reason> {
         if i > 0 {
             match open.last_mut() {
                 Some(left) => *left -= 1,
-                None => {
-                    return Err(refuse(
-                        "the parquet schema has more elements than its root holds",
-                    ))
-                }
+                None => return Err(refuse("the parquet schema has more elements than its root holds")),
             }
         }
         if children < 0 {
-            return Err(refuse(
-                "the parquet schema declares a negative number of children",
-            ));
+            return Err(refuse("the parquet schema declares a negative number of children"));
         }
         if children > 0 {
             open.push(children);
             if open.len() > MAX_SCHEMA_DEPTH {
-                return Err(refuse(format!(
-                    "the parquet schema nests deeper than {MAX_SCHEMA_DEPTH}"
-                )));
+                return Err(refuse(format!("the parquet schema nests deeper than {MAX_SCHEMA_DEPTH}")));
             }
         }
         while open.last() == Some(&0) {
@@ -322,9 +288,7 @@ fn longest_plain_byte_array(body: &[u8], codec: Compression, declared: u64) -> R
             let len = snap::raw::decompress_len(body)
                 .map_err(|e| refuse(format!("a parquet dictionary page is corrupt: {e}")))?;
             if len as u64 > declared {
-                return Err(refuse(
-                    "a parquet dictionary page is larger than its header says",
-                ));
+                return Err(refuse("a parquet dictionary page is larger than its header says"));
             }
             owned = snap::raw::Decoder::new()
                 .decompress_vec(body)
@@ -346,13 +310,10 @@ fn longest_plain_byte_array(body: &[u8], codec: Compression, declared: u64) -> R
 fn read_rows(bytes: &[u8], schema: RowSchema, expected: usize) -> Result<Vec<Record>, Reason> {
     let reader = SerializedFileReader::new(Bytes::copy_from_slice(bytes))
         .map_err(|e| refuse(format!("the parquet file cannot be opened: {e}")))?;
-    let iter = reader
-        .get_row_iter(None)
-        .map_err(|e| refuse(format!("the parquet rows cannot be read: {e}")))?;
+    let iter = reader.get_row_iter(None).map_err(|e| refuse(format!("the parquet rows cannot be read: {e}")))?;
     let mut out = Vec::with_capacity(expected.min(1 << 20));
     for row in iter {
-        let row =
-            row.map_err(|e| refuse(format!("parquet row {} cannot be decoded: {e}", out.len())))?;
+        let row = row.map_err(|e| refuse(format!("parquet row {} cannot be decoded: {e}", out.len())))?;
         out.push(rows::record(schema, row_to_json(&row)));
         if out.len() > expected {
             return Err(refuse("the parquet file holds more rows than it declares"));
@@ -399,9 +360,7 @@ fn field_to_json(field: &Field) -> Value {
         Field::Date(d) => Value::from(*d),
         Field::TimestampMillis(t) | Field::TimestampMicros(t) => Value::from(*t),
         Field::Group(row) => row_to_json(row),
-        Field::ListInternal(list) => {
-            Value::Array(list.elements().iter().map(field_to_json).collect())
-        }
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_to_json).collect()),
         Field::MapInternal(map) => {
             let mut out = Map::new();
             for (k, v) in map.entries() {

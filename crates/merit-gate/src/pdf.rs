@@ -57,9 +57,7 @@ pub(crate) fn extract(bytes: &[u8], budget: u64) -> Result<String, Reason> {
         let worker = std::thread::Builder::new()
             .name("merit-gate-pdf".into())
             .stack_size(STACK_BYTES)
-            .spawn_scoped(scope, || {
-                std::panic::catch_unwind(|| load_and_read(bytes, budget))
-            });
+            .spawn_scoped(scope, || std::panic::catch_unwind(|| load_and_read(bytes, budget)));
         match worker {
             Ok(handle) => handle.join().ok(),
             // No thread: run here, under the same guards but on the caller's stack.
@@ -77,10 +75,7 @@ pub(crate) fn extract(bytes: &[u8], budget: u64) -> Result<String, Reason> {
 /// Checks a PDF's raw bytes before any parser sees them.
 pub(crate) fn preflight(b: &[u8], budget: u64) -> Result<(), Reason> {
     if max_depth(b) > MAX_DEPTH {
-        return Err(refuse(
-            "pdf",
-            format!("the PDF nests arrays or dictionaries more than {MAX_DEPTH} deep"),
-        ));
+        return Err(refuse("pdf", format!("the PDF nests arrays or dictionaries more than {MAX_DEPTH} deep")));
     }
     let length_targets = check_names(b)?;
     check_length_chains(b, &length_targets)?;
@@ -95,10 +90,7 @@ pub(crate) fn preflight(b: &[u8], budget: u64) -> Result<(), Reason> {
         }
         streams += 1;
         if streams > MAX_STREAMS {
-            return Err(refuse(
-                "pdf",
-                format!("the PDF holds more than {MAX_STREAMS} streams"),
-            ));
+            return Err(refuse("pdf", format!("the PDF holds more than {MAX_STREAMS} streams")));
         }
         let mut start = at + 6;
         if b[start..].starts_with(b"\r\n") {
@@ -113,10 +105,7 @@ pub(crate) fn preflight(b: &[u8], budget: u64) -> Result<(), Reason> {
 
 /// Whether bytes start with a zlib header (deflate, valid check bits).
 fn zlib_header(b: &[u8]) -> bool {
-    b.len() >= 2
-        && b[0] & 0x0F == 8
-        && b[0] >> 4 <= 7
-        && (u16::from(b[0]) * 256 + u16::from(b[1])) % 31 == 0
+    b.len() >= 2 && b[0] & 0x0F == 8 && b[0] >> 4 <= 7 && (u16::from(b[0]) * 256 + u16::from(b[1])) % 31 == 0
 }
 
 /// Inflates a zlib stream and any zlib stream inside it, adding the output to
@@ -138,27 +127,17 @@ fn inflate_layers(data: &[u8], budget: u64, used: &mut u64) -> Result<(), Reason
         .map_err(|produced| bomb(used.saturating_add(produced), budget))
         .map(|produced| *used += produced)?;
         if depth.max > MAX_DEPTH {
-            return Err(refuse(
-                "pdf",
-                format!("a PDF stream nests arrays or dictionaries more than {MAX_DEPTH} deep"),
-            ));
+            return Err(refuse("pdf", format!("a PDF stream nests arrays or dictionaries more than {MAX_DEPTH} deep")));
         }
         layer = out;
     }
-    Err(refuse(
-        "pdf",
-        "the PDF nests compressed streams more than 8 deep",
-    ))
+    Err(refuse("pdf", "the PDF nests compressed streams more than 8 deep"))
 }
 
 /// Inflates zlib `data`, handing the output to `sink` in chunks; returns the
 /// bytes produced, or `Err(produced)` when more than `limit` would be.
 /// A corrupt stream just ends early (lopdf keeps what it decoded, too).
-pub(crate) fn inflate_bounded(
-    data: &[u8],
-    limit: u64,
-    mut sink: impl FnMut(&[u8]),
-) -> Result<u64, u64> {
+pub(crate) fn inflate_bounded(data: &[u8], limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64, u64> {
     let mut d = flate2::Decompress::new(true);
     let mut buf = vec![0u8; 64 * 1024];
     let mut produced = 0u64;
@@ -229,10 +208,7 @@ fn max_depth(b: &[u8]) -> usize {
 }
 
 fn is_delimiter(c: u8) -> bool {
-    matches!(
-        c,
-        b'(' | b')' | b'<' | b'>' | b'[' | b']' | b'{' | b'}' | b'/' | b'%'
-    ) || is_pdf_space(c)
+    matches!(c, b'(' | b')' | b'<' | b'>' | b'[' | b']' | b'{' | b'}' | b'/' | b'%') || is_pdf_space(c)
 }
 
 fn is_pdf_space(c: u8) -> bool {
@@ -261,10 +237,7 @@ fn check_names(b: &[u8]) -> Result<HashSet<u64>, Reason> {
             b"LZWDecode" | b"ASCII85Decode" => {
                 return Err(refuse(
                     "pdf",
-                    format!(
-                        "the PDF uses the {} filter, which Merit does not read",
-                        String::from_utf8_lossy(&name)
-                    ),
+                    format!("the PDF uses the {} filter, which Merit does not read", String::from_utf8_lossy(&name)),
                 ));
             }
             b"Columns" | b"Colors" | b"BitsPerComponent" => {
@@ -279,10 +252,7 @@ fn check_names(b: &[u8]) -> Result<HashSet<u64>, Reason> {
                 }
                 let digits = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
                 if digits > 0 {
-                    let value = b[j..j + digits]
-                        .iter()
-                        .take(12)
-                        .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+                    let value = b[j..j + digits].iter().take(12).fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
                     if value > limit || digits > 12 {
                         return Err(refuse(
                             "pdf",
@@ -331,9 +301,7 @@ fn reference_at(b: &[u8], i: usize) -> Option<u64> {
         if digits == 0 || digits > 10 {
             return None;
         }
-        *n = b[i..i + digits]
-            .iter()
-            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+        *n = b[i..i + digits].iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
         i += digits;
     }
     i = skip_space(b, i);
@@ -403,22 +371,18 @@ fn check_length_chains(b: &[u8], targets: &HashSet<u64>) -> Result<(), Reason> {
     }
     static HEADER: OnceLock<regex::bytes::Regex> = OnceLock::new();
     let header = HEADER.get_or_init(|| {
-        regex::bytes::Regex::new(r"(?-u)(\d{1,10})(?:[\x00\t\n\x0C\r ]|%[^\r\n]*)+\d{1,5}(?:[\x00\t\n\x0C\r ]|%[^\r\n]*)+obj")
-            .expect("the object header pattern is a valid constant")
+        regex::bytes::Regex::new(
+            r"(?-u)(\d{1,10})(?:[\x00\t\n\x0C\r ]|%[^\r\n]*)+\d{1,5}(?:[\x00\t\n\x0C\r ]|%[^\r\n]*)+obj",
+        )
+        .expect("the object header pattern is a valid constant")
     });
     for caps in header.captures_iter(b) {
         let (Some(id), Some(whole)) = (caps.get(1), caps.get(0)) else {
             continue;
         };
-        let id = id
-            .as_bytes()
-            .iter()
-            .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
+        let id = id.as_bytes().iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
         if targets.contains(&id) && body_is_stream(b, whole.end()) {
-            return Err(refuse(
-                "pdf",
-                "the PDF gives a stream's length as another stream",
-            ));
+            return Err(refuse("pdf", "the PDF gives a stream's length as another stream"));
         }
     }
     Ok(())
@@ -430,9 +394,7 @@ fn decode_name(raw: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'#' && i + 2 < raw.len() {
-            let hex = std::str::from_utf8(&raw[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -469,8 +431,7 @@ fn object_filter(id: ObjectId, object: &mut Object) -> Option<(ObjectId, Object)
                     in_token = !delim;
                 }
             };
-            let limit =
-                MAX_OBJECT_STREAM_TOKENS.saturating_sub(OBJECT_STREAM_TOKENS.with(Cell::get));
+            let limit = MAX_OBJECT_STREAM_TOKENS.saturating_sub(OBJECT_STREAM_TOKENS.with(Cell::get));
             let result = if zlib_header(&stream.content) {
                 inflate_bounded(&stream.content, 64 << 20, &mut count).is_ok()
             } else {
@@ -495,17 +456,11 @@ fn object_filter(id: ObjectId, object: &mut Object) -> Option<(ObjectId, Object)
 fn load_and_read(bytes: &[u8], budget: u64) -> Result<String, Reason> {
     OBJECT_STREAM_TOKENS.with(|t| t.set(0));
     OBJECT_STREAM_REFUSED.with(|r| r.set(false));
-    let doc = lopdf::Reader {
-        buffer: bytes,
-        document: Document::new(),
-    }
-    .read(Some(object_filter))
-    .map_err(|e| refuse("pdf", format!("the PDF cannot be parsed: {e}")))?;
+    let doc = lopdf::Reader { buffer: bytes, document: Document::new() }
+        .read(Some(object_filter))
+        .map_err(|e| refuse("pdf", format!("the PDF cannot be parsed: {e}")))?;
     if OBJECT_STREAM_REFUSED.with(Cell::get) {
-        return Err(refuse(
-            "pdf",
-            "the PDF's object streams hold too many objects",
-        ));
+        return Err(refuse("pdf", "the PDF's object streams hold too many objects"));
     }
     if doc.trailer.get(b"Encrypt").is_ok() {
         return Err(refuse("pdf", "the PDF is encrypted"));
@@ -515,12 +470,7 @@ fn load_and_read(bytes: &[u8], budget: u64) -> Result<String, Reason> {
 
 /// Inflated bytes of one stream, per its filters (only FlateDecode or none);
 /// counts against `used`.
-fn stream_bytes(
-    doc: &Document,
-    id: ObjectId,
-    budget: u64,
-    used: &mut u64,
-) -> Result<Option<Vec<u8>>, Reason> {
+fn stream_bytes(doc: &Document, id: ObjectId, budget: u64, used: &mut u64) -> Result<Option<Vec<u8>>, Reason> {
     let Ok(stream) = doc.get_object(id).and_then(Object::as_stream) else {
         return Ok(None);
     };
@@ -541,10 +491,8 @@ fn stream_bytes(
         }
         [f] if f == "FlateDecode" => {
             let mut out = Vec::new();
-            let produced = inflate_bounded(&stream.content, budget.saturating_sub(*used), |c| {
-                out.extend_from_slice(c)
-            })
-            .map_err(|p| bomb(used.saturating_add(p), budget))?;
+            let produced = inflate_bounded(&stream.content, budget.saturating_sub(*used), |c| out.extend_from_slice(c))
+                .map_err(|p| bomb(used.saturating_add(p), budget))?;
             *used += produced;
             Ok(Some(out))
         }
@@ -554,12 +502,7 @@ fn stream_bytes(
 
 /// The `ToUnicode` stream's inflated size, counted against `used` (lopdf
 /// inflates it again when it builds the encoding).
-fn account_to_unicode(
-    doc: &Document,
-    font: &lopdf::Dictionary,
-    budget: u64,
-    used: &mut u64,
-) -> Result<(), Reason> {
+fn account_to_unicode(doc: &Document, font: &lopdf::Dictionary, budget: u64, used: &mut u64) -> Result<(), Reason> {
     if let Ok(Object::Reference(id)) = font.get(b"ToUnicode") {
         stream_bytes(doc, *id, budget, used)?;
     }
@@ -579,11 +522,7 @@ fn read_text(doc: &Document, budget: u64) -> Result<String, Reason> {
                 content.push(b'\n');
             }
         }
-        let mut page = Page {
-            text: &mut text,
-            limit: budget as usize,
-            font: None,
-        };
+        let mut page = Page { text: &mut text, limit: budget as usize, font: None };
         let mut lexer = Lexer::new(&content);
         let mut operands: Vec<Operand> = Vec::new();
         while let Some(token) = lexer.next() {
@@ -605,11 +544,8 @@ fn read_text(doc: &Document, budget: u64) -> Result<String, Reason> {
                                 let key = font as *const lopdf::Dictionary as usize;
                                 if !encodings.contains_key(&key) {
                                     account_to_unicode(doc, font, budget, &mut used)?;
-                                    let enc = if font.type_is(b"Font") {
-                                        font.get_font_encoding(doc).ok()
-                                    } else {
-                                        None
-                                    };
+                                    let enc =
+                                        if font.type_is(b"Font") { font.get_font_encoding(doc).ok() } else { None };
                                     encodings.insert(key, enc);
                                 }
                                 page.font = Some(key);
@@ -676,17 +612,12 @@ impl Page<'_> {
     }
 
     fn show(&mut self, operands: &[Operand], encodings: &HashMap<usize, Option<Encoding<'_>>>) {
-        let encoding = self
-            .font
-            .and_then(|k| encodings.get(&k))
-            .and_then(Option::as_ref);
+        let encoding = self.font.and_then(|k| encodings.get(&k)).and_then(Option::as_ref);
         for op in operands {
             match op {
                 Operand::String(bytes) => {
                     let decoded = match encoding {
-                        Some(enc) => {
-                            Document::decode_text(enc, bytes).unwrap_or_else(|_| latin1(bytes))
-                        }
+                        Some(enc) => Document::decode_text(enc, bytes).unwrap_or_else(|_| latin1(bytes)),
                         None => latin1(bytes),
                     };
                     for c in decoded.chars() {
@@ -775,13 +706,7 @@ impl<'a> Lexer<'a> {
                 }
                 b'[' | b']' | b'{' | b'}' => self.i += 1,
                 b'<' if b.get(self.i + 1) == Some(&b'<') => self.i += 2,
-                b'>' => {
-                    self.i += if b.get(self.i + 1) == Some(&b'>') {
-                        2
-                    } else {
-                        1
-                    }
-                }
+                b'>' => self.i += if b.get(self.i + 1) == Some(&b'>') { 2 } else { 1 },
                 b'(' => return Some(Token::Operand(Operand::String(self.literal()))),
                 b'<' => return Some(Token::Operand(Operand::String(self.hex()))),
                 b'/' => {
@@ -790,9 +715,7 @@ impl<'a> Lexer<'a> {
                     while self.i < b.len() && !is_delimiter(b[self.i]) {
                         self.i += 1;
                     }
-                    return Some(Token::Operand(Operand::Name(decode_name(
-                        &b[start..self.i],
-                    ))));
+                    return Some(Token::Operand(Operand::Name(decode_name(&b[start..self.i]))));
                 }
                 b')' => self.i += 1,
                 _ => {
@@ -801,13 +724,8 @@ impl<'a> Lexer<'a> {
                         self.i += 1;
                     }
                     let word = &b[start..self.i];
-                    if word
-                        .first()
-                        .is_some_and(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.'))
-                    {
-                        let n = std::str::from_utf8(word)
-                            .ok()
-                            .and_then(|s| s.parse::<f64>().ok());
+                    if word.first().is_some_and(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.')) {
+                        let n = std::str::from_utf8(word).ok().and_then(|s| s.parse::<f64>().ok());
                         return Some(Token::Operand(n.map_or(Operand::Other, Operand::Number)));
                     }
                     if word == b"true" || word == b"false" || word == b"null" {
@@ -915,8 +833,7 @@ impl<'a> Lexer<'a> {
         self.i += 1;
         while self.i + 2 <= b.len() {
             if &b[self.i..self.i + 2] == b"EI"
-                && b.get(self.i.wrapping_sub(1))
-                    .is_some_and(|&c| is_pdf_space(c))
+                && b.get(self.i.wrapping_sub(1)).is_some_and(|&c| is_pdf_space(c))
                 && b.get(self.i + 2).is_none_or(|&c| is_pdf_space(c))
             {
                 self.i += 2;
@@ -943,12 +860,8 @@ pub(crate) mod tests {
             "Subtype" => "Type1",
             "BaseFont" => "Helvetica",
         });
-        let resources_id =
-            doc.add_object(dictionary! { "Font" => dictionary! { "F1" => font_id } });
-        let mut ops = vec![
-            Operation::new("BT", vec![]),
-            Operation::new("Tf", vec!["F1".into(), 12.into()]),
-        ];
+        let resources_id = doc.add_object(dictionary! { "Font" => dictionary! { "F1" => font_id } });
+        let mut ops = vec![Operation::new("BT", vec![]), Operation::new("Tf", vec!["F1".into(), 12.into()])];
         ops.push(Operation::new("Td", vec![72.into(), 720.into()]));
         for line in lines {
             ops.push(Operation::new("Tj", vec![Object::string_literal(*line)]));
@@ -990,25 +903,19 @@ pub(crate) mod tests {
             out.extend_from_slice(b"\nendobj\n");
         }
         let xref = out.len();
-        out.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", bodies.len() + 1).as_bytes(),
-        );
+        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", bodies.len() + 1).as_bytes());
         for o in offsets {
             out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
         }
         let size = bodies.len() + 1;
         out.extend_from_slice(
-            format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n")
-                .as_bytes(),
+            format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
         );
         out
     }
 
     fn catalog() -> Vec<Vec<u8>> {
-        vec![
-            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-            b"<< /Type /Pages /Kids [] /Count 0 >>".to_vec(),
-        ]
+        vec![b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(), b"<< /Type /Pages /Kids [] /Count 0 >>".to_vec()]
     }
 
     #[test]
@@ -1053,18 +960,13 @@ pub(crate) mod tests {
 
     #[test]
     fn extracts_lines_from_a_generated_pdf() {
-        let text = extract(
-            &pdf_bytes(&["Hello (PDF) world.", "Second line here."]),
-            1 << 20,
-        )
-        .unwrap();
+        let text = extract(&pdf_bytes(&["Hello (PDF) world.", "Second line here."]), 1 << 20).unwrap();
         assert_eq!(text, "Hello (PDF) world.\nSecond line here.");
     }
 
     #[test]
     fn lexer_reads_strings_arrays_and_inline_images() {
-        let mut lx =
-            Lexer::new(b"[(Hel) -250 (lo\\051)] TJ <48 69> Tj BI /W 1 ID \x00\xFFEI x EI Q");
+        let mut lx = Lexer::new(b"[(Hel) -250 (lo\\051)] TJ <48 69> Tj BI /W 1 ID \x00\xFFEI x EI Q");
         let mut seen = Vec::new();
         while let Some(t) = lx.next() {
             seen.push(t);
@@ -1087,31 +989,14 @@ pub(crate) mod tests {
         pdf.extend_from_slice(&bomb);
         pdf.extend_from_slice(b"\nendstream endobj\n");
         let err = preflight(&pdf, 1 << 20).unwrap_err();
-        assert_eq!(
-            (err.gate.as_str(), err.metric.as_str()),
-            ("size", "decompressed_bytes")
-        );
+        assert_eq!((err.gate.as_str(), err.metric.as_str()), ("size", "decompressed_bytes"));
         assert!(preflight(&pdf, 8 << 20).is_ok());
 
         let mut deep = b"%PDF-1.4\n1 0 obj ".to_vec();
         deep.extend(std::iter::repeat(b'[').take(MAX_DEPTH + 1));
-        assert!(preflight(&deep, 1 << 20)
-            .unwrap_err()
-            .message
-            .contains("nests"));
-        assert!(preflight(b"%PDF-1.4 << /Filter /LZW#44ecode >>", 1 << 20)
-            .unwrap_err()
-            .message
-            .contains("LZWDecode"));
-        assert!(preflight(
-            b"%PDF-1.4 << /DecodeParms << /Columns 99999999 >> >>",
-            1 << 20
-        )
-        .is_err());
-        assert!(preflight(
-            b"%PDF-1.4 << /DecodeParms << /Columns 5 /Predictor 12 >> >>",
-            1 << 20
-        )
-        .is_ok());
+        assert!(preflight(&deep, 1 << 20).unwrap_err().message.contains("nests"));
+        assert!(preflight(b"%PDF-1.4 << /Filter /LZW#44ecode >>", 1 << 20).unwrap_err().message.contains("LZWDecode"));
+        assert!(preflight(b"%PDF-1.4 << /DecodeParms << /Columns 99999999 >> >>", 1 << 20).is_err());
+        assert!(preflight(b"%PDF-1.4 << /DecodeParms << /Columns 5 /Predictor 12 >> >>", 1 << 20).is_ok());
     }
 }

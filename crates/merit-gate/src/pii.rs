@@ -99,11 +99,7 @@ pub(crate) fn redact(text: &str, found: &[Found]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
     for f in found {
-        if f.start < pos
-            || f.end > text.len()
-            || !text.is_char_boundary(f.start)
-            || !text.is_char_boundary(f.end)
-        {
+        if f.start < pos || f.end > text.len() || !text.is_char_boundary(f.start) || !text.is_char_boundary(f.end) {
             continue;
         }
         out.push_str(&text[pos..f.start]);
@@ -120,8 +116,7 @@ fn is_alnum(b: u8) -> bool {
 }
 
 fn emails(b: &[u8], out: &mut Vec<Found>) {
-    let local_ok =
-        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
+    let local_ok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
     let domain_ok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-');
     let mut skip_to = 0;
     for at in 0..b.len() {
@@ -148,18 +143,10 @@ fn emails(b: &[u8], out: &mut Vec<Found>) {
         let domain = &b[at + 1..r];
         let labels: Vec<&[u8]> = domain.split(|&c| c == b'.').collect();
         let valid = labels.len() >= 2
-            && labels
-                .iter()
-                .all(|lab| !lab.is_empty() && lab[0] != b'-' && lab[lab.len() - 1] != b'-')
-            && labels
-                .last()
-                .is_some_and(|tld| tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic));
+            && labels.iter().all(|lab| !lab.is_empty() && lab[0] != b'-' && lab[lab.len() - 1] != b'-')
+            && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic));
         if valid {
-            out.push(Found {
-                start: l,
-                end: r,
-                kind: Kind::Email,
-            });
+            out.push(Found { start: l, end: r, kind: Kind::Email });
             skip_to = r;
         }
     }
@@ -186,9 +173,8 @@ fn numbers(b: &[u8], out: &mut Vec<Found>) {
         if i > 0 && matches!(b[i - 1], b'+' | b'(') && (i < 2 || !b[i - 2].is_ascii_digit()) {
             i -= 1;
         }
-        let boundary = i == 0
-            || !(is_alnum(b[i - 1])
-                || matches!(b[i - 1], b'.' | b',' | b'-' | b'_' | b'/' | b'@' | b'+'));
+        let boundary =
+            i == 0 || !(is_alnum(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'_' | b'/' | b'@' | b'+'));
         if !boundary {
             // Skip the rest of this run of digits.
             i += 1;
@@ -203,11 +189,7 @@ fn numbers(b: &[u8], out: &mut Vec<Found>) {
         let ends_clean = span.end >= b.len() || !is_alnum(b[span.end]);
         if ends_clean {
             if let Some(kind) = classify(b, &span) {
-                out.push(Found {
-                    start: span.start,
-                    end: span.end,
-                    kind,
-                });
+                out.push(Found { start: span.start, end: span.end, kind });
             }
         }
         // Skip the rest of this run of digits and separators.
@@ -273,41 +255,20 @@ fn scan_span(b: &[u8], start: usize) -> Span {
     if groups.is_empty() {
         end = start + 1;
     }
-    Span {
-        start,
-        end,
-        plus,
-        groups,
-        seps,
-        parens,
-    }
+    Span { start, end, plus, groups, seps, parens }
 }
 
 fn classify(b: &[u8], s: &Span) -> Option<Kind> {
     let lens: Vec<usize> = s.groups.iter().map(|(a, z)| z - a).collect();
     let ndigits: usize = lens.iter().sum();
-    let digits = || {
-        s.groups
-            .iter()
-            .flat_map(|&(a, z)| b[a..z].iter().map(|d| d - b'0'))
-    };
+    let digits = || s.groups.iter().flat_map(|&(a, z)| b[a..z].iter().map(|d| d - b'0'));
     let n = lens.len();
     if n == 0 {
         return None;
     }
     // IPv4: d.d.d.d, each at most 255.
-    if !s.plus
-        && !s.parens
-        && n == 4
-        && s.seps.iter().all(|&c| c == b'.')
-        && lens.iter().all(|&l| l <= 3)
-    {
-        let ok = s.groups.iter().all(|&(a, z)| {
-            b[a..z]
-                .iter()
-                .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'))
-                <= 255
-        });
+    if !s.plus && !s.parens && n == 4 && s.seps.iter().all(|&c| c == b'.') && lens.iter().all(|&l| l <= 3) {
+        let ok = s.groups.iter().all(|&(a, z)| b[a..z].iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0')) <= 255);
         return ok.then_some(Kind::Ip);
     }
     // Payment cards: 13-19 digits, grouped by spaces or dashes, Luhn-valid.
@@ -329,10 +290,7 @@ fn classify(b: &[u8], s: &Span) -> Option<Kind> {
     let first_ok = lens[0] >= 2 || (n >= 4 && matches!(b[s.groups[0].0], b'0' | b'1'));
     let rest_ok = lens[1..].iter().all(|&l| l >= 2);
     let thousands = lens[0] <= 3 && lens[1..].iter().all(|&l| l == 3);
-    let mixed = s
-        .seps
-        .windows(2)
-        .any(|w| w[0] != w[1] && w[0] != b')' && w[1] != b')' && w[0] != b' ' && w[1] != b' ');
+    let mixed = s.seps.windows(2).any(|w| w[0] != w[1] && w[0] != b')' && w[1] != b')' && w[0] != b' ' && w[1] != b' ');
     (first_ok && rest_ok && !thousands && !mixed).then_some(Kind::Phone)
 }
 
@@ -377,11 +335,7 @@ fn ipv6(text: &str, out: &mut Vec<Found>) {
         let cand = &text[l..r];
         let groups = cand.split(':').filter(|g| !g.is_empty()).count();
         if clean_left && clean_right && groups >= 3 && cand.parse::<Ipv6Addr>().is_ok() {
-            out.push(Found {
-                start: l,
-                end: r,
-                kind: Kind::Ip,
-            });
+            out.push(Found { start: l, end: r, kind: Kind::Ip });
         }
         i = r.max(i + 1);
     }
@@ -392,66 +346,24 @@ mod tests {
     use super::*;
 
     fn kinds(text: &str) -> Vec<(String, Kind)> {
-        find(text)
-            .into_iter()
-            .map(|f| (text[f.start..f.end].to_string(), f.kind))
-            .collect()
+        find(text).into_iter().map(|f| (text[f.start..f.end].to_string(), f.kind)).collect()
     }
 
     #[test]
     fn finds_each_kind() {
-        assert_eq!(
-            kinds("mail jane.doe+x@example.co.uk."),
-            [("jane.doe+x@example.co.uk".into(), Kind::Email)]
-        );
-        assert_eq!(
-            kinds("call (555) 123-4567 now"),
-            [("(555) 123-4567".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("call 555-123-4567"),
-            [("555-123-4567".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("ring +44 20 7946 0958."),
-            [("+44 20 7946 0958".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("ring +14155552671"),
-            [("+14155552671".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("tel 020 7946 0958"),
-            [("020 7946 0958".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("tel 01 23 45 67 89"),
-            [("01 23 45 67 89".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("tel 1-800-555-1234"),
-            [("1-800-555-1234".into(), Kind::Phone)]
-        );
-        assert_eq!(
-            kinds("host 192.168.1.20 up"),
-            [("192.168.1.20".into(), Kind::Ip)]
-        );
-        assert_eq!(
-            kinds("v6 2001:db8::8a2e:370:7334 ok"),
-            [("2001:db8::8a2e:370:7334".into(), Kind::Ip)]
-        );
-        assert_eq!(
-            kinds("card 4111 1111 1111 1111"),
-            [("4111 1111 1111 1111".into(), Kind::Card)]
-        );
-        assert_eq!(
-            kinds("card 4111-1111-1111-1111"),
-            [("4111-1111-1111-1111".into(), Kind::Card)]
-        );
-        assert_eq!(
-            kinds("card 4111111111111111"),
-            [("4111111111111111".into(), Kind::Card)]
-        );
+        assert_eq!(kinds("mail jane.doe+x@example.co.uk."), [("jane.doe+x@example.co.uk".into(), Kind::Email)]);
+        assert_eq!(kinds("call (555) 123-4567 now"), [("(555) 123-4567".into(), Kind::Phone)]);
+        assert_eq!(kinds("call 555-123-4567"), [("555-123-4567".into(), Kind::Phone)]);
+        assert_eq!(kinds("ring +44 20 7946 0958."), [("+44 20 7946 0958".into(), Kind::Phone)]);
+        assert_eq!(kinds("ring +14155552671"), [("+14155552671".into(), Kind::Phone)]);
+        assert_eq!(kinds("tel 020 7946 0958"), [("020 7946 0958".into(), Kind::Phone)]);
+        assert_eq!(kinds("tel 01 23 45 67 89"), [("01 23 45 67 89".into(), Kind::Phone)]);
+        assert_eq!(kinds("tel 1-800-555-1234"), [("1-800-555-1234".into(), Kind::Phone)]);
+        assert_eq!(kinds("host 192.168.1.20 up"), [("192.168.1.20".into(), Kind::Ip)]);
+        assert_eq!(kinds("v6 2001:db8::8a2e:370:7334 ok"), [("2001:db8::8a2e:370:7334".into(), Kind::Ip)]);
+        assert_eq!(kinds("card 4111 1111 1111 1111"), [("4111 1111 1111 1111".into(), Kind::Card)]);
+        assert_eq!(kinds("card 4111-1111-1111-1111"), [("4111-1111-1111-1111".into(), Kind::Card)]);
+        assert_eq!(kinds("card 4111111111111111"), [("4111111111111111".into(), Kind::Card)]);
     }
 
     #[test]
@@ -475,9 +387,6 @@ mod tests {
     #[test]
     fn redacts_in_place() {
         let text = "Write to a@b.io or call 555-123-4567.";
-        assert_eq!(
-            redact(text, &find(text)),
-            "Write to <EMAIL> or call <PHONE>."
-        );
+        assert_eq!(redact(text, &find(text)), "Write to <EMAIL> or call <PHONE>.");
     }
 }

@@ -23,12 +23,7 @@ pub(crate) struct Full {
 
 impl Full {
     fn refused(format: Option<Format>, reason: Reason) -> Full {
-        Full {
-            format,
-            rows: Vec::new(),
-            file_reasons: vec![reason],
-            row_reasons: Vec::new(),
-        }
+        Full { format, rows: Vec::new(), file_reasons: vec![reason], row_reasons: Vec::new() }
     }
 }
 
@@ -57,11 +52,7 @@ pub(crate) fn inspect_full(policy: &Policy, filename: &str, bytes: &[u8]) -> Ful
             "bytes",
             bytes.len() as u64,
             policy.max_file_bytes,
-            format!(
-                "the file is {} bytes, over this datanet's limit of {} bytes",
-                bytes.len(),
-                policy.max_file_bytes
-            ),
+            format!("the file is {} bytes, over this datanet's limit of {} bytes", bytes.len(), policy.max_file_bytes),
         );
         return Full::refused(None, reason);
     }
@@ -76,41 +67,20 @@ pub(crate) fn inspect_full(policy: &Policy, filename: &str, bytes: &[u8]) -> Ful
             "format",
             format.as_str(),
             json!(accepted),
-            format!(
-                "{} files are not accepted here; this datanet accepts {}",
-                format.as_str(),
-                accepted.join(", ")
-            ),
+            format!("{} files are not accepted here; this datanet accepts {}", format.as_str(), accepted.join(", ")),
         );
         return Full::refused(Some(format), reason);
     }
     let budget = Budget::of(policy);
     let extracted: Result<Vec<Record>, Reason> = match format {
         Format::Txt | Format::Md => match detect::utf8_text(bytes) {
-            Some(t) => Ok(vec![Record::Fits {
-                shaped: Shaped::Text(t.to_string()),
-                original: None,
-            }]),
-            None => Err(Reason::new(
-                "format",
-                "encoding",
-                "invalid",
-                "utf-8",
-                "the file is not valid UTF-8 text",
-            )),
+            Some(t) => Ok(vec![Record::Fits { shaped: Shaped::Text(t.to_string()), original: None }]),
+            None => Err(Reason::new("format", "encoding", "invalid", "utf-8", "the file is not valid UTF-8 text")),
         },
-        Format::Pdf => crate::pdf::extract(bytes, budget.decompressed).map(|t| {
-            vec![Record::Fits {
-                shaped: Shaped::Text(t),
-                original: None,
-            }]
-        }),
-        Format::Docx => crate::docx::extract(bytes, budget.decompressed).map(|t| {
-            vec![Record::Fits {
-                shaped: Shaped::Text(t),
-                original: None,
-            }]
-        }),
+        Format::Pdf => crate::pdf::extract(bytes, budget.decompressed)
+            .map(|t| vec![Record::Fits { shaped: Shaped::Text(t), original: None }]),
+        Format::Docx => crate::docx::extract(bytes, budget.decompressed)
+            .map(|t| vec![Record::Fits { shaped: Shaped::Text(t), original: None }]),
         Format::Jsonl => jsonl(policy, bytes, &budget),
         Format::Csv => match detect::utf8_text(bytes) {
             Some(t) => rows::csv_records(policy.rows, t, budget.max_rows).map_err(|why| {
@@ -126,62 +96,34 @@ pub(crate) fn inspect_full(policy: &Policy, filename: &str, bytes: &[u8]) -> Ful
                     )
                 }
             }),
-            None => Err(Reason::new(
-                "format",
-                "encoding",
-                "invalid",
-                "utf-8",
-                "the file is not valid UTF-8 text",
-            )),
+            None => Err(Reason::new("format", "encoding", "invalid", "utf-8", "the file is not valid UTF-8 text")),
         },
         Format::Parquet => crate::parquet_in::records(bytes, policy.rows, &budget),
-        Format::Png | Format::Jpg | Format::Webp | Format::Tiff | Format::Bmp => {
-            return image(policy, format, bytes)
-        }
+        Format::Png | Format::Jpg | Format::Webp | Format::Tiff | Format::Bmp => return image(policy, format, bytes),
         Format::Wav | Format::Mp3 | Format::Flac => return audio(policy, format, bytes),
     };
     match extracted {
         Ok(records) => {
             let (rows, row_reasons) = process(policy, records);
-            Full {
-                format: Some(format),
-                rows,
-                file_reasons: Vec::new(),
-                row_reasons,
-            }
+            Full { format: Some(format), rows, file_reasons: Vec::new(), row_reasons }
         }
         Err(reason) => Full::refused(Some(format), reason),
     }
 }
 
 fn too_many_rows(max: usize) -> Reason {
-    Reason::new(
-        "size",
-        "rows",
-        Value::Null,
-        max as u64,
-        format!("the file holds more than {max} rows"),
-    )
+    Reason::new("size", "rows", Value::Null, max as u64, format!("the file holds more than {max} rows"))
 }
 
 fn jsonl(policy: &Policy, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, Reason> {
     let Some(text) = detect::utf8_text(bytes) else {
-        return Err(Reason::new(
-            "format",
-            "encoding",
-            "invalid",
-            "utf-8",
-            "the file is not valid UTF-8 text",
-        ));
+        return Err(Reason::new("format", "encoding", "invalid", "utf-8", "the file is not valid UTF-8 text"));
     };
     let lines: Vec<&str> = rows::jsonl_lines(text).take(budget.max_rows + 1).collect();
     if lines.len() > budget.max_rows {
         return Err(too_many_rows(budget.max_rows));
     }
-    Ok(lines
-        .into_par_iter()
-        .map(|line| rows::jsonl_record(policy.rows, line))
-        .collect())
+    Ok(lines.into_par_iter().map(|line| rows::jsonl_record(policy.rows, line)).collect())
 }
 
 /// Decides the format from the content and the name's claim.
@@ -195,15 +137,11 @@ fn resolve_format(filename: &str, bytes: &[u8]) -> Result<Format, (Option<Format
             "detected",
             detected,
             claim.as_str(),
-            format!(
-                "file is named .{ext} but its content is not {} (detected: {detected})",
-                detect::describe(claim)
-            ),
+            format!("file is named .{ext} but its content is not {} (detected: {detected})", detect::describe(claim)),
         );
         (detected_format, Box::new(reason))
     };
-    let is_text_format =
-        |f: Format| matches!(f, Format::Txt | Format::Md | Format::Csv | Format::Jsonl);
+    let is_text_format = |f: Format| matches!(f, Format::Txt | Format::Md | Format::Csv | Format::Jsonl);
     match sniffed {
         Sniffed::Binary(f) => match claimed {
             Some(c) if c != f => Err(mismatch(c, f.as_str(), Some(f))),
@@ -214,18 +152,10 @@ fn resolve_format(filename: &str, bytes: &[u8]) -> Result<Format, (Option<Format
             match claimed {
                 Some(c) if is_text_format(c) => Ok(c),
                 Some(c) => {
-                    let detected = if rows::looks_like_jsonl(text) {
-                        Format::Jsonl
-                    } else {
-                        Format::Txt
-                    };
+                    let detected = if rows::looks_like_jsonl(text) { Format::Jsonl } else { Format::Txt };
                     Err(mismatch(c, detected.as_str(), Some(detected)))
                 }
-                None => Ok(if rows::looks_like_jsonl(text) {
-                    Format::Jsonl
-                } else {
-                    Format::Txt
-                }),
+                None => Ok(if rows::looks_like_jsonl(text) { Format::Jsonl } else { Format::Txt }),
             }
         }
         Sniffed::Zip | Sniffed::Unknown { .. } => {
@@ -241,7 +171,9 @@ fn resolve_format(filename: &str, bytes: &[u8]) -> Result<Format, (Option<Format
                         "encoding",
                         "invalid",
                         "utf-8",
-                        format!("the file is named .{ext} but is not valid UTF-8 text (first invalid byte at offset {at})"),
+                        format!(
+                            "the file is named .{ext} but is not valid UTF-8 text (first invalid byte at offset {at})"
+                        ),
                     )),
                 )),
                 (Some(c), _) => Err(mismatch(c, sniffed.name(), None)),
@@ -263,19 +195,13 @@ fn resolve_format(filename: &str, bytes: &[u8]) -> Result<Format, (Option<Format
 fn image(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
     let (width, height) = match media::image_size(bytes) {
         Ok(wh) => wh,
-        Err(why) => {
-            return Full::refused(
-                Some(format),
-                Reason::new("format", "image", Value::Null, Value::Null, why),
-            )
-        }
+        Err(why) => return Full::refused(Some(format), Reason::new("format", "image", Value::Null, Value::Null, why)),
     };
     let g = &policy.gates;
     let mut reasons = Vec::new();
-    for (metric, value, min, max) in [
-        ("width", width, g.min_width, g.max_width),
-        ("height", height, g.min_height, g.max_height),
-    ] {
+    for (metric, value, min, max) in
+        [("width", width, g.min_width, g.max_width), ("height", height, g.min_height, g.max_height)]
+    {
         if min > 0 && value < min {
             reasons.push(Reason::new(
                 "image_size",
@@ -302,12 +228,7 @@ fn image(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
         minhash: Vec::new(),
         score: 1.0,
     };
-    Full {
-        format: Some(format),
-        rows: vec![row],
-        file_reasons: reasons,
-        row_reasons: vec![Vec::new()],
-    }
+    Full { format: Some(format), rows: vec![row], file_reasons: reasons, row_reasons: vec![Vec::new()] }
 }
 
 fn audio(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
@@ -333,10 +254,7 @@ fn audio(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
             "duration_seconds",
             secs,
             g.min_duration_seconds,
-            format!(
-                "the recording lasts {secs} s, below the minimum of {} s",
-                g.min_duration_seconds
-            ),
+            format!("the recording lasts {secs} s, below the minimum of {} s", g.min_duration_seconds),
         ));
     }
     if g.max_duration_seconds > 0.0 && a.duration_seconds > g.max_duration_seconds {
@@ -345,10 +263,7 @@ fn audio(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
             "duration_seconds",
             secs,
             g.max_duration_seconds,
-            format!(
-                "the recording lasts {secs} s, above the maximum of {} s",
-                g.max_duration_seconds
-            ),
+            format!("the recording lasts {secs} s, above the maximum of {} s", g.max_duration_seconds),
         ));
     }
     let row = Candidate {
@@ -363,12 +278,7 @@ fn audio(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
         minhash: Vec::new(),
         score: 1.0,
     };
-    Full {
-        format: Some(format),
-        rows: vec![row],
-        file_reasons: reasons,
-        row_reasons: vec![Vec::new()],
-    }
+    Full { format: Some(format), rows: vec![row], file_reasons: reasons, row_reasons: vec![Vec::new()] }
 }
 
 /// Rows examined per row for near duplicates within a file (bounds the work
@@ -380,9 +290,7 @@ pub(crate) fn process(policy: &Policy, records: Vec<Record>) -> (Vec<Candidate>,
     let checked: Vec<(Candidate, Vec<Reason>, bool)> = records
         .into_par_iter()
         .enumerate()
-        .map_init(text::Scratch::new, |s, (i, rec)| {
-            row(policy, i as u64, rec, s)
-        })
+        .map_init(text::Scratch::new, |s, (i, rec)| row(policy, i as u64, rec, s))
         .collect();
     let gates = &policy.gates;
     let n = checked.len();
@@ -426,17 +334,13 @@ pub(crate) fn process(policy: &Policy, records: Vec<Record>) -> (Vec<Candidate>,
                         }
                         if !seen.contains(&j) {
                             seen.push(j);
-                            let sim =
-                                minhash::similarity(&cand.minhash, rows_minhash(&rows, j as usize));
+                            let sim = minhash::similarity(&cand.minhash, rows_minhash(&rows, j as usize));
                             if sim >= gates.near_duplicate_threshold {
                                 found = Some((j, sim));
                                 break 'search;
                             }
                         }
-                        j = links
-                            .get(j as usize * minhash::BANDS + b)
-                            .copied()
-                            .unwrap_or(NONE);
+                        j = links.get(j as usize * minhash::BANDS + b).copied().unwrap_or(NONE);
                     }
                 }
                 match found {
@@ -508,12 +412,7 @@ fn rows_minhash(rows: &[Candidate], j: usize) -> &[u32] {
 }
 
 /// Checks one record; the flag says whether it takes part in duplicate detection.
-fn row(
-    policy: &Policy,
-    i: u64,
-    rec: Record,
-    s: &mut text::Scratch,
-) -> (Candidate, Vec<Reason>, bool) {
+fn row(policy: &Policy, i: u64, rec: Record, s: &mut text::Scratch) -> (Candidate, Vec<Reason>, bool) {
     let gates = &policy.gates;
     let (mut shaped, original) = match rec {
         Record::Misfit { original, error } => {
@@ -522,20 +421,12 @@ fn row(
                 "row",
                 Value::Null,
                 policy.rows.as_str(),
-                format!(
-                    "row {i} does not fit the {} row schema: {error}",
-                    policy.rows.as_str()
-                ),
+                format!("row {i} does not fit the {} row schema: {error}", policy.rows.as_str()),
             )
             .at_row(i);
             let exact_hash = sha256(&serde_json::to_vec(&original).unwrap_or_default());
-            let cand = Candidate {
-                content: original,
-                text: String::new(),
-                exact_hash,
-                minhash: Vec::new(),
-                score: 0.0,
-            };
+            let cand =
+                Candidate { content: original, text: String::new(), exact_hash, minhash: Vec::new(), score: 0.0 };
             return (cand, vec![reason], false);
         }
         Record::Fits { shaped, original } => (shaped, original),
@@ -579,7 +470,10 @@ fn row(
                             kind.metric(),
                             n as u64,
                             0,
-                            format!("the text contains {n} {}; this datanet does not accept personal data", kind.noun(n)),
+                            format!(
+                                "the text contains {n} {}; this datanet does not accept personal data",
+                                kind.noun(n)
+                            ),
                         )
                         .at_row(i),
                     );

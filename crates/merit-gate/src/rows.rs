@@ -1,6 +1,8 @@
 //! Structured rows: the four row schemas and the jsonl and csv readers.
 
 use merit_core::RowSchema;
+use std::borrow::Cow;
+
 use serde_json::{json, Map, Value};
 
 /// A record shaped by a row schema: its text fields can be redacted in place.
@@ -23,13 +25,7 @@ impl Shaped {
     pub(crate) fn fields_mut(&mut self) -> Vec<&mut String> {
         match self {
             Shaped::Text(t) => vec![t],
-            Shaped::Alpaca {
-                instruction,
-                input,
-                output,
-                system,
-                history,
-            } => {
+            Shaped::Alpaca { instruction, input, output, system, history } => {
                 let mut v = vec![instruction];
                 if let Some(i) = input {
                     v.push(i);
@@ -46,9 +42,7 @@ impl Shaped {
                 }
                 v
             }
-            Shaped::Sharegpt(turns) | Shaped::Messages(turns) => {
-                turns.iter_mut().map(|(_, text)| text).collect()
-            }
+            Shaped::Sharegpt(turns) | Shaped::Messages(turns) => turns.iter_mut().map(|(_, text)| text).collect(),
         }
     }
 
@@ -76,13 +70,7 @@ impl Shaped {
                 m.insert("text".into(), Value::String(t));
                 Value::Object(m)
             }
-            Shaped::Alpaca {
-                instruction,
-                input,
-                output,
-                system,
-                history,
-            } => {
+            Shaped::Alpaca { instruction, input, output, system, history } => {
                 let mut m = Map::new();
                 m.insert("instruction".into(), json!(instruction));
                 if let Some(i) = input {
@@ -93,10 +81,7 @@ impl Shaped {
                     m.insert("system".into(), json!(s));
                 }
                 if let Some(h) = history {
-                    m.insert(
-                        "history".into(),
-                        Value::Array(h.iter().map(|(q, a)| json!([q, a])).collect()),
-                    );
+                    m.insert("history".into(), Value::Array(h.iter().map(|(q, a)| json!([q, a])).collect()));
                 }
                 Value::Object(m)
             }
@@ -114,38 +99,20 @@ impl Shaped {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
     /// It fits the row schema; `original` is the record as read (for `json_schema`).
-    Fits {
-        shaped: Shaped,
-        original: Option<Value>,
-    },
+    Fits { shaped: Shaped, original: Option<Value> },
     /// It does not; `original` is what could be read of it.
     Misfit { original: Value, error: String },
 }
 
-const SHAREGPT_FROM: [&str; 7] = [
-    "human",
-    "gpt",
-    "system",
-    "user",
-    "assistant",
-    "function_call",
-    "observation",
-];
+const SHAREGPT_FROM: [&str; 7] = ["human", "gpt", "system", "user", "assistant", "function_call", "observation"];
 const MESSAGE_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
-fn string_field(
-    obj: &Map<String, Value>,
-    key: &str,
-    required: bool,
-) -> Result<Option<String>, String> {
+fn string_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<Option<String>, String> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         None | Some(Value::Null) if !required => Ok(None),
         None | Some(Value::Null) => Err(format!("missing required string field `{key}`")),
-        Some(other) => Err(format!(
-            "field `{key}` must be a string, not {}",
-            type_name(other)
-        )),
+        Some(other) => Err(format!("field `{key}` must be a string, not {}", type_name(other))),
     }
 }
 
@@ -160,42 +127,40 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn list_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a Vec<Value>, String> {
+/// A list field; a string holding a JSON list (as csv and flat parquet files
+/// carry lists) is read as that list.
+fn list_value<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<Cow<'a, Vec<Value>>>, String> {
     match obj.get(key) {
-        Some(Value::Array(items)) if !items.is_empty() => Ok(items),
-        Some(Value::Array(_)) => Err(format!("field `{key}` must not be empty")),
-        None | Some(Value::Null) => Err(format!("missing required list field `{key}`")),
-        Some(other) => Err(format!(
-            "field `{key}` must be a list, not {}",
-            type_name(other)
-        )),
+        Some(Value::Array(items)) => Ok(Some(Cow::Borrowed(items))),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(items)) => Ok(Some(Cow::Owned(items))),
+            _ => Err(format!("field `{key}` must be a list (or a string holding a JSON list)")),
+        },
+        Some(other) => Err(format!("field `{key}` must be a list, not {}", type_name(other))),
     }
 }
 
-fn turns(
-    items: &[Value],
-    key: &str,
-    who: &str,
-    what: &str,
-    allowed: &[&str],
-) -> Result<Vec<(String, String)>, String> {
+fn list_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Cow<'a, Vec<Value>>, String> {
+    match list_value(obj, key)? {
+        Some(items) if !items.is_empty() => Ok(items),
+        Some(_) => Err(format!("field `{key}` must not be empty")),
+        None => Err(format!("missing required list field `{key}`")),
+    }
+}
+
+fn turns(items: &[Value], key: &str, who: &str, what: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(t) = item else {
-            return Err(format!(
-                "`{key}[{i}]` must be an object with `{who}` and `{what}`"
-            ));
+            return Err(format!("`{key}[{i}]` must be an object with `{who}` and `{what}`"));
         };
         let speaker = match t.get(who) {
             Some(Value::String(s)) => s,
             _ => return Err(format!("`{key}[{i}].{who}` must be a string")),
         };
         if !allowed.contains(&speaker.as_str()) {
-            return Err(format!(
-                "`{key}[{i}].{who}` is `{}`; expected one of {}",
-                clip(speaker),
-                allowed.join(", ")
-            ));
+            return Err(format!("`{key}[{i}].{who}` is `{}`; expected one of {}", clip(speaker), allowed.join(", ")));
         }
         let text = match t.get(what) {
             Some(Value::String(s)) => s.clone(),
@@ -218,71 +183,37 @@ fn clip(s: &str) -> String {
 /// Shapes a JSON value by the row schema.
 pub(crate) fn shape(schema: RowSchema, value: &Value) -> Result<Shaped, String> {
     let Value::Object(obj) = value else {
-        return Err(format!(
-            "a row must be a JSON object, not {}",
-            type_name(value)
-        ));
+        return Err(format!("a row must be a JSON object, not {}", type_name(value)));
     };
     match schema {
-        RowSchema::Text => Ok(Shaped::Text(
-            string_field(obj, "text", true)?.unwrap_or_default(),
-        )),
+        RowSchema::Text => Ok(Shaped::Text(string_field(obj, "text", true)?.unwrap_or_default())),
         RowSchema::Alpaca => {
             let instruction = string_field(obj, "instruction", true)?.unwrap_or_default();
             let output = string_field(obj, "output", true)?.unwrap_or_default();
             let input = string_field(obj, "input", false)?;
             let system = string_field(obj, "system", false)?;
-            let history =
-                match obj.get("history") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Array(pairs)) => {
-                        let mut h = Vec::with_capacity(pairs.len());
-                        for (i, pair) in pairs.iter().enumerate() {
-                            match pair.as_array().map(Vec::as_slice) {
-                                Some([Value::String(q), Value::String(a)]) => {
-                                    h.push((q.clone(), a.clone()))
-                                }
-                                _ => return Err(format!(
-                                    "`history[{i}]` must be a pair of strings [user, assistant]"
-                                )),
-                            }
+            let history = match list_value(obj, "history")? {
+                None => None,
+                Some(pairs) => {
+                    let mut h = Vec::with_capacity(pairs.len());
+                    for (i, pair) in pairs.iter().enumerate() {
+                        match pair.as_array().map(Vec::as_slice) {
+                            Some([Value::String(q), Value::String(a)]) => h.push((q.clone(), a.clone())),
+                            _ => return Err(format!("`history[{i}]` must be a pair of strings [user, assistant]")),
                         }
-                        Some(h)
                     }
-                    Some(other) => {
-                        return Err(format!(
-                            "field `history` must be a list, not {}",
-                            type_name(other)
-                        ))
-                    }
-                };
-            Ok(Shaped::Alpaca {
-                instruction,
-                input,
-                output,
-                system,
-                history,
-            })
+                    Some(h)
+                }
+            };
+            Ok(Shaped::Alpaca { instruction, input, output, system, history })
         }
         RowSchema::Sharegpt => {
             let items = list_field(obj, "conversations")?;
-            Ok(Shaped::Sharegpt(turns(
-                items,
-                "conversations",
-                "from",
-                "value",
-                &SHAREGPT_FROM,
-            )?))
+            Ok(Shaped::Sharegpt(turns(&items, "conversations", "from", "value", &SHAREGPT_FROM)?))
         }
         RowSchema::Messages => {
             let items = list_field(obj, "messages")?;
-            Ok(Shaped::Messages(turns(
-                items,
-                "messages",
-                "role",
-                "content",
-                &MESSAGE_ROLES,
-            )?))
+            Ok(Shaped::Messages(turns(&items, "messages", "role", "content", &MESSAGE_ROLES)?))
         }
     }
 }
@@ -290,22 +221,14 @@ pub(crate) fn shape(schema: RowSchema, value: &Value) -> Result<Shaped, String> 
 /// The record from a parsed value.
 pub(crate) fn record(schema: RowSchema, value: Value) -> Record {
     match shape(schema, &value) {
-        Ok(shaped) => Record::Fits {
-            shaped,
-            original: Some(value),
-        },
-        Err(error) => Record::Misfit {
-            original: value,
-            error,
-        },
+        Ok(shaped) => Record::Fits { shaped, original: Some(value) },
+        Err(error) => Record::Misfit { original: value, error },
     }
 }
 
 /// Non-empty lines of a jsonl file (a `\r` before `\n` is dropped).
 pub(crate) fn jsonl_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.trim().is_empty())
+    text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.trim().is_empty())
 }
 
 /// Whether every non-empty line is a JSON object (and there is at least one).
@@ -325,10 +248,7 @@ pub(crate) fn looks_like_jsonl(text: &str) -> bool {
 pub(crate) fn jsonl_record(schema: RowSchema, line: &str) -> Record {
     match serde_json::from_str::<Value>(line) {
         Ok(v) => record(schema, v),
-        Err(e) => Record::Misfit {
-            original: Value::Null,
-            error: format!("not valid JSON: {e}"),
-        },
+        Err(e) => Record::Misfit { original: Value::Null, error: format!("not valid JSON: {e}") },
     }
 }
 
@@ -336,22 +256,13 @@ pub(crate) fn jsonl_record(schema: RowSchema, line: &str) -> Record {
 fn list_column(schema: RowSchema, name: &str) -> bool {
     matches!(
         (schema, name),
-        (RowSchema::Alpaca, "history")
-            | (RowSchema::Sharegpt, "conversations")
-            | (RowSchema::Messages, "messages")
+        (RowSchema::Alpaca, "history") | (RowSchema::Sharegpt, "conversations") | (RowSchema::Messages, "messages")
     )
 }
 
 /// Reads a csv file with a header row; `Err` when it cannot be read as csv at all.
-pub(crate) fn csv_records(
-    schema: RowSchema,
-    text: &str,
-    max_rows: usize,
-) -> Result<Vec<Record>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(text.as_bytes());
+pub(crate) fn csv_records(schema: RowSchema, text: &str, max_rows: usize) -> Result<Vec<Record>, String> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
         .map_err(|e| format!("the csv header cannot be read: {e}"))?
@@ -369,10 +280,7 @@ pub(crate) fn csv_records(
         let rec = match result {
             Ok(r) => r,
             Err(e) => {
-                out.push(Record::Misfit {
-                    original: Value::Null,
-                    error: format!("not a valid csv record: {e}"),
-                });
+                out.push(Record::Misfit { original: Value::Null, error: format!("not a valid csv record: {e}") });
                 continue;
             }
         };
@@ -383,9 +291,7 @@ pub(crate) fn csv_records(
                 match serde_json::from_str::<Value>(cell) {
                     Ok(v) => v,
                     Err(e) => {
-                        bad.get_or_insert_with(|| {
-                            format!("column `{name}` must hold a JSON list: {e}")
-                        });
+                        bad.get_or_insert_with(|| format!("column `{name}` must hold a JSON list: {e}"));
                         Value::String(cell.to_string())
                     }
                 }
@@ -414,32 +320,19 @@ mod tests {
             &json!({"instruction": "Say hi", "output": "hi", "history": [["a", "b"]], "extra": 1}),
         )
         .unwrap();
-        assert_eq!(
-            a.clone().into_value(),
-            json!({"instruction": "Say hi", "output": "hi", "history": [["a", "b"]]})
-        );
+        assert_eq!(a.clone().into_value(), json!({"instruction": "Say hi", "output": "hi", "history": [["a", "b"]]}));
         assert_eq!(a.clone().text(), "Say hi\nhi\na\nb");
-        assert!(shape(RowSchema::Alpaca, &json!({"instruction": "x"}))
+        assert!(shape(RowSchema::Alpaca, &json!({"instruction": "x"})).unwrap_err().contains("`output`"));
+        assert!(shape(RowSchema::Sharegpt, &json!({"conversations": [{"from": "bot", "value": "x"}]}))
             .unwrap_err()
-            .contains("`output`"));
-        assert!(shape(
-            RowSchema::Sharegpt,
-            &json!({"conversations": [{"from": "bot", "value": "x"}]})
-        )
-        .unwrap_err()
-        .contains("from"));
-        assert!(shape(RowSchema::Messages, &json!({"messages": []}))
-            .unwrap_err()
-            .contains("empty"));
-        assert!(shape(RowSchema::Text, &json!([1]))
-            .unwrap_err()
-            .contains("object"));
+            .contains("from"));
+        assert!(shape(RowSchema::Messages, &json!({"messages": []})).unwrap_err().contains("empty"));
+        assert!(shape(RowSchema::Text, &json!([1])).unwrap_err().contains("object"));
     }
 
     #[test]
     fn csv_lists_are_json() {
-        let csv =
-            "messages\n\"[{\"\"role\"\":\"\"user\"\",\"\"content\"\":\"\"hi\"\"}]\"\nnot json\n";
+        let csv = "messages\n\"[{\"\"role\"\":\"\"user\"\",\"\"content\"\":\"\"hi\"\"}]\"\nnot json\n";
         let recs = csv_records(RowSchema::Messages, csv, 10).unwrap();
         assert!(matches!(&recs[0], Record::Fits { .. }));
         assert!(matches!(&recs[1], Record::Misfit { error, .. } if error.contains("JSON list")));

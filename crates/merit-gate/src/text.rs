@@ -105,14 +105,7 @@ impl Rule {
             Unit::Flag => self.what.to_string(),
             _ => format!("{} is {v}, {relation}", self.what),
         };
-        Reason::new(
-            self.gate,
-            self.metric,
-            round4(self.value),
-            self.threshold,
-            message,
-        )
-        .at_row(row)
+        Reason::new(self.gate, self.metric, round4(self.value), self.threshold, message).at_row(row)
     }
 }
 
@@ -229,12 +222,8 @@ fn push_chunk(text: &str, start: usize, end: usize, out: &mut Vec<Tok>) {
         out.push(make_tok(text, start, end));
         return;
     };
-    let last_end = chunk
-        .char_indices()
-        .rev()
-        .find(|&(_, c)| !is_punct(c))
-        .map(|(i, c)| i + c.len_utf8())
-        .unwrap_or(chunk.len());
+    let last_end =
+        chunk.char_indices().rev().find(|&(_, c)| !is_punct(c)).map(|(i, c)| i + c.len_utf8()).unwrap_or(chunk.len());
     // Leading punctuation, one character at a time.
     for (i, c) in chunk[..first].char_indices() {
         out.push(make_tok(text, start + i, start + i + c.len_utf8()));
@@ -263,21 +252,14 @@ fn push_ascii_chunk(text: &str, start: usize, end: usize, out: &mut Vec<Tok>) {
         out.push(make_tok(text, start, end));
         return;
     };
-    let last_end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_punctuation())
-        .map_or(b.len(), |p| p + 1);
+    let last_end = b.iter().rposition(|c| !c.is_ascii_punctuation()).map_or(b.len(), |p| p + 1);
     for i in 0..first {
         out.push(make_tok(text, start + i, start + i + 1));
     }
     out.push(make_tok(text, start + first, start + last_end));
     let mut i = last_end;
     while i < b.len() {
-        let w = if b[i] == b'.' {
-            b[i..].iter().take_while(|&&c| c == b'.').count()
-        } else {
-            1
-        };
+        let w = if b[i] == b'.' { b[i..].iter().take_while(|&&c| c == b'.').count() } else { 1 };
         out.push(make_tok(text, start + i, start + i + w));
         i += w;
     }
@@ -288,11 +270,7 @@ fn make_tok(text: &str, start: usize, end: usize) -> Tok {
     let s = &text[start..end];
     let (chars, symbol, alpha) = if s.is_ascii() {
         let b = s.as_bytes();
-        (
-            b.len() as u32,
-            b.iter().all(|c| c.is_ascii_punctuation()),
-            b.iter().any(|c| c.is_ascii_alphabetic()),
-        )
+        (b.len() as u32, b.iter().all(|c| c.is_ascii_punctuation()), b.iter().any(|c| c.is_ascii_alphabetic()))
     } else {
         let mut chars = 0u32;
         let mut symbol = true;
@@ -304,14 +282,7 @@ fn make_tok(text: &str, start: usize, end: usize) -> Tok {
         }
         (chars, symbol, alpha)
     };
-    Tok {
-        start,
-        end,
-        chars,
-        hash: bytes64(s.as_bytes()),
-        symbol,
-        alpha,
-    }
+    Tok { start, end, chars, hash: bytes64(s.as_bytes()), symbol, alpha }
 }
 
 /// Number of Unicode scalar values (Python's `len`).
@@ -405,8 +376,7 @@ pub(crate) fn measure(text: &str, gates: &Gates, s: &mut Scratch) {
 /// (min_doc_words 50 and max_doc_words 100 000 are the `length` gate.)
 fn gopher_quality(text: &str, toks: &[Tok], rules: &mut Vec<Rule>) {
     let n_words = toks.len() as f64;
-    let (mut non_symbol, mut non_symbol_chars, mut alpha, mut stop) =
-        (0usize, 0usize, 0usize, 0usize);
+    let (mut non_symbol, mut non_symbol_chars, mut alpha, mut stop) = (0usize, 0usize, 0usize, 0usize);
     for t in toks {
         if !t.symbol {
             non_symbol += 1;
@@ -625,65 +595,19 @@ fn gopher_repetition(text: &str, text_chars: usize, s: &mut Scratch, rules: &mut
     s.active.clear();
     s.active.extend(0..n_toks as u32);
     const TOP: [(usize, f64, &str, &str); 3] = [
-        (
-            2,
-            0.20,
-            "top_2gram_char_ratio",
-            "share of characters covered by the most frequent 2-gram",
-        ),
-        (
-            3,
-            0.18,
-            "top_3gram_char_ratio",
-            "share of characters covered by the most frequent 3-gram",
-        ),
-        (
-            4,
-            0.16,
-            "top_4gram_char_ratio",
-            "share of characters covered by the most frequent 4-gram",
-        ),
+        (2, 0.20, "top_2gram_char_ratio", "share of characters covered by the most frequent 2-gram"),
+        (3, 0.18, "top_3gram_char_ratio", "share of characters covered by the most frequent 3-gram"),
+        (4, 0.16, "top_4gram_char_ratio", "share of characters covered by the most frequent 4-gram"),
     ];
     const DUP: [(usize, f64, &str, &str); 6] = [
-        (
-            5,
-            0.15,
-            "dup_5gram_char_ratio",
-            "share of characters in duplicated 5-grams",
-        ),
-        (
-            6,
-            0.14,
-            "dup_6gram_char_ratio",
-            "share of characters in duplicated 6-grams",
-        ),
-        (
-            7,
-            0.13,
-            "dup_7gram_char_ratio",
-            "share of characters in duplicated 7-grams",
-        ),
-        (
-            8,
-            0.12,
-            "dup_8gram_char_ratio",
-            "share of characters in duplicated 8-grams",
-        ),
-        (
-            9,
-            0.11,
-            "dup_9gram_char_ratio",
-            "share of characters in duplicated 9-grams",
-        ),
-        (
-            10,
-            0.10,
-            "dup_10gram_char_ratio",
-            "share of characters in duplicated 10-grams",
-        ),
+        (5, 0.15, "dup_5gram_char_ratio", "share of characters in duplicated 5-grams"),
+        (6, 0.14, "dup_6gram_char_ratio", "share of characters in duplicated 6-grams"),
+        (7, 0.13, "dup_7gram_char_ratio", "share of characters in duplicated 7-grams"),
+        (8, 0.12, "dup_8gram_char_ratio", "share of characters in duplicated 8-grams"),
+        (9, 0.11, "dup_9gram_char_ratio", "share of characters in duplicated 9-grams"),
+        (10, 0.10, "dup_10gram_char_ratio", "share of characters in duplicated 10-grams"),
     ];
-    let gram_chars =
-        |prefix: &[u64], i: usize, n: usize| prefix[i + n] - prefix[i] + (n as u64 - 1);
+    let gram_chars = |prefix: &[u64], i: usize, n: usize| prefix[i + n] - prefix[i] + (n as u64 - 1);
     for n in 2..=10usize {
         if n_toks < n {
             break;
@@ -772,9 +696,8 @@ fn c4_anchors() -> &'static Regex {
 /// cookies, use cookies). Case-insensitive substrings, as datatrove's `in`.
 fn c4_phrases(line: &str) -> (bool, bool, bool) {
     let b = line.as_bytes();
-    let before = |at: usize, what: &str| {
-        at >= what.len() && b[at - what.len()..at].eq_ignore_ascii_case(what.as_bytes())
-    };
+    let before =
+        |at: usize, what: &str| at >= what.len() && b[at - what.len()..at].eq_ignore_ascii_case(what.as_bytes());
     let after = |at: usize, what: &str| {
         b.len() >= at + what.len() && b[at..at + what.len()].eq_ignore_ascii_case(what.as_bytes())
     };
@@ -788,8 +711,7 @@ fn c4_phrases(line: &str) -> (bool, bool, bool) {
             b'i' => policy |= before(at, "pr"),
             _ => {
                 policy |= after(at, "cookie policy")
-                    || (after(at, "cookies")
-                        && (before(at, "uses ") || before(at, "use of ") || before(at, "use ")))
+                    || (after(at, "cookies") && (before(at, "uses ") || before(at, "use of ") || before(at, "use ")))
             }
         }
     }
@@ -810,9 +732,7 @@ fn strip_citations(line: &str) -> std::borrow::Cow<'_, str> {
         let citation = match close {
             Some(c) => {
                 let inner = &tail[1..c];
-                inner.bytes().all(|b| b.is_ascii_digit())
-                    || inner == "edit"
-                    || inner == "citation needed"
+                inner.bytes().all(|b| b.is_ascii_digit()) || inner == "edit" || inner == "citation needed"
             }
             None => false,
         };
@@ -872,10 +792,7 @@ fn c4(text: &str, rules: &mut Vec<Rule>) {
         }
         let chars = char_count(line);
         // Only "fewer than 3 words" and "a word over 1000 characters" matter.
-        let long_word = line.len() > 1000
-            && line
-                .split_whitespace()
-                .any(|w| w.len() > 1000 && char_count(w) > 1000);
+        let long_word = line.len() > 1000 && line.split_whitespace().any(|w| w.len() > 1000 && char_count(w) > 1000);
         let words = line.split_whitespace().take(3).count();
         let keep = 'keep: {
             if long_word {
@@ -940,11 +857,7 @@ fn c4(text: &str, rules: &mut Vec<Rule>) {
         gate: G,
         metric: "removed_line_char_ratio",
         what: "share of characters in lines C4 would remove",
-        value: if total == 0 {
-            1.0
-        } else {
-            dropped_chars as f64 / total as f64
-        },
+        value: if total == 0 { 1.0 } else { dropped_chars as f64 / total as f64 },
         threshold: 0.5,
         bound: Bound::Max,
         unit: Unit::Ratio,
@@ -998,11 +911,7 @@ fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Ru
         gate: G,
         metric: "char_dup_ratio",
         what: "share of characters in duplicated lines",
-        value: if non_newline_chars == 0 {
-            0.0
-        } else {
-            dup_chars as f64 / non_newline_chars as f64
-        },
+        value: if non_newline_chars == 0 { 0.0 } else { dup_chars as f64 / non_newline_chars as f64 },
         threshold: 0.01,
         bound: Bound::MaxExcl,
         unit: Unit::Ratio,
@@ -1011,11 +920,7 @@ fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Ru
         gate: G,
         metric: "new_line_ratio",
         what: "ratio of line breaks to words",
-        value: if n_words == 0 {
-            newlines as f64
-        } else {
-            newlines as f64 / n_words as f64
-        },
+        value: if n_words == 0 { newlines as f64 } else { newlines as f64 / n_words as f64 },
         threshold: 0.3,
         bound: Bound::Max,
         unit: Unit::Ratio,
@@ -1199,10 +1104,7 @@ pub(crate) fn language(text: &str, accepted: &[String], row: u64) -> Result<f64,
             "language",
             "en",
             threshold,
-            format!(
-                "the text is in `en`, which this datanet does not accept (accepted: {})",
-                accepted.join(", ")
-            ),
+            format!("the text is in `en`, which this datanet does not accept (accepted: {})", accepted.join(", ")),
         )
         .at_row(row));
     }
@@ -1212,10 +1114,7 @@ pub(crate) fn language(text: &str, accepted: &[String], row: u64) -> Result<f64,
             "language",
             "unknown",
             threshold,
-            format!(
-                "no language could be identified; accepted: {}",
-                accepted.join(", ")
-            ),
+            format!("no language could be identified; accepted: {}", accepted.join(", ")),
         )
         .at_row(row));
     };
@@ -1230,18 +1129,11 @@ pub(crate) fn language(text: &str, accepted: &[String], row: u64) -> Result<f64,
             "language",
             code,
             threshold,
-            format!(
-                "the text is in `{code}`, which this datanet does not accept (accepted: {})",
-                accepted.join(", ")
-            ),
+            format!("the text is in `{code}`, which this datanet does not accept (accepted: {})", accepted.join(", ")),
         )
         .at_row(row));
     }
-    let script_fits = info
-        .script()
-        .langs()
-        .iter()
-        .any(|l| accepted.iter().any(|a| a == iso639_1(*l)));
+    let script_fits = info.script().langs().iter().any(|l| accepted.iter().any(|a| a == iso639_1(*l)));
     if in_list || script_fits {
         return Ok(0.5);
     }
@@ -1266,19 +1158,14 @@ mod tests {
     fn toks(text: &str) -> Vec<String> {
         let mut out = Vec::new();
         tokenize(text, &mut out);
-        out.iter()
-            .map(|t| text[t.start..t.end].to_string())
-            .collect()
+        out.iter().map(|t| text[t.start..t.end].to_string()).collect()
     }
 
     #[test]
     fn tokenizer_splits_punctuation_like_treebank() {
         assert_eq!(toks("Hello, world!"), ["Hello", ",", "world", "!"]);
         assert_eq!(toks("(wait...) ok"), ["(", "wait", "...", ")", "ok"]);
-        assert_eq!(
-            toks("-- ... U.S. don't"),
-            ["--", "...", "U.S", ".", "don't"]
-        );
+        assert_eq!(toks("-- ... U.S. don't"), ["--", "...", "U.S", ".", "don't"]);
         assert_eq!(toks("«Grüße» 東京。"), ["«", "Grüße", "»", "東京", "。"]);
         assert!(toks(" \n\t ").is_empty());
     }
@@ -1297,24 +1184,15 @@ mod tests {
     fn c4_phrases_are_found_case_insensitively() {
         assert_eq!(c4_phrases("Lorem Ipsum dolor"), (true, false, false));
         assert_eq!(c4_phrases("enable JavaScript here"), (false, true, false));
-        assert_eq!(
-            c4_phrases("see our Terms of Use and Privacy Policy"),
-            (false, false, true)
-        );
+        assert_eq!(c4_phrases("see our Terms of Use and Privacy Policy"), (false, false, true));
         assert_eq!(c4_phrases("this site uses cookies"), (false, false, true));
         assert_eq!(c4_phrases("the use of cookies"), (false, false, true));
-        assert_eq!(
-            c4_phrases("a cookie jar, an ipsum, a script, private policy"),
-            (false, false, false)
-        );
+        assert_eq!(c4_phrases("a cookie jar, an ipsum, a script, private policy"), (false, false, false));
     }
 
     #[test]
     fn citations_and_sentences() {
-        assert_eq!(
-            strip_citations("Paris[1] is big.[citation needed]"),
-            "Paris is big."
-        );
+        assert_eq!(strip_citations("Paris[1] is big.[citation needed]"), "Paris is big.");
         assert_eq!(strip_citations("a [b] c"), "a [b] c");
         assert_eq!(count_sentences("One. Two! Three? \"Four.\""), 4);
         assert_eq!(count_sentences("version 1.2 is out"), 1);
@@ -1322,15 +1200,8 @@ mod tests {
 
     #[test]
     fn sub_scores_fall_to_zero_at_the_threshold() {
-        let r = |value, threshold, bound, unit| Rule {
-            gate: "g",
-            metric: "m",
-            what: "w",
-            value,
-            threshold,
-            bound,
-            unit,
-        };
+        let r =
+            |value, threshold, bound, unit| Rule { gate: "g", metric: "m", what: "w", value, threshold, bound, unit };
         assert_eq!(r(0.0, 0.1, Bound::Max, Unit::Ratio).sub_score(), 1.0);
         assert!((r(0.075, 0.1, Bound::Max, Unit::Ratio).sub_score() - 0.5).abs() < 1e-9);
         assert_eq!(r(0.2, 0.1, Bound::Max, Unit::Ratio).sub_score(), 0.0);

@@ -109,9 +109,7 @@ impl Walker<'_> {
                 let z = self.zigzag()?;
                 i16::try_from(z).map_err(|_| "thrift field id out of range".to_string())?
             } else {
-                last_id
-                    .checked_add(i16::from(delta))
-                    .ok_or("thrift field id out of range")?
+                last_id.checked_add(i16::from(delta)).ok_or("thrift field id out of range")?
             };
             last_id = id;
             path.push(id);
@@ -131,12 +129,7 @@ impl Walker<'_> {
         }
     }
 
-    fn value(
-        &mut self,
-        kind: u8,
-        path: &mut Vec<i16>,
-        visit: &mut impl Visit,
-    ) -> Result<(), String> {
+    fn value(&mut self, kind: u8, path: &mut Vec<i16>, visit: &mut impl Visit) -> Result<(), String> {
         match kind {
             TRUE | FALSE => {
                 // Only inside lists, sets and maps: one byte each.
@@ -198,12 +191,7 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn element(
-        &mut self,
-        kind: u8,
-        path: &mut Vec<i16>,
-        visit: &mut impl Visit,
-    ) -> Result<(), String> {
+    fn element(&mut self, kind: u8, path: &mut Vec<i16>, visit: &mut impl Visit) -> Result<(), String> {
         if kind == STOP {
             return Err("thrift collection of no type".to_string());
         }
@@ -228,21 +216,14 @@ mod tests {
         let b = [0x15, 0x05, 0x19, 0x25, 0x02, 0x04, 0x1C, 0x11, 0x00, 0x00];
         let mut c = Collect(Vec::new());
         assert_eq!(walk_struct(&b, &mut c).unwrap(), b.len());
-        assert_eq!(
-            c.0,
-            vec![(vec![1], -3), (vec![2], 1), (vec![2], 2), (vec![3, 1], 1)]
-        );
+        assert_eq!(c.0, vec![(vec![1], -3), (vec![2], 1), (vec![2], 2), (vec![3, 1], 1)]);
         // A list that claims 2^40 elements in a 10-byte buffer.
         let bomb = [0x19, 0xF5, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0x00, 0x00];
-        assert!(walk_struct(&bomb, &mut Ignore)
-            .unwrap_err()
-            .contains("longer"));
+        assert!(walk_struct(&bomb, &mut Ignore).unwrap_err().contains("longer"));
         // Nesting too deep.
         let mut deep = vec![0x1C; 100];
         deep.extend(vec![0x00; 101]);
-        assert!(walk_struct(&deep, &mut Ignore)
-            .unwrap_err()
-            .contains("deeper"));
+        assert!(walk_struct(&deep, &mut Ignore).unwrap_err().contains("deeper"));
         assert!(walk_struct(&[0x15], &mut Ignore).is_err());
     }
 }

@@ -27,12 +27,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note body: origin, size and base64 root, each on its own line.
     pub fn body(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.size,
-            B64.encode(self.root)
-        )
+        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
     }
 }
 
@@ -61,13 +56,8 @@ fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.contains('+')
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "key name `{name}` must be non-empty with no spaces or '+'"
-        ));
+    if name.is_empty() || name.contains('+') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("key name `{name}` must be non-empty with no spaces or '+'"));
     }
     Ok(())
 }
@@ -82,10 +72,7 @@ impl NoteSigner {
     /// A signer from a 32-byte seed.
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<NoteSigner, NoteError> {
         check_name(name).map_err(NoteError::BadKey)?;
-        Ok(NoteSigner {
-            name: name.to_string(),
-            key: SigningKey::from_bytes(seed),
-        })
+        Ok(NoteSigner { name: name.to_string(), key: SigningKey::from_bytes(seed) })
     }
 
     /// The key's name (conventionally the log's origin).
@@ -98,12 +85,7 @@ impl NoteSigner {
         let public = self.key.verifying_key().to_bytes();
         let mut blob = vec![ALG_ED25519];
         blob.extend_from_slice(&public);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex4(&key_hash(&self.name, &public)),
-            B64.encode(blob)
-        )
+        format!("{}+{}+{}", self.name, hex4(&key_hash(&self.name, &public)), B64.encode(blob))
     }
 
     /// Signs a checkpoint: its body, a blank line, and the signature line.
@@ -138,8 +120,7 @@ impl NoteVerifier {
     pub fn parse(vkey: &str) -> Result<NoteVerifier, NoteError> {
         let bad = |why: &str| NoteError::BadKey(why.to_string());
         let mut parts = vkey.trim().splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(b64)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(name), Some(hash_hex), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected <name>+<hash>+<key>"));
         };
         check_name(name).map_err(NoteError::BadKey)?;
@@ -148,17 +129,12 @@ impl NoteVerifier {
             return Err(bad("key is not an Ed25519 key (0x01 followed by 32 bytes)"));
         }
         let public: [u8; 32] = blob[1..].try_into().map_err(|_| bad("key length"))?;
-        let key =
-            VerifyingKey::from_bytes(&public).map_err(|_| bad("not a valid Ed25519 public key"))?;
+        let key = VerifyingKey::from_bytes(&public).map_err(|_| bad("not a valid Ed25519 public key"))?;
         let hash = key_hash(name, &public);
         if hash_hex != hex4(&hash) {
             return Err(bad("key hash does not match the name and key"));
         }
-        Ok(NoteVerifier {
-            name: name.to_string(),
-            hash,
-            key,
-        })
+        Ok(NoteVerifier { name: name.to_string(), hash, key })
     }
 
     pub fn name(&self) -> &str {
@@ -184,18 +160,14 @@ impl NoteVerifier {
             if name != self.name {
                 continue;
             }
-            let blob = B64
-                .decode(b64)
-                .map_err(|_| malformed("signature is not base64"))?;
+            let blob = B64.decode(b64).map_err(|_| malformed("signature is not base64"))?;
             if blob.len() != 4 + 64 || blob[..4] != self.hash {
                 continue;
             }
             found = true;
             let sig = ed25519_dalek::Signature::from_slice(&blob[4..])
                 .map_err(|_| NoteError::BadSignature(self.name.clone()))?;
-            self.key
-                .verify(body.as_bytes(), &sig)
-                .map_err(|_| NoteError::BadSignature(self.name.clone()))?;
+            self.key.verify(body.as_bytes(), &sig).map_err(|_| NoteError::BadSignature(self.name.clone()))?;
         }
         if !found {
             return Err(NoteError::Unsigned(self.name.clone()));
@@ -208,24 +180,14 @@ impl NoteVerifier {
 pub fn parse_body(body: &str) -> Result<Checkpoint, NoteError> {
     let malformed = |why: &str| NoteError::Malformed(why.to_string());
     let mut lines = body.lines();
-    let origin = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| malformed("no origin line"))?;
-    let size = lines
-        .next()
-        .and_then(|l| l.parse::<u64>().ok())
-        .ok_or_else(|| malformed("no tree size line"))?;
+    let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| malformed("no origin line"))?;
+    let size = lines.next().and_then(|l| l.parse::<u64>().ok()).ok_or_else(|| malformed("no tree size line"))?;
     let root = lines
         .next()
         .and_then(|l| B64.decode(l).ok())
         .and_then(|b| <Hash>::try_from(b.as_slice()).ok())
         .ok_or_else(|| malformed("no base64 root hash line"))?;
-    Ok(Checkpoint {
-        origin: origin.to_string(),
-        size,
-        root,
-    })
+    Ok(Checkpoint { origin: origin.to_string(), size, root })
 }
 
 #[cfg(test)]
@@ -235,16 +197,12 @@ mod tests {
     /// The example key and note of Go's golang.org/x/mod/sumdb/note documentation.
     #[test]
     fn matches_the_go_note_example() {
-        let skey = B64
-            .decode("AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz")
-            .unwrap();
+        let skey = B64.decode("AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz").unwrap();
         let seed: [u8; 32] = skey[1..].try_into().unwrap();
         let signer = NoteSigner::from_seed("PeterNeumann", &seed).unwrap();
-        assert_eq!(
-            signer.verifier_key(),
-            "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-        );
-        let text = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+        assert_eq!(signer.verifier_key(), "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW");
+        let text =
+            "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
         assert_eq!(
             signer.sign_text(text),
             format!("{text}\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n")
@@ -254,11 +212,7 @@ mod tests {
     #[test]
     fn sign_and_verify() {
         let signer = NoteSigner::from_seed("merit.example/log", &[7; 32]).unwrap();
-        let cp = Checkpoint {
-            origin: "merit.example/log".into(),
-            size: 42,
-            root: [9; 32],
-        };
+        let cp = Checkpoint { origin: "merit.example/log".into(), size: 42, root: [9; 32] };
         let note = signer.sign(&cp);
         assert!(note.starts_with("merit.example/log\n42\n"));
         assert!(note.contains("\n\n\u{2014} merit.example/log "));
@@ -266,21 +220,12 @@ mod tests {
         assert_eq!(v.verify(&note).unwrap(), cp);
         // Another key, a changed body, a changed signature: all refused.
         let other = NoteSigner::from_seed("merit.example/log", &[8; 32]).unwrap();
-        assert!(NoteVerifier::parse(&other.verifier_key())
-            .unwrap()
-            .verify(&note)
-            .is_err());
+        assert!(NoteVerifier::parse(&other.verifier_key()).unwrap().verify(&note).is_err());
         let tampered = note.replacen("\n42\n", "\n43\n", 1);
-        assert_eq!(
-            v.verify(&tampered),
-            Err(NoteError::BadSignature("merit.example/log".into()))
-        );
+        assert_eq!(v.verify(&tampered), Err(NoteError::BadSignature("merit.example/log".into())));
         assert!(NoteVerifier::parse("nonsense").is_err());
         let mut vk = signer.verifier_key();
         vk.replace_range(vk.len() - 6..vk.len() - 5, "A");
-        assert!(
-            NoteVerifier::parse(&vk).is_err()
-                || NoteVerifier::parse(&vk).unwrap().verify(&note).is_err()
-        );
+        assert!(NoteVerifier::parse(&vk).is_err() || NoteVerifier::parse(&vk).unwrap().verify(&note).is_err());
     }
 }

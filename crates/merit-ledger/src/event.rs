@@ -16,19 +16,10 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub enum Event {
     /// A datanet was created.
     #[serde(rename = "datanet.created")]
-    DatanetCreated {
-        datanet: String,
-        owner: String,
-        kind: String,
-        at: i64,
-    },
+    DatanetCreated { datanet: String, owner: String, kind: String, at: i64 },
     /// A datanet's policy was set (at creation or changed before publishing).
     #[serde(rename = "datanet.policy")]
-    DatanetPolicy {
-        datanet: String,
-        policy_hash: String,
-        at: i64,
-    },
+    DatanetPolicy { datanet: String, policy_hash: String, at: i64 },
     /// A file was submitted.
     #[serde(rename = "contribution.submitted")]
     ContributionSubmitted {
@@ -82,11 +73,7 @@ pub struct DecodeError(String);
 impl Event {
     /// The canonical JSON bytes of this event: the leaf.
     pub fn to_leaf(&self) -> Vec<u8> {
-        let value = serde_json::to_value(Envelope {
-            v: SCHEMA_VERSION,
-            event: self.clone(),
-        })
-        .unwrap_or_default();
+        let value = serde_json::to_value(Envelope { v: SCHEMA_VERSION, event: self.clone() }).unwrap_or_default();
         // serde_json's Map is ordered by key (it is a BTreeMap without the
         // `preserve_order` feature), and compact output has no whitespace.
         serde_json::to_vec(&value).unwrap_or_default()
@@ -96,10 +83,7 @@ impl Event {
     pub fn from_leaf(leaf: &[u8]) -> Result<Event, DecodeError> {
         let env: Envelope = serde_json::from_slice(leaf).map_err(|e| DecodeError(e.to_string()))?;
         if env.v != SCHEMA_VERSION {
-            return Err(DecodeError(format!(
-                "schema version {} is not {SCHEMA_VERSION}",
-                env.v
-            )));
+            return Err(DecodeError(format!("schema version {} is not {SCHEMA_VERSION}", env.v)));
         }
         Ok(env.event)
     }

@@ -94,11 +94,7 @@ impl Frontier {
     pub fn from_parts(size: u64, hashes: Vec<Hash>) -> Result<Frontier, FrontierError> {
         let want = size.count_ones() as usize;
         if hashes.len() != want {
-            return Err(FrontierError {
-                size,
-                want,
-                got: hashes.len(),
-            });
+            return Err(FrontierError { size, want, got: hashes.len() });
         }
         Ok(Frontier { size, hashes })
     }
@@ -119,10 +115,7 @@ impl Frontier {
         // Merge with equal-sized subtrees: one per trailing set bit of `size`.
         let mut merges = self.size.trailing_ones();
         while merges > 0 {
-            let left = self
-                .hashes
-                .pop()
-                .expect("a set bit of size has a subtree root");
+            let left = self.hashes.pop().expect("a set bit of size has a subtree root");
             h = node_hash(&left, &h);
             merges -= 1;
         }
@@ -148,18 +141,9 @@ mod tests {
     #[test]
     fn known_digests() {
         // RFC 6962 test vectors used by transparency-dev/merkle rfc6962_test.go.
-        assert_eq!(
-            hex(&empty_root()),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            hex(&leaf_hash(b"")),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
-        assert_eq!(
-            hex(&leaf_hash(b"L123456")),
-            "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
-        );
+        assert_eq!(hex(&empty_root()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hex(&leaf_hash(b"")), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+        assert_eq!(hex(&leaf_hash(b"L123456")), "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56");
     }
 
     fn hex(h: &Hash) -> String {

@@ -80,10 +80,7 @@ pub fn range_root(src: &dyn NodeSource, start: u64, end: u64) -> Hash {
         return src.node(level, start >> level);
     }
     let k = 1u64 << (63 - (n - 1).leading_zeros());
-    node_hash(
-        &range_root(src, start, start + k),
-        &range_root(src, start + k, end),
-    )
+    node_hash(&range_root(src, start, start + k), &range_root(src, start + k, end))
 }
 
 /// The audit path of leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
@@ -119,14 +116,7 @@ pub fn consistency_proof(src: &dyn NodeSource, old: u64, new: u64) -> Vec<Hash> 
     proof
 }
 
-fn subproof(
-    src: &dyn NodeSource,
-    m: u64,
-    start: u64,
-    end: u64,
-    complete: bool,
-    out: &mut Vec<Hash>,
-) {
+fn subproof(src: &dyn NodeSource, m: u64, start: u64, end: u64, complete: bool, out: &mut Vec<Hash>) {
     let n = end - start;
     if m == n {
         if !complete {
@@ -160,10 +150,7 @@ pub enum VerifyError {
 }
 
 fn mismatch(computed: &Hash, expected: &Hash) -> VerifyError {
-    VerifyError::RootMismatch {
-        computed: hex(computed),
-        expected: hex(expected),
-    }
+    VerifyError::RootMismatch { computed: hex(computed), expected: hex(expected) }
 }
 
 fn hex(h: &Hash) -> String {
@@ -187,32 +174,19 @@ pub fn verify_inclusion(
 }
 
 /// The root implied by an inclusion proof.
-pub fn root_from_inclusion(
-    index: u64,
-    size: u64,
-    leaf_hash: &Hash,
-    proof: &[Hash],
-) -> Result<Hash, VerifyError> {
+pub fn root_from_inclusion(index: u64, size: u64, leaf_hash: &Hash, proof: &[Hash]) -> Result<Hash, VerifyError> {
     if index >= size {
-        return Err(VerifyError::Bounds(format!(
-            "index {index} is not below tree size {size}"
-        )));
+        return Err(VerifyError::Bounds(format!("index {index} is not below tree size {size}")));
     }
     let want = inclusion_len(index, size);
     if proof.len() != want {
-        return Err(VerifyError::Length {
-            got: proof.len(),
-            want,
-        });
+        return Err(VerifyError::Length { got: proof.len(), want });
     }
     let (mut f_n, mut s_n) = (index, size - 1);
     let mut r = *leaf_hash;
     for p in proof {
         if s_n == 0 {
-            return Err(VerifyError::Length {
-                got: proof.len(),
-                want,
-            });
+            return Err(VerifyError::Length { got: proof.len(), want });
         }
         if f_n & 1 == 1 || f_n == s_n {
             r = node_hash(p, &r);
@@ -229,10 +203,7 @@ pub fn root_from_inclusion(
         s_n >>= 1;
     }
     if s_n != 0 {
-        return Err(VerifyError::Length {
-            got: proof.len(),
-            want,
-        });
+        return Err(VerifyError::Length { got: proof.len(), want });
     }
     Ok(r)
 }
@@ -256,16 +227,11 @@ pub fn verify_consistency(
     proof: &[Hash],
 ) -> Result<(), VerifyError> {
     if old > new {
-        return Err(VerifyError::Bounds(format!(
-            "old size {old} is above new size {new}"
-        )));
+        return Err(VerifyError::Bounds(format!("old size {old} is above new size {new}")));
     }
     if old == new {
         if !proof.is_empty() {
-            return Err(VerifyError::Length {
-                got: proof.len(),
-                want: 0,
-            });
+            return Err(VerifyError::Length { got: proof.len(), want: 0 });
         }
         if old_root != new_root {
             return Err(mismatch(new_root, old_root));
@@ -275,10 +241,7 @@ pub fn verify_consistency(
     if old == 0 {
         // Every tree extends the empty tree; the proof is empty.
         if !proof.is_empty() {
-            return Err(VerifyError::Length {
-                got: proof.len(),
-                want: 0,
-            });
+            return Err(VerifyError::Length { got: proof.len(), want: 0 });
         }
         return Ok(());
     }
@@ -298,10 +261,7 @@ pub fn verify_consistency(
     let (mut f_r, mut s_r) = (path[0], path[0]);
     for c in &path[1..] {
         if s_n == 0 {
-            return Err(VerifyError::Length {
-                got: proof.len(),
-                want: proof.len() - 1,
-            });
+            return Err(VerifyError::Length { got: proof.len(), want: proof.len() - 1 });
         }
         if f_n & 1 == 1 || f_n == s_n {
             f_r = node_hash(c, &f_r);
@@ -319,10 +279,7 @@ pub fn verify_consistency(
         s_n >>= 1;
     }
     if s_n != 0 {
-        return Err(VerifyError::Length {
-            got: proof.len(),
-            want: proof.len() + 1,
-        });
+        return Err(VerifyError::Length { got: proof.len(), want: proof.len() + 1 });
     }
     if &f_r != old_root {
         return Err(mismatch(&f_r, old_root));

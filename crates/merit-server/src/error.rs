@@ -18,13 +18,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: Value::Null,
-            retry_after: None,
-        }
+        ApiError { status, code, message: message.into(), details: Value::Null, retry_after: None }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -49,11 +43,7 @@ impl ApiError {
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn unprocessable(message: impl Into<String>) -> ApiError {
@@ -61,11 +51,7 @@ impl ApiError {
     }
 
     pub fn internal() -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the server log has the details",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
     }
 }
 
@@ -75,11 +61,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             StoreError::Invalid(msg) => ApiError::unprocessable(msg),
-            StoreError::Limit {
-                name,
-                limit,
-                reset_at_ms,
-            } => {
+            StoreError::Limit { name, limit, reset_at_ms } => {
                 let now = merit_store::now_ms();
                 let retry = ((reset_at_ms - now).max(0) as u64).div_ceil(1000);
                 let message = e.to_string();
@@ -105,8 +87,7 @@ impl From<StoreError> for ApiError {
 
 impl From<merit_core::PolicyError> for ApiError {
     fn from(e: merit_core::PolicyError) -> ApiError {
-        ApiError::unprocessable(e.to_string())
-            .with_details(json!({ "key": e.key, "reason": e.reason }))
+        ApiError::unprocessable(e.to_string()).with_details(json!({ "key": e.key, "reason": e.reason }))
     }
 }
 

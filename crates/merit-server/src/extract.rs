@@ -24,14 +24,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "unsupported_media_type",
                 "the body must be JSON with `Content-Type: application/json`",
             )),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::unprocessable(format!(
-                "the JSON body does not fit: {}",
-                e.body_text()
-            ))),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "the body is not valid JSON: {}",
-                e.body_text()
-            ))),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::unprocessable(format!("the JSON body does not fit: {}", e.body_text())))
+            }
+            Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {}", e.body_text()))),
         }
     }
 }
@@ -45,9 +41,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
-                format!("bad query: {}", e.body_text()),
-            )),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::bad_request(format!("bad query: {}", e.body_text())))
+            }
             Err(e) => Err(ApiError::bad_request(e.body_text())),
         }
     }
@@ -65,34 +61,21 @@ impl Caller {
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim())
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = bearer(parts) else {
             return Ok(Caller(None));
         };
         match state.store.user_by_token(token).await? {
             Some(user) => Ok(Caller(Some(user))),
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the API token is not valid",
-            )),
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API token is not valid")),
         }
     }
 }

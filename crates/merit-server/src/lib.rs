@@ -35,11 +35,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, rate_limit: RateLimit) -> AppState {
-        AppState {
-            store,
-            rate_limit,
-            buckets: Arc::new(ratelimit::Buckets::default()),
-        }
+        AppState { store, rate_limit, buckets: Arc::new(ratelimit::Buckets::default()) }
     }
 }
 
@@ -49,16 +45,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", routes::api())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async {
-            error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-                .into_response()
+            error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::middleware,
-        ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            error::ApiError::internal().into_response()
-        }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::middleware))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| error::ApiError::internal().into_response()))
         .with_state(state)
 }
 
@@ -67,9 +57,7 @@ pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await
 }
 
 async fn shutdown() {

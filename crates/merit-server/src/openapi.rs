@@ -158,12 +158,8 @@ pub fn document() -> Value {
             json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{}", op.ok.1) } } })
         };
         let mut responses = Map::new();
-        responses.insert(
-            op.ok.0.to_string(),
-            json!({ "description": "success", "content": ok_content }),
-        );
-        let err =
-            json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } });
+        responses.insert(op.ok.0.to_string(), json!({ "description": "success", "content": ok_content }));
+        let err = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } });
         for (code, why) in [
             ("400", "bad input"),
             ("401", "missing or invalid token"),
@@ -173,17 +169,13 @@ pub fn document() -> Value {
         ] {
             responses.insert(code.into(), json!({ "description": why, "content": err }));
         }
-        let mut operation =
-            json!({ "summary": op.summary, "parameters": parameters, "responses": responses });
+        let mut operation = json!({ "summary": op.summary, "parameters": parameters, "responses": responses });
         match op.body {
             "" => {}
             "multipart" => {
                 operation["requestBody"] = json!({ "required": true, "content": { "multipart/form-data": { "schema": {
                     "type": "object", "properties": { "file": { "type": "array", "items": { "type": "string", "format": "binary" } } } } } } });
-                for (code, why) in [
-                    ("413", "a file is over max_file_bytes"),
-                    ("415", "not multipart/form-data"),
-                ] {
+                for (code, why) in [("413", "a file is over max_file_bytes"), ("415", "not multipart/form-data")] {
                     operation["responses"][code] = json!({ "description": why, "content": err });
                 }
             }
@@ -200,15 +192,10 @@ pub fn document() -> Value {
             }
         }
         if op.auth != "none" {
-            operation["security"] = if op.auth == "required" {
-                json!([{ "bearer": [] }])
-            } else {
-                json!([{}, { "bearer": [] }])
-            };
+            operation["security"] =
+                if op.auth == "required" { json!([{ "bearer": [] }]) } else { json!([{}, { "bearer": [] }]) };
         }
-        let entry = paths
-            .entry(format!("/api/v1{}", op.path))
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(format!("/api/v1{}", op.path)).or_insert_with(|| json!({}));
         entry[op.method] = operation;
     }
     json!({
@@ -241,8 +228,8 @@ mod tests {
             };
             let call = chunk.split("\n        .route").next().unwrap_or(chunk);
             for method in ["get", "post", "put", "patch", "delete"] {
-                let first = call.contains(&format!(" {method}("))
-                    || call.contains(&format!("\n                {method}("));
+                let first =
+                    call.contains(&format!(" {method}(")) || call.contains(&format!("\n                {method}("));
                 let chained = call.contains(&format!(".{method}("));
                 if first || chained {
                     out.push((method.to_string(), path.to_string()));
@@ -255,17 +242,12 @@ mod tests {
 
     #[test]
     fn document_matches_the_routes() {
-        let mut documented: Vec<(String, String)> = OPERATIONS
-            .iter()
-            .map(|o| (o.method.to_string(), o.path.to_string()))
-            .collect();
+        let mut documented: Vec<(String, String)> =
+            OPERATIONS.iter().map(|o| (o.method.to_string(), o.path.to_string())).collect();
         documented.sort();
         assert_eq!(registered(), documented);
         let doc = document();
         assert_eq!(doc["openapi"], "3.0.3");
-        assert!(
-            doc["paths"]["/api/v1/datanets/{name}/contributions"]["post"]["requestBody"]
-                .is_object()
-        );
+        assert!(doc["paths"]["/api/v1/datanets/{name}/contributions"]["post"]["requestBody"].is_object());
     }
 }

@@ -23,10 +23,7 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        RateLimit {
-            per_second: 20.0,
-            burst: 100.0,
-        }
+        RateLimit { per_second: 20.0, burst: 100.0 }
     }
 }
 
@@ -48,8 +45,7 @@ impl Buckets {
             });
         }
         let (tokens, at) = map.entry(key.to_string()).or_insert((limit.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -71,8 +67,12 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     };
     if let Err(wait) = state.buckets.take(&key, state.rate_limit) {
         let secs = wait.ceil().max(1.0) as u64;
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests; try again in {secs} s"))
-            .with_details(serde_json::json!({ "limit": "requests_per_second", "value": state.rate_limit.per_second }));
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; try again in {secs} s"),
+        )
+        .with_details(serde_json::json!({ "limit": "requests_per_second", "value": state.rate_limit.per_second }));
         e.retry_after = Some(secs);
         return e.into_response();
     }
@@ -86,10 +86,7 @@ mod tests {
     #[test]
     fn bucket_allows_burst_then_refuses() {
         let b = Buckets::default();
-        let limit = RateLimit {
-            per_second: 1.0,
-            burst: 3.0,
-        };
+        let limit = RateLimit { per_second: 1.0, burst: 3.0 };
         for _ in 0..3 {
             assert!(b.take("k", limit).is_ok());
         }

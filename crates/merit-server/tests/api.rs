@@ -17,133 +17,51 @@ async fn role_matrix() {
     let cy = app.user("cy").await; // curator
     let dan = app.user("dan").await; // another contributor
 
-    assert_eq!(
-        app.datanet(&ann, "qa", OWNER_REVIEW, false).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(app.datanet(&ann, "qa", OWNER_REVIEW, false).await.status, StatusCode::CREATED);
     // Unpublished: only the owner (and curators) see it.
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/qa", None, None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/qa", Some(&bob), None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(app.call("GET", "/api/v1/datanets/qa", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", "/api/v1/datanets/qa", Some(&bob), None).await.status, StatusCode::NOT_FOUND);
     let listed = app.call("GET", "/api/v1/datanets", None, None).await.json();
     assert_eq!(listed, json!([]));
     // Only the owner publishes and edits.
-    assert_eq!(
-        app.call("POST", "/api/v1/datanets/qa/publish", Some(&bob), None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("POST", "/api/v1/datanets/qa/publish", Some(&ann), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/qa", None, None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.call("POST", "/api/v1/datanets/qa/publish", Some(&bob), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("POST", "/api/v1/datanets/qa/publish", Some(&ann), None).await.status, StatusCode::OK);
+    assert_eq!(app.call("GET", "/api/v1/datanets/qa", None, None).await.status, StatusCode::OK);
     let edit = json!({ "summary": "better" });
     assert_eq!(
-        app.call(
-            "PATCH",
-            "/api/v1/datanets/qa",
-            Some(&bob),
-            Some(edit.clone())
-        )
-        .await
-        .status,
+        app.call("PATCH", "/api/v1/datanets/qa", Some(&bob), Some(edit.clone())).await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.call("PATCH", "/api/v1/datanets/qa", None, Some(edit.clone()))
-            .await
-            .status,
+        app.call("PATCH", "/api/v1/datanets/qa", None, Some(edit.clone())).await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        app.call("PATCH", "/api/v1/datanets/qa", Some(&ann), Some(edit))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.call("PATCH", "/api/v1/datanets/qa", Some(&ann), Some(edit)).await.status, StatusCode::OK);
     // After publishing the policy is fixed.
-    let r = app
-        .call(
-            "PATCH",
-            "/api/v1/datanets/qa",
-            Some(&ann),
-            Some(json!({ "policy": "review = \"auto\"" })),
-        )
-        .await;
+    let r = app.call("PATCH", "/api/v1/datanets/qa", Some(&ann), Some(json!({ "policy": "review = \"auto\"" }))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        app.call("PUT", "/api/v1/datanets/qa/curators/cy", Some(&bob), None)
-            .await
-            .status,
+        app.call("PUT", "/api/v1/datanets/qa/curators/cy", Some(&bob), None).await.status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(
-        app.call("PUT", "/api/v1/datanets/qa/curators/cy", Some(&ann), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.call("PUT", "/api/v1/datanets/qa/curators/cy", Some(&ann), None).await.status, StatusCode::OK);
 
     // The public cannot contribute; signed-in users can.
-    assert_eq!(
-        app.upload("qa", None, &[("a.txt", prose(1).as_bytes())], false)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    let r = app
-        .upload("qa", Some(&bob), &[("bob.txt", prose(2).as_bytes())], false)
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_eq!(app.upload("qa", None, &[("a.txt", prose(1).as_bytes())], false).await.status, StatusCode::UNAUTHORIZED);
+    let r = app.upload("qa", Some(&bob), &[("bob.txt", prose(2).as_bytes())], false).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
     let bob_c = &r.json()[0];
     assert_eq!(bob_c["status"], "pending", "{bob_c}");
     let bob_id = bob_c["contribution_id"].as_i64().unwrap();
-    let r = app
-        .upload("qa", Some(&cy), &[("cy.txt", prose(3).as_bytes())], false)
-        .await;
+    let r = app.upload("qa", Some(&cy), &[("cy.txt", prose(3).as_bytes())], false).await;
     let cy_id = r.json()[0]["contribution_id"].as_i64().unwrap();
 
     // Pending files: owner and curator see them, the contributor sees their own, others and the public do not.
     let list = |token: Option<String>| {
         let app = &app;
         async move {
-            let v = app
-                .call(
-                    "GET",
-                    "/api/v1/datanets/qa/contributions",
-                    token.as_deref(),
-                    None,
-                )
-                .await
-                .json();
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["id"].as_i64().unwrap())
-                .collect::<Vec<_>>()
+            let v = app.call("GET", "/api/v1/datanets/qa/contributions", token.as_deref(), None).await.json();
+            v.as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect::<Vec<_>>()
         }
     };
     assert_eq!(list(Some(ann.clone())).await, vec![cy_id, bob_id]);
@@ -152,102 +70,40 @@ async fn role_matrix() {
     assert_eq!(list(Some(dan.clone())).await, Vec::<i64>::new());
     assert_eq!(list(None).await, Vec::<i64>::new());
     let path = format!("/api/v1/datanets/qa/contributions/{bob_id}");
-    assert_eq!(
-        app.call("GET", &path, Some(&dan), None).await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", &path, None, None).await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", &path, Some(&bob), None).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.call("GET", &format!("{path}/file"), Some(&dan), None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", &format!("{path}/file"), Some(&cy), None)
-            .await
-            .body,
-        prose(2).as_bytes()
-    );
+    assert_eq!(app.call("GET", &path, Some(&dan), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", &path, None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", &path, Some(&bob), None).await.status, StatusCode::OK);
+    assert_eq!(app.call("GET", &format!("{path}/file"), Some(&dan), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", &format!("{path}/file"), Some(&cy), None).await.body, prose(2).as_bytes());
 
     // Review: contributors cannot review; nobody reviews their own.
     let approve = |id: i64| format!("/api/v1/datanets/qa/contributions/{id}/approve");
-    assert_eq!(
-        app.call("POST", &approve(bob_id), Some(&dan), None)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.call("POST", &approve(bob_id), Some(&bob), None)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        app.call("POST", &approve(cy_id), Some(&cy), None)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(app.call("POST", &approve(bob_id), Some(&dan), None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.call("POST", &approve(bob_id), Some(&bob), None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.call("POST", &approve(cy_id), Some(&cy), None).await.status, StatusCode::FORBIDDEN);
     let r = app.call("POST", &approve(bob_id), Some(&cy), None).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["status"], "accepted");
-    assert_eq!(
-        app.call("POST", &approve(bob_id), Some(&ann), None)
-            .await
-            .status,
-        StatusCode::CONFLICT
-    );
+    assert_eq!(app.call("POST", &approve(bob_id), Some(&ann), None).await.status, StatusCode::CONFLICT);
     let reject = format!("/api/v1/datanets/qa/contributions/{cy_id}/reject");
-    let r = app
-        .call(
-            "POST",
-            &reject,
-            Some(&ann),
-            Some(json!({ "reason": "off topic" })),
-        )
-        .await;
+    let r = app.call("POST", &reject, Some(&ann), Some(json!({ "reason": "off topic" }))).await;
     assert_eq!(r.json()["status"], "rejected");
     assert_eq!(r.json()["reasons"][0]["gate"], "review");
 
     // The public reads accepted rows and leaderboards, and sees accepted contributions only.
-    let rows = app
-        .call("GET", "/api/v1/datanets/qa/rows", None, None)
-        .await
-        .json();
+    let rows = app.call("GET", "/api/v1/datanets/qa/rows", None, None).await.json();
     assert_eq!(rows["row_count"], 1);
     assert_eq!(rows["rows"][0]["contributor"], "bob");
     assert_eq!(list(None).await, vec![bob_id]);
     // A contributor sees accepted ones and their own rejected one, not others' rejected ones.
     assert_eq!(list(Some(dan.clone())).await, vec![bob_id]);
     assert_eq!(list(Some(cy.clone())).await, vec![cy_id, bob_id]);
-    let board = app
-        .call("GET", "/api/v1/datanets/qa/leaderboard", None, None)
-        .await
-        .json();
+    let board = app.call("GET", "/api/v1/datanets/qa/leaderboard", None, None).await.json();
     assert_eq!(board[0]["contributor"], "bob");
     assert_eq!(board[0]["accepted"], 1);
     assert_eq!(board[1]["contributor"], "cy");
     assert_eq!(board[1]["score"], 0.0);
-    assert_eq!(
-        app.call("GET", "/api/v1/leaderboard", None, None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.call("GET", "/api/v1/leaderboard", None, None).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -258,17 +114,12 @@ async fn verdicts_versions_and_dry_runs() {
     app.datanet(&ann, "docs", "", true).await;
 
     // A dry run gives the verdict and stores nothing.
-    let r = app
-        .upload("docs", Some(&bob), &[("a.txt", prose(10).as_bytes())], true)
-        .await;
+    let r = app.upload("docs", Some(&bob), &[("a.txt", prose(10).as_bytes())], true).await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     assert_eq!(v[0]["status"], "accepted", "{v}");
     assert_eq!(v[0]["contribution_id"], Value::Null);
-    let shown = app
-        .call("GET", "/api/v1/datanets/docs", Some(&bob), None)
-        .await
-        .json();
+    let shown = app.call("GET", "/api/v1/datanets/docs", Some(&bob), None).await.json();
     assert_eq!(shown["stats"]["accepted"], 0);
     assert_eq!(shown["your_quota"]["user_files_remaining"], 20);
 
@@ -280,24 +131,12 @@ async fn verdicts_versions_and_dry_runs() {
         ("fake.pdf".into(), prose(12).into_bytes()),
         ("again.txt".into(), prose(10).into_bytes()),
     ];
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
-        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let r = app.upload("docs", Some(&bob), &refs, false).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let v = r.json();
-    let statuses: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        statuses,
-        ["accepted", "accepted", "rejected", "rejected", "rejected"],
-        "{v}"
-    );
+    let statuses: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "accepted", "rejected", "rejected", "rejected"], "{v}");
     assert_eq!(v[2]["reasons"][0]["gate"], "length");
     assert_eq!(v[2]["reasons"][0]["metric"], "word_count");
     assert_eq!(v[3]["reasons"][0]["gate"], "format");
@@ -311,61 +150,28 @@ async fn verdicts_versions_and_dry_runs() {
     }
 
     // Two accepted files → versions 1 and 2, each with a Merkle root; v1 stays readable.
-    let versions = app
-        .call("GET", "/api/v1/datanets/docs/versions", None, None)
-        .await
-        .json();
+    let versions = app.call("GET", "/api/v1/datanets/docs/versions", None, None).await.json();
     assert_eq!(versions.as_array().unwrap().len(), 2);
     assert_eq!(versions[0]["row_count"], 1);
     assert_eq!(versions[1]["row_count"], 2);
     assert_ne!(versions[0]["root"], versions[1]["root"]);
-    let v1 = app
-        .call("GET", "/api/v1/datanets/docs/rows?version=1", None, None)
-        .await
-        .json();
+    let v1 = app.call("GET", "/api/v1/datanets/docs/rows?version=1", None, None).await.json();
     assert_eq!(v1["rows"].as_array().unwrap().len(), 1);
-    let found = app
-        .call(
-            "GET",
-            "/api/v1/datanets/docs/rows?q=carries%20the%20number%2011",
-            None,
-            None,
-        )
-        .await
-        .json();
+    let found = app.call("GET", "/api/v1/datanets/docs/rows?q=carries%20the%20number%2011", None, None).await.json();
     assert_eq!(found["rows"].as_array().unwrap().len(), 1);
 
     // Exports: JSONL with one object per row; parquet with the magic bytes.
-    let jsonl = app
-        .call(
-            "GET",
-            "/api/v1/datanets/docs/export?format=jsonl",
-            None,
-            None,
-        )
-        .await;
-    let lines: Vec<Value> = String::from_utf8(jsonl.body)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let jsonl = app.call("GET", "/api/v1/datanets/docs/export?format=jsonl", None, None).await;
+    let lines: Vec<Value> =
+        String::from_utf8(jsonl.body).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["contributor"], "bob");
     assert!(lines[0]["text"].as_str().unwrap().contains("number 10"));
-    let pq = app
-        .call(
-            "GET",
-            "/api/v1/datanets/docs/export?format=parquet&version=1",
-            None,
-            None,
-        )
-        .await;
+    let pq = app.call("GET", "/api/v1/datanets/docs/export?format=parquet&version=1", None, None).await;
     assert_eq!(pq.status, StatusCode::OK);
     assert!(pq.body.starts_with(b"PAR1") && pq.body.ends_with(b"PAR1"));
     assert_eq!(
-        app.call("GET", "/api/v1/datanets/docs/export?format=xml", None, None)
-            .await
-            .status,
+        app.call("GET", "/api/v1/datanets/docs/export?format=xml", None, None).await.status,
         StatusCode::BAD_REQUEST
     );
 }
@@ -374,18 +180,12 @@ async fn verdicts_versions_and_dry_runs() {
 async fn size_cap_is_enforced_while_streaming() {
     let app = App::new().await;
     let ann = app.user("ann").await;
-    app.datanet(&ann, "small", "max_file_bytes = 1000", true)
-        .await;
+    app.datanet(&ann, "small", "max_file_bytes = 1000", true).await;
     let big = vec![b'a'; 50_000];
-    let r = app
-        .upload("small", Some(&ann), &[("big.txt", &big)], false)
-        .await;
+    let r = app.upload("small", Some(&ann), &[("big.txt", &big)], false).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.json()["error"]["details"]["limit"], "max_file_bytes");
-    let shown = app
-        .call("GET", "/api/v1/datanets/small", Some(&ann), None)
-        .await
-        .json();
+    let shown = app.call("GET", "/api/v1/datanets/small", Some(&ann), None).await.json();
     assert_eq!(shown["stats"]["rejected"], 0);
     assert_eq!(shown["your_quota"]["user_files_remaining"], 20);
 }
@@ -403,8 +203,7 @@ async fn daily_limits_hold_under_16_concurrent_uploads() {
         let (app, bob) = (app.clone(), bob.clone());
         tasks.push(tokio::spawn(async move {
             let text = prose(100 + i);
-            app.upload("limited", Some(&bob), &[("f.txt", text.as_bytes())], false)
-                .await
+            app.upload("limited", Some(&bob), &[("f.txt", text.as_bytes())], false).await
         }));
     }
     let mut created = 0;
@@ -417,24 +216,15 @@ async fn daily_limits_hold_under_16_concurrent_uploads() {
                 limited += 1;
                 let e = r.json();
                 assert_eq!(e["error"]["details"]["limit"], "user_files_per_day");
-                assert!(e["error"]["details"]["resets_at"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with("T00:00:00Z"));
+                assert!(e["error"]["details"]["resets_at"].as_str().unwrap().ends_with("T00:00:00Z"));
                 assert!(r.headers.get("retry-after").is_some());
             }
             other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
         }
     }
     assert_eq!((created, limited), (5, 11));
-    let shown = app
-        .call("GET", "/api/v1/datanets/limited", None, None)
-        .await
-        .json();
-    assert_eq!(
-        shown["stats"]["accepted"].as_i64().unwrap() + shown["stats"]["rejected"].as_i64().unwrap(),
-        5
-    );
+    let shown = app.call("GET", "/api/v1/datanets/limited", None, None).await.json();
+    assert_eq!(shown["stats"]["accepted"].as_i64().unwrap() + shown["stats"]["rejected"].as_i64().unwrap(), 5);
 
     // Bytes per datanet, too: 3 files of ~900 bytes under a 2000-byte cap admit exactly 2.
     let policy = "[limits]\ndatanet_bytes_per_day = 2000\n";
@@ -445,11 +235,7 @@ async fn daily_limits_hold_under_16_concurrent_uploads() {
         let token = if i % 2 == 0 { bob.clone() } else { ann.clone() };
         tasks.push(tokio::spawn(async move {
             let text = prose(200 + i);
-            (
-                text.len(),
-                app.upload("bytes", Some(&token), &[("f.txt", text.as_bytes())], false)
-                    .await,
-            )
+            (text.len(), app.upload("bytes", Some(&token), &[("f.txt", text.as_bytes())], false).await)
         }));
     }
     let mut admitted_bytes = 0;
@@ -459,16 +245,10 @@ async fn daily_limits_hold_under_16_concurrent_uploads() {
             admitted_bytes += len;
         } else {
             assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(
-                r.json()["error"]["details"]["limit"],
-                "datanet_bytes_per_day"
-            );
+            assert_eq!(r.json()["error"]["details"]["limit"], "datanet_bytes_per_day");
         }
     }
-    assert!(
-        admitted_bytes <= 2000 && admitted_bytes > 2000 - 1100,
-        "{admitted_bytes}"
-    );
+    assert!(admitted_bytes <= 2000 && admitted_bytes > 2000 - 1100, "{admitted_bytes}");
 }
 
 #[tokio::test]
@@ -476,33 +256,18 @@ async fn bad_input_gets_clear_errors() {
     let app = App::new().await;
     let ann = app.user("ann").await;
     // Invalid policy: 422 naming the key.
-    let r = app
-        .datanet(&ann, "bad", "[gates]\nmin_words = \"many\"", true)
-        .await;
+    let r = app.datanet(&ann, "bad", "[gates]\nmin_words = \"many\"", true).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.json()["error"]["details"]["key"], "gates.min_words");
-    let r = app
-        .datanet(&ann, "bad", "kind = \"image\"\nformats = [\"pdf\"]", true)
-        .await;
+    let r = app.datanet(&ann, "bad", "kind = \"image\"\nformats = [\"pdf\"]", true).await;
     assert_eq!(r.json()["error"]["details"]["key"], "formats");
     // Schema named but not sent.
-    let r = app
-        .datanet(&ann, "bad", "[gates]\njson_schema = \"s.json\"", true)
-        .await;
+    let r = app.datanet(&ann, "bad", "[gates]\njson_schema = \"s.json\"", true).await;
     assert_eq!(r.json()["error"]["details"]["key"], "gates.json_schema");
     // Bad names, duplicates, bodies.
-    assert_eq!(
-        app.datanet(&ann, "Bad Name", "", true).await.status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    assert_eq!(
-        app.datanet(&ann, "ok", "", true).await.status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.datanet(&ann, "ok", "", true).await.status,
-        StatusCode::CONFLICT
-    );
+    assert_eq!(app.datanet(&ann, "Bad Name", "", true).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.datanet(&ann, "ok", "", true).await.status, StatusCode::CREATED);
+    assert_eq!(app.datanet(&ann, "ok", "", true).await.status, StatusCode::CONFLICT);
     let raw = axum::http::Request::builder()
         .method("POST")
         .uri("/api/v1/datanets")
@@ -517,18 +282,8 @@ async fn bad_input_gets_clear_errors() {
         .header("authorization", format!("Bearer {ann}"))
         .body(axum::body::Body::from("name=x"))
         .unwrap();
-    assert_eq!(
-        app.send(raw).await.status,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE
-    );
-    let r = app
-        .call(
-            "POST",
-            "/api/v1/datanets",
-            Some(&ann),
-            Some(json!({ "name": "x", "colour": 1 })),
-        )
-        .await;
+    assert_eq!(app.send(raw).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = app.call("POST", "/api/v1/datanets", Some(&ann), Some(json!({ "name": "x", "colour": 1 }))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     // Uploads that are not multipart: 415. Unknown token: 401. Unknown things: 404.
     let raw = axum::http::Request::builder()
@@ -538,92 +293,35 @@ async fn bad_input_gets_clear_errors() {
         .header("content-type", "text/plain")
         .body(axum::body::Body::from("hi"))
         .unwrap();
-    assert_eq!(
-        app.send(raw).await.status,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/me", Some("mrt_wrong"), None)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/none", None, None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/nowhere", None, None).await.status,
-        StatusCode::NOT_FOUND
-    );
-    let r = app
-        .call("GET", "/api/v1/datanets/ok/contributions/abc", None, None)
-        .await;
+    assert_eq!(app.send(raw).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(app.call("GET", "/api/v1/me", Some("mrt_wrong"), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.call("GET", "/api/v1/datanets/none", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", "/api/v1/nowhere", None, None).await.status, StatusCode::NOT_FOUND);
+    let r = app.call("GET", "/api/v1/datanets/ok/contributions/abc", None, None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("positive whole number"));
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/ok/rows?limit=0", None, None)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        app.call("GET", "/api/v1/datanets/ok/rows?offset=x", None, None)
-            .await
-            .status,
-        StatusCode::BAD_REQUEST
-    );
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("positive whole number"));
+    assert_eq!(app.call("GET", "/api/v1/datanets/ok/rows?limit=0", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", "/api/v1/datanets/ok/rows?offset=x", None, None).await.status, StatusCode::BAD_REQUEST);
     // Every error has the same shape.
-    let e = app
-        .call("GET", "/api/v1/datanets/none", None, None)
-        .await
-        .json();
+    let e = app.call("GET", "/api/v1/datanets/none", None, None).await.json();
     for key in ["code", "message", "details"] {
         assert!(e["error"].get(key).is_some());
     }
     // Hostile bytes never make a 500.
-    let junk: Vec<u8> = (0..5000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    for name in [
-        "x.pdf",
-        "x.docx",
-        "x.parquet",
-        "x.csv",
-        "x.jsonl",
-        "x.txt",
-        "x.png",
-        "x",
-    ] {
+    let junk: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for name in ["x.pdf", "x.docx", "x.parquet", "x.csv", "x.jsonl", "x.txt", "x.png", "x"] {
         let r = app.upload("ok", Some(&ann), &[(name, &junk)], true).await;
-        assert_eq!(
-            r.status,
-            StatusCode::OK,
-            "{name}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()[0]["status"], "rejected");
     }
 }
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
-    let app = App::with_rate(merit_server::RateLimit {
-        per_second: 0.5,
-        burst: 3.0,
-    })
-    .await;
+    let app = App::with_rate(merit_server::RateLimit { per_second: 0.5, burst: 3.0 }).await;
     let ann = app.user("ann").await;
     for _ in 0..3 {
-        assert_eq!(
-            app.call("GET", "/api/v1/me", Some(&ann), None).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(app.call("GET", "/api/v1/me", Some(&ann), None).await.status, StatusCode::OK);
     }
     let r = app.call("GET", "/api/v1/me", Some(&ann), None).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
@@ -632,19 +330,13 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert!((1..=2).contains(&secs));
     // Another token has its own bucket.
     let bob = app.user("bob").await;
-    assert_eq!(
-        app.call("GET", "/api/v1/me", Some(&bob), None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(app.call("GET", "/api/v1/me", Some(&bob), None).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn openapi_document_is_served() {
     let app = App::new().await;
-    let doc = app
-        .call("GET", "/api/v1/openapi.json", None, None)
-        .await
-        .json();
+    let doc = app.call("GET", "/api/v1/openapi.json", None, None).await.json();
     assert_eq!(doc["openapi"], "3.0.3");
     // Every documented GET without parameters answers something other than the router's 404.
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -654,11 +346,8 @@ async fn openapi_document_is_served() {
                 .replace("{user}", "nobody")
                 .replace("{id}", "1")
                 .replace("{number}", "1");
-            let r = app
-                .call(&method.to_uppercase(), &concrete, None, None)
-                .await;
-            let routed = r.status != StatusCode::NOT_FOUND
-                || r.json()["error"]["message"] != "no such route";
+            let r = app.call(&method.to_uppercase(), &concrete, None, None).await;
+            let routed = r.status != StatusCode::NOT_FOUND || r.json()["error"]["message"] != "no such route";
             assert!(
                 routed && r.status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path} is documented but not routed"

@@ -13,16 +13,11 @@ impl Blobs {
     /// Opens (creating if needed) the blob directory `root`.
     pub fn open(root: &Path) -> std::io::Result<Blobs> {
         std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Blobs {
-            root: root.to_path_buf(),
-        })
+        Ok(Blobs { root: root.to_path_buf() })
     }
 
     fn path_of(&self, sha256: &str) -> Option<PathBuf> {
-        let valid = sha256.len() == 64
-            && sha256
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         valid.then(|| self.root.join(&sha256[..2]).join(sha256))
     }
 
@@ -30,9 +25,7 @@ impl Blobs {
     /// sees the whole blob or none of it. Returns the digest.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
         let sha = merit_core::sha256_hex(bytes);
-        let Some(path) = self.path_of(&sha) else {
-            unreachable!("a SHA-256 hex digest is a valid blob name")
-        };
+        let Some(path) = self.path_of(&sha) else { unreachable!("a SHA-256 hex digest is a valid blob name") };
         if path.exists() {
             return Ok(sha);
         }
@@ -66,10 +59,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = super::Blobs::open(dir.path()).unwrap();
         let sha = blobs.put(b"hello").unwrap();
-        assert_eq!(
-            sha,
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(sha, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(blobs.get(&sha).unwrap().unwrap(), b"hello");
         assert_eq!(blobs.put(b"hello").unwrap(), sha);
         assert!(blobs.get("../../etc/passwd").unwrap().is_none());

@@ -3,6 +3,7 @@
 use merit_core::quota::{reset_at_ms, utc_day, LimitName};
 use merit_core::score::Outcome;
 use merit_core::{verdict, Reason, Review, Status};
+use merit_ledger::event::Event;
 use serde::Serialize;
 
 use crate::{col, now_ms, Backend, Datanet, Store, StoreError, User, Writer};
@@ -32,6 +33,8 @@ pub struct Submission {
     pub rows: Vec<NewRow>,
     /// Why the gates refused the file; empty when it passed them.
     pub reasons: Vec<Reason>,
+    /// Which gates judged it, such as `merit-gate/0.1.0` (recorded on the ledger).
+    pub gate_version: String,
 }
 
 /// A contribution as stored.
@@ -91,9 +94,8 @@ fn contribution_from(row: &sqlx::any::AnyRow) -> Result<Contribution, StoreError
     let id: i64 = col(row, "id")?;
     let status: String = col(row, "status")?;
     Ok(Contribution {
-        status: Status::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("contribution {id} has status `{status}`"))
-        })?,
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("contribution {id} has status `{status}`")))?,
         reasons: serde_json::from_str(&col::<String>(row, "reasons")?)
             .map_err(|e| StoreError::Corrupt(format!("reasons of contribution {id}: {e}")))?,
         datanet: col(row, "datanet")?,
@@ -130,10 +132,7 @@ fn minhash_bytes(sig: &[u32]) -> Vec<u8> {
 }
 
 fn minhash_from(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn similarity(a: &[u32], b: &[u32]) -> f64 {
@@ -180,16 +179,7 @@ impl Store {
             true,
         )
         .await?;
-        reserve(
-            &mut w,
-            &format!("d:{}", d.id),
-            day,
-            bytes,
-            limits.datanet_bytes_per_day,
-            0,
-            false,
-        )
-        .await?;
+        reserve(&mut w, &format!("d:{}", d.id), day, bytes, limits.datanet_bytes_per_day, 0, false).await?;
 
         let mut reasons = sub.reasons;
         let mut dup_flags = vec![false; sub.rows.len()];
@@ -224,24 +214,29 @@ impl Store {
         .fetch_one(&mut *w.tx)
         .await?;
         let id: i64 = col(&row, "id")?;
+        let mut events = vec![Event::ContributionSubmitted {
+            contribution_id: id,
+            datanet: d.name.clone(),
+            contributor: who.name.clone(),
+            sha256: sub.sha256.clone(),
+            bytes,
+            at: now,
+        }];
+        let credit = if status == Status::Rejected { 0.0 } else { credit };
+        events.push(verdict_event(d, id, &who.name, status, &reasons, &sub.gate_version, credit, None, now));
         if status == Status::Accepted {
-            append_rows(&mut w, d, id, &sub.rows, &dup_flags, bytes, now).await?;
+            events.push(append_rows(&mut w, d, id, &sub.rows, &dup_flags, bytes, now).await?);
         }
+        crate::ledger::append(&mut w, self.backend, &events, now).await?;
         if status != Status::Rejected {
             self.blobs.put(file)?;
         }
         w.commit().await?;
-        self.contribution(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// Checks rows for duplicates against the datanet without changing anything (dry runs).
-    pub async fn check_duplicates(
-        &self,
-        d: &Datanet,
-        rows: &[NewRow],
-    ) -> Result<Vec<Reason>, StoreError> {
+    pub async fn check_duplicates(&self, d: &Datanet, rows: &[NewRow]) -> Result<Vec<Reason>, StoreError> {
         let tx = self.pool.begin().await?;
         let mut w = Writer { tx, _guard: None };
         let mut flags = vec![false; rows.len()];
@@ -254,16 +249,18 @@ impl Store {
     /// from the kept file. Duplicates that appeared since it was submitted
     /// turn the approval into a rejection with those reasons.
     ///
-    /// `gate_reasons` are the gates' reasons on the kept file today (a policy
-    /// may have changed before publishing); any makes the approval a rejection.
+    /// `regated` is the kept file run through the gates again today (a policy
+    /// may have changed before publishing); any reason makes the approval a
+    /// rejection.
     pub async fn approve(
         &self,
         d: &Datanet,
         id: i64,
         reviewer: &User,
-        rows: &[NewRow],
-        gate_reasons: Vec<Reason>,
+        regated: Submission,
     ) -> Result<Contribution, StoreError> {
+        let rows = &regated.rows;
+        let gate_reasons = regated.reasons;
         let mut w = self.write().await?;
         self.lock_datanet(&mut w, d).await?;
         let c = pending_in(&mut w, d, id).await?;
@@ -273,16 +270,8 @@ impl Store {
         if reasons.is_empty() {
             reasons = find_duplicates(&mut w, d, rows, &mut flags).await?;
         }
-        let status = if reasons.is_empty() {
-            Status::Accepted
-        } else {
-            Status::Rejected
-        };
-        let credit = if reasons.is_empty() {
-            credit_of(rows, &flags)
-        } else {
-            0.0
-        };
+        let status = if reasons.is_empty() { Status::Accepted } else { Status::Rejected };
+        let credit = if reasons.is_empty() { credit_of(rows, &flags) } else { 0.0 };
         sqlx::query(
             "UPDATE contributions SET status = $1, reasons = $2, score = $3, decided_at = $4, reviewer_id = $5, row_count = $6 \
              WHERE id = $7 AND status = 'pending'",
@@ -296,13 +285,23 @@ impl Store {
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        let mut events = vec![verdict_event(
+            d,
+            id,
+            &c.contributor,
+            status,
+            &reasons,
+            &regated.gate_version,
+            credit,
+            Some(&reviewer.name),
+            now,
+        )];
         if status == Status::Accepted {
-            append_rows(&mut w, d, id, rows, &flags, c.bytes, now).await?;
+            events.push(append_rows(&mut w, d, id, rows, &flags, c.bytes, now).await?);
         }
+        crate::ledger::append(&mut w, self.backend, &events, now).await?;
         w.commit().await?;
-        self.contribution(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// Rejects a pending contribution with the reviewer's reason.
@@ -314,37 +313,31 @@ impl Store {
         reason: &str,
     ) -> Result<Contribution, StoreError> {
         let mut w = self.write().await?;
-        pending_in(&mut w, d, id).await?;
-        let reasons = vec![Reason::new(
-            "review",
-            "decision",
-            "rejected",
-            serde_json::Value::Null,
-            reason,
-        )];
+        let c = pending_in(&mut w, d, id).await?;
+        let now = now_ms();
+        let reasons = vec![Reason::new("review", "decision", "rejected", serde_json::Value::Null, reason)];
         sqlx::query(
             "UPDATE contributions SET status = 'rejected', reasons = $1, score = 0, decided_at = $2, reviewer_id = $3, review_reason = $4 \
              WHERE id = $5 AND status = 'pending'",
         )
         .bind(serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into()))
-        .bind(now_ms())
+                .bind(now)
         .bind(reviewer.id)
         .bind(reason)
         .bind(id)
         .execute(&mut *w.tx)
         .await?;
+        let event =
+            verdict_event(d, id, &c.contributor, Status::Rejected, &reasons, "review", 0.0, Some(&reviewer.name), now);
+        crate::ledger::append(&mut w, self.backend, &[event], now).await?;
         w.commit().await?;
-        self.contribution(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
+        self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
     /// A contribution by id.
     pub async fn contribution(&self, id: i64) -> Result<Option<Contribution>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(contribution_from).transpose()
     }
 
@@ -406,12 +399,10 @@ impl Store {
 
     /// The newest version of `d`, if any row was ever accepted.
     pub async fn latest_version(&self, d: &Datanet) -> Result<Option<Version>, StoreError> {
-        let row = sqlx::query(
-            "SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1",
-        )
-        .bind(d.id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
+            .bind(d.id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(version_from).transpose()
     }
 
@@ -426,15 +417,8 @@ impl Store {
         limit: i64,
         search: Option<&str>,
     ) -> Result<Vec<StoredRow>, StoreError> {
-        let pattern = search.map(|s| {
-            format!(
-                "%{}%",
-                s.to_lowercase()
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        });
+        let pattern = search
+            .map(|s| format!("%{}%", s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let rows = sqlx::query(
             "SELECT r.idx, r.contribution_id, u.name AS contributor, r.content, r.score, r.near_duplicate \
              FROM rows r JOIN contributions c ON c.id = r.contribution_id JOIN users u ON u.id = c.contributor_id \
@@ -476,17 +460,12 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let status: String = col(r, "status")?;
-                let status = Status::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("status `{status}`")))?;
+                let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status `{status}`")))?;
                 Ok(Outcome {
                     contributor: col(r, "contributor")?,
                     credit: col(r, "score")?,
                     submitted_at: col(r, "submitted_at")?,
-                    accepted_at: if status == Status::Accepted {
-                        col(r, "decided_at")?
-                    } else {
-                        None
-                    },
+                    accepted_at: if status == Status::Accepted { col(r, "decided_at")? } else { None },
                     status,
                 })
             })
@@ -494,26 +473,18 @@ impl Store {
     }
 
     /// Today's use of the daily limits: (user bytes, user files, datanet bytes).
-    pub async fn usage_today(
-        &self,
-        d: &Datanet,
-        who: &User,
-    ) -> Result<(u64, u64, u64), StoreError> {
+    pub async fn usage_today(&self, d: &Datanet, who: &User) -> Result<(u64, u64, u64), StoreError> {
         let day = utc_day(now_ms());
         let read = |scope: String| {
             let pool = self.pool.clone();
             async move {
-                let row =
-                    sqlx::query("SELECT bytes, files FROM usage WHERE scope = $1 AND day = $2")
-                        .bind(scope)
-                        .bind(day)
-                        .fetch_optional(&pool)
-                        .await?;
+                let row = sqlx::query("SELECT bytes, files FROM usage WHERE scope = $1 AND day = $2")
+                    .bind(scope)
+                    .bind(day)
+                    .fetch_optional(&pool)
+                    .await?;
                 match row {
-                    Some(r) => Ok::<_, StoreError>((
-                        col::<i64>(&r, "bytes")? as u64,
-                        col::<i64>(&r, "files")? as u64,
-                    )),
+                    Some(r) => Ok::<_, StoreError>((col::<i64>(&r, "bytes")? as u64, col::<i64>(&r, "files")? as u64)),
                     None => Ok((0, 0)),
                 }
             }
@@ -527,21 +498,14 @@ impl Store {
     /// one contribution at a time). SQLite already has one writer.
     async fn lock_datanet(&self, w: &mut Writer<'_>, d: &Datanet) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(d.id)
-                .execute(&mut *w.tx)
-                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(d.id).execute(&mut *w.tx).await?;
         }
         Ok(())
     }
 }
 
 fn credit_of(rows: &[NewRow], dup_flags: &[bool]) -> f64 {
-    let pairs: Vec<(f64, bool)> = rows
-        .iter()
-        .zip(dup_flags)
-        .map(|(r, &dup)| (r.score, dup))
-        .collect();
+    let pairs: Vec<(f64, bool)> = rows.iter().zip(dup_flags).map(|(r, &dup)| (r.score, dup)).collect();
     merit_core::score::credit(&pairs)
 }
 
@@ -558,11 +522,13 @@ async fn reserve(
     count_file: bool,
 ) -> Result<(), StoreError> {
     let files = i64::from(count_file);
-    sqlx::query("INSERT INTO usage (scope, day, bytes, files) VALUES ($1, $2, 0, 0) ON CONFLICT (scope, day) DO NOTHING")
-        .bind(scope)
-        .bind(day)
-        .execute(&mut *w.tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO usage (scope, day, bytes, files) VALUES ($1, $2, 0, 0) ON CONFLICT (scope, day) DO NOTHING",
+    )
+    .bind(scope)
+    .bind(day)
+    .execute(&mut *w.tx)
+    .await?;
     let done = sqlx::query(
         "UPDATE usage SET bytes = bytes + $3, files = files + $4 \
          WHERE scope = $1 AND day = $2 AND ($5 = 0 OR bytes + $3 <= $5) AND ($6 = 0 OR files + $4 <= $6)",
@@ -591,28 +557,19 @@ async fn reserve(
     } else {
         (LimitName::DatanetBytesPerDay, byte_limit)
     };
-    Err(StoreError::Limit {
-        name,
-        limit,
-        reset_at_ms: reset_at_ms(day),
-    })
+    Err(StoreError::Limit { name, limit, reset_at_ms: reset_at_ms(day) })
 }
 
 async fn pending_in(w: &mut Writer<'_>, d: &Datanet, id: i64) -> Result<Contribution, StoreError> {
-    let row = sqlx::query(&format!(
-        "{SELECT_CONTRIBUTION} WHERE c.id = $1 AND c.datanet_id = $2"
-    ))
-    .bind(id)
-    .bind(d.id)
-    .fetch_optional(&mut *w.tx)
-    .await?
-    .ok_or_else(|| StoreError::NotFound(format!("contribution {id} in datanet `{}`", d.name)))?;
+    let row = sqlx::query(&format!("{SELECT_CONTRIBUTION} WHERE c.id = $1 AND c.datanet_id = $2"))
+        .bind(id)
+        .bind(d.id)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("contribution {id} in datanet `{}`", d.name)))?;
     let c = contribution_from(&row)?;
     if c.status != Status::Pending {
-        return Err(StoreError::Conflict(format!(
-            "contribution {id} is {}, not pending",
-            c.status.as_str()
-        )));
+        return Err(StoreError::Conflict(format!("contribution {id} is {}, not pending", c.status.as_str())));
     }
     Ok(c)
 }
@@ -629,19 +586,15 @@ async fn find_duplicates(
     let gates = &d.policy.gates;
     let mut reasons = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let exact =
-            sqlx::query("SELECT idx FROM rows WHERE datanet_id = $1 AND text_hash = $2 LIMIT 1")
-                .bind(d.id)
-                .bind(&row.text_hash)
-                .fetch_optional(&mut *w.tx)
-                .await?;
+        let exact = sqlx::query("SELECT idx FROM rows WHERE datanet_id = $1 AND text_hash = $2 LIMIT 1")
+            .bind(d.id)
+            .bind(&row.text_hash)
+            .fetch_optional(&mut *w.tx)
+            .await?;
         if let Some(hit) = exact {
             let idx: i64 = col(&hit, "idx")?;
             if gates.exact_duplicates {
-                reasons.push(verdict::exact_duplicate(
-                    i as u64,
-                    &format!("row {idx} of datanet `{}`", d.name),
-                ));
+                reasons.push(verdict::exact_duplicate(i as u64, &format!("row {idx} of datanet `{}`", d.name)));
             } else {
                 flags[i] = true;
             }
@@ -650,9 +603,7 @@ async fn find_duplicates(
         if row.minhash.is_empty() || row.band_keys.is_empty() {
             continue;
         }
-        let placeholders: Vec<String> = (0..row.band_keys.len())
-            .map(|k| format!("${}", k + 2))
-            .collect();
+        let placeholders: Vec<String> = (0..row.band_keys.len()).map(|k| format!("${}", k + 2)).collect();
         let sql = format!(
             "SELECT DISTINCT r.idx, r.minhash FROM row_bands b JOIN rows r ON r.datanet_id = b.datanet_id AND r.idx = b.idx \
              WHERE b.datanet_id = $1 AND b.band_key IN ({})",
@@ -664,10 +615,7 @@ async fn find_duplicates(
         }
         let mut best: Option<(i64, f64)> = None;
         for cand in q.fetch_all(&mut *w.tx).await? {
-            let sim = similarity(
-                &row.minhash,
-                &minhash_from(&col::<Vec<u8>>(&cand, "minhash")?),
-            );
+            let sim = similarity(&row.minhash, &minhash_from(&col::<Vec<u8>>(&cand, "minhash")?));
             if best.is_none_or(|(_, s)| sim > s) {
                 best = Some((col(&cand, "idx")?, sim));
             }
@@ -700,12 +648,11 @@ async fn append_rows(
     flags: &[bool],
     bytes: i64,
     now: i64,
-) -> Result<(), StoreError> {
-    let latest =
-        sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
-            .bind(d.id)
-            .fetch_optional(&mut *w.tx)
-            .await?;
+) -> Result<Event, StoreError> {
+    let latest = sqlx::query("SELECT * FROM versions WHERE datanet_id = $1 ORDER BY number DESC LIMIT 1")
+        .bind(d.id)
+        .fetch_optional(&mut *w.tx)
+        .await?;
     let latest = latest.as_ref().map(version_from).transpose()?;
     let (number, row_count, byte_count, mut frontier) = match &latest {
         None => (0, 0, 0, merit_ledger::Frontier::default()),
@@ -757,22 +704,53 @@ async fn append_rows(
         .bind(contribution_id)
         .execute(&mut *w.tx)
         .await?;
-    Ok(())
+    Ok(Event::DatanetVersion {
+        datanet: d.name.clone(),
+        version: number + 1,
+        row_count: row_count + rows.len() as i64,
+        byte_count: byte_count + bytes,
+        rows_root: hex::encode(frontier.root()),
+        contribution_id,
+        at: now,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verdict_event(
+    d: &Datanet,
+    id: i64,
+    contributor: &str,
+    status: Status,
+    reasons: &[Reason],
+    gate_version: &str,
+    credit: f64,
+    reviewer: Option<&str>,
+    now: i64,
+) -> Event {
+    Event::ContributionVerdict {
+        contribution_id: id,
+        datanet: d.name.clone(),
+        contributor: contributor.to_string(),
+        status: status.as_str().to_string(),
+        reasons_digest: verdict::reasons_digest(reasons),
+        policy_hash: d.policy_hash.clone(),
+        gate_version: gate_version.to_string(),
+        credit_micros: (credit * 1e6).round() as i64,
+        reviewer: reviewer.map(str::to_string),
+        at: now,
+    }
 }
 
 fn parse_frontier(v: &Version) -> Result<merit_ledger::Frontier, StoreError> {
-    let corrupt =
-        |why: String| StoreError::Corrupt(format!("frontier of version {}: {why}", v.number));
+    let corrupt = |why: String| StoreError::Corrupt(format!("frontier of version {}: {why}", v.number));
     let hashes = v
         .frontier
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|h| {
             let bytes = hex::decode(h).map_err(|e| corrupt(e.to_string()))?;
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| corrupt("hash is not 32 bytes".into()))
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| corrupt("hash is not 32 bytes".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    merit_ledger::Frontier::from_parts(v.row_count as u64, hashes)
-        .map_err(|e| corrupt(e.to_string()))
+    merit_ledger::Frontier::from_parts(v.row_count as u64, hashes).map_err(|e| corrupt(e.to_string()))
 }

@@ -3,6 +3,8 @@
 use merit_core::{Kind, Policy};
 use serde::Serialize;
 
+use merit_ledger::event::Event;
+
 use crate::{col, now_ms, Store, StoreError, User};
 
 /// A datanet's role for one user.
@@ -107,29 +109,17 @@ fn datanet_from(row: &sqlx::any::AnyRow) -> Result<Datanet, StoreError> {
 
 impl Store {
     /// Creates a datanet owned by `owner`.
-    pub async fn create_datanet(
-        &self,
-        owner: &User,
-        new: NewDatanet,
-    ) -> Result<Datanet, StoreError> {
+    pub async fn create_datanet(&self, owner: &User, new: NewDatanet) -> Result<Datanet, StoreError> {
         merit_core::names::check("datanet", &new.name).map_err(StoreError::Invalid)?;
         merit_core::names::check_tags(&new.tags).map_err(StoreError::Invalid)?;
-        merit_core::names::check_texts(&new.summary, &new.description)
-            .map_err(StoreError::Invalid)?;
-        let policy_json =
-            serde_json::to_string(&new.policy).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let tags_json =
-            serde_json::to_string(&new.tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        merit_core::names::check_texts(&new.summary, &new.description).map_err(StoreError::Invalid)?;
+        let policy_json = serde_json::to_string(&new.policy).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let tags_json = serde_json::to_string(&new.tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut w = self.write().await?;
-        let taken = sqlx::query("SELECT id FROM datanets WHERE name = $1")
-            .bind(&new.name)
-            .fetch_optional(&mut *w.tx)
-            .await?;
+        let taken =
+            sqlx::query("SELECT id FROM datanets WHERE name = $1").bind(&new.name).fetch_optional(&mut *w.tx).await?;
         if taken.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "datanet `{}` already exists",
-                new.name
-            )));
+            return Err(StoreError::Conflict(format!("datanet `{}` already exists", new.name)));
         }
         let now = now_ms();
         sqlx::query(
@@ -149,35 +139,34 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .map_err(|e| unique_violation(e, || format!("datanet `{}` already exists", new.name)))?;
+        let events = [
+            Event::DatanetCreated {
+                datanet: new.name.clone(),
+                owner: owner.name.clone(),
+                kind: new.policy.kind.as_str().to_string(),
+                at: now,
+            },
+            Event::DatanetPolicy { datanet: new.name.clone(), policy_hash: new.policy.hash_hex(), at: now },
+        ];
+        crate::ledger::append(&mut w, self.backend, &events, now).await?;
         w.commit().await?;
-        self.datanet(&new.name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", new.name)))
+        self.datanet(&new.name).await?.ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", new.name)))
     }
 
     /// The datanet called `name`.
     pub async fn datanet(&self, name: &str) -> Result<Option<Datanet>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT} WHERE d.name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!("{SELECT} WHERE d.name = $1")).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(datanet_from).transpose()
     }
 
     /// Every datanet, by name.
     pub async fn datanets(&self) -> Result<Vec<Datanet>, StoreError> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY d.name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY d.name")).fetch_all(&self.pool).await?;
         rows.iter().map(datanet_from).collect()
     }
 
     /// Changes a datanet. After publishing only summary, description and tags may change.
-    pub async fn update_datanet(
-        &self,
-        d: &Datanet,
-        patch: DatanetPatch,
-    ) -> Result<Datanet, StoreError> {
+    pub async fn update_datanet(&self, d: &Datanet, patch: DatanetPatch) -> Result<Datanet, StoreError> {
         let summary = patch.summary.unwrap_or_else(|| d.summary.clone());
         let description = patch.description.unwrap_or_else(|| d.description.clone());
         let tags = patch.tags.unwrap_or_else(|| d.tags.clone());
@@ -207,12 +196,15 @@ impl Store {
                     policy.kind.as_str()
                 )));
             }
-            policy_json =
-                serde_json::to_string(&policy).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            policy_json = serde_json::to_string(&policy).map_err(|e| StoreError::Invalid(e.to_string()))?;
             policy_hash = policy.hash_hex();
         }
-        let tags_json =
-            serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let now = now_ms();
+        if policy_hash != d.policy_hash {
+            let event = Event::DatanetPolicy { datanet: d.name.clone(), policy_hash: policy_hash.clone(), at: now };
+            crate::ledger::append(&mut w, self.backend, &[event], now).await?;
+        }
         sqlx::query(
             "UPDATE datanets SET summary = $1, description = $2, tags = $3, policy = $4, policy_hash = $5, updated_at = $6 WHERE id = $7",
         )
@@ -220,15 +212,13 @@ impl Store {
         .bind(&description)
         .bind(&tags_json)
         .bind(&policy_json)
-        .bind(&policy_hash)
-        .bind(now_ms())
+                .bind(&policy_hash)
+        .bind(now)
         .bind(d.id)
         .execute(&mut *w.tx)
         .await?;
         w.commit().await?;
-        self.datanet(&d.name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", d.name)))
+        self.datanet(&d.name).await?.ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", d.name)))
     }
 
     /// Publishes a datanet: the public can read it and anyone signed in can contribute.
@@ -240,18 +230,11 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         w.commit().await?;
-        self.datanet(&d.name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", d.name)))
+        self.datanet(&d.name).await?.ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", d.name)))
     }
 
     /// Names `user` a curator of `d` (`Some(Role::Curator)`) or removes their role (`None`).
-    pub async fn set_role(
-        &self,
-        d: &Datanet,
-        user: &User,
-        role: Option<Role>,
-    ) -> Result<(), StoreError> {
+    pub async fn set_role(&self, d: &Datanet, user: &User, role: Option<Role>) -> Result<(), StoreError> {
         if user.id == d.owner_id {
             return Err(StoreError::Invalid(format!(
                 "`{}` owns datanet `{}`; the owner's role cannot change",
@@ -295,13 +278,12 @@ impl Store {
                 _ => Some(Role::Contributor),
             });
         }
-        let contributed = sqlx::query(
-            "SELECT id FROM contributions WHERE datanet_id = $1 AND contributor_id = $2 LIMIT 1",
-        )
-        .bind(d.id)
-        .bind(user.id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let contributed =
+            sqlx::query("SELECT id FROM contributions WHERE datanet_id = $1 AND contributor_id = $2 LIMIT 1")
+                .bind(d.id)
+                .bind(user.id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(contributed.map(|_| Role::Contributor))
     }
 
@@ -313,11 +295,7 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let role = if col::<String>(r, "role")? == "curator" {
-                    Role::Curator
-                } else {
-                    Role::Contributor
-                };
+                let role = if col::<String>(r, "role")? == "curator" { Role::Curator } else { Role::Contributor };
                 Ok((col(r, "name")?, role))
             })
             .collect()

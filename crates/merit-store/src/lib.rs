@@ -23,6 +23,7 @@
 mod blobs;
 mod contributions;
 mod datanets;
+mod ledger;
 mod migrate;
 mod users;
 
@@ -52,11 +53,7 @@ pub enum StoreError {
     Invalid(String),
     /// A daily limit would be exceeded.
     #[error("daily limit `{}` of {limit} reached; it resets at {}", name.as_str(), merit_core::quota::rfc3339(*reset_at_ms))]
-    Limit {
-        name: merit_core::quota::LimitName,
-        limit: u64,
-        reset_at_ms: i64,
-    },
+    Limit { name: merit_core::quota::LimitName, limit: u64, reset_at_ms: i64 },
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -88,18 +85,13 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Store {
@@ -115,17 +107,16 @@ impl Store {
     /// with blobs under `DATA_DIR/blobs`, and runs the migrations.
     pub async fn open(database_url: &str, data_dir: &Path) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend =
-            if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-                Backend::Postgres
-            } else if database_url.starts_with("sqlite:") {
-                Backend::Sqlite
-            } else {
-                return Err(StoreError::Invalid(format!(
-                    "database URL must start with sqlite:// or postgres://, got `{}`",
-                    database_url.split(':').next().unwrap_or("")
-                )));
-            };
+        let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if database_url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "database URL must start with sqlite:// or postgres://, got `{}`",
+                database_url.split(':').next().unwrap_or("")
+            )));
+        };
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .after_connect(move |conn, _| {
@@ -207,20 +198,12 @@ pub mod testing {
     /// A new, empty PostgreSQL database on the server named by
     /// `MERIT_TEST_DATABASE_URL`, as a URL; `None` when the variable is unset.
     pub async fn fresh_database_url() -> Option<String> {
-        let url = std::env::var("MERIT_TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())?;
+        let url = std::env::var("MERIT_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
         sqlx::any::install_default_drivers();
         let name = format!("merit_test_{:016x}", rand::random::<u64>());
-        let admin = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect to MERIT_TEST_DATABASE_URL");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("create test database");
+        let admin =
+            AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("connect to MERIT_TEST_DATABASE_URL");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
         admin.close().await;
         // Replace the database name: the path after the host part.
         let (head, _) = url.split_once('?').unwrap_or((&url, ""));

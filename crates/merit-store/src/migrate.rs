@@ -6,14 +6,15 @@
 
 use crate::{Backend, Store, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_datanets.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/0001_datanets.sql")), (2, include_str!("migrations/0002_ledger.sql"))];
 
 fn dialect(sql: &str, backend: Backend) -> String {
     match backend {
         Backend::Sqlite => sql.to_string(),
-        Backend::Postgres => sql
-            .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
-            .replace(" BLOB", " BYTEA"),
+        Backend::Postgres => {
+            sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY").replace(" BLOB", " BYTEA")
+        }
     }
 }
 
@@ -21,29 +22,23 @@ pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     let mut w = store.write().await?;
     if store.backend == Backend::Postgres {
         // Two servers starting at once must not both migrate.
-        sqlx::query("SELECT pg_advisory_xact_lock(7426017)")
-            .execute(&mut *w.tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7426017)").execute(&mut *w.tx).await?;
     }
-    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        .execute(&mut *w.tx)
-        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *w.tx)
+    .await?;
     let done: Vec<i64> = {
-        let rows = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&mut *w.tx)
-            .await?;
-        rows.iter()
-            .map(|r| crate::col::<i64>(r, "version"))
-            .collect::<Result<_, _>>()?
+        let rows = sqlx::query("SELECT version FROM schema_migrations").fetch_all(&mut *w.tx).await?;
+        rows.iter().map(|r| crate::col::<i64>(r, "version")).collect::<Result<_, _>>()?
     };
     for (version, sql) in MIGRATIONS {
         if done.contains(version) {
             continue;
         }
         tracing::info!(version, "applying migration");
-        sqlx::raw_sql(&dialect(sql, store.backend))
-            .execute(&mut *w.tx)
-            .await?;
+        sqlx::raw_sql(&dialect(sql, store.backend)).execute(&mut *w.tx).await?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(*version)
             .bind(crate::now_ms())

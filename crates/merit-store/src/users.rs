@@ -38,30 +38,18 @@ impl Store {
     pub async fn create_user(&self, name: &str, admin: bool) -> Result<(User, String), StoreError> {
         merit_core::names::check("user", name).map_err(StoreError::Invalid)?;
         let mut w = self.write().await?;
-        let exists = sqlx::query("SELECT id FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *w.tx)
-            .await?;
+        let exists = sqlx::query("SELECT id FROM users WHERE name = $1").bind(name).fetch_optional(&mut *w.tx).await?;
         if exists.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "user `{name}` already exists"
-            )));
+            return Err(StoreError::Conflict(format!("user `{name}` already exists")));
         }
         let now = now_ms();
-        let row = sqlx::query(
-            "INSERT INTO users (name, is_admin, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(name)
-        .bind(admin as i64)
-        .bind(now)
-        .fetch_one(&mut *w.tx)
-        .await?;
-        let user = User {
-            id: col(&row, "id")?,
-            name: name.to_string(),
-            admin,
-            created_at: now,
-        };
+        let row = sqlx::query("INSERT INTO users (name, is_admin, created_at) VALUES ($1, $2, $3) RETURNING id")
+            .bind(name)
+            .bind(admin as i64)
+            .bind(now)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        let user = User { id: col(&row, "id")?, name: name.to_string(), admin, created_at: now };
         let token = new_token();
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(token_hash(&token))
@@ -109,9 +97,8 @@ impl Store {
 
     /// Every account, by name.
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, is_admin, created_at FROM users ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, name, is_admin, created_at FROM users ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(user_from).collect()
     }
 }

@@ -2,9 +2,7 @@
 
 use merit_core::{Kind, Policy, Review, Status};
 use merit_store::testing::fresh_store;
-use merit_store::{
-    ContributionFilter, DatanetPatch, NewDatanet, NewRow, Role, StoreError, Submission,
-};
+use merit_store::{ContributionFilter, DatanetPatch, NewDatanet, NewRow, Role, StoreError, Submission};
 
 fn row(text: &str, sig: Vec<u32>) -> NewRow {
     NewRow {
@@ -12,10 +10,7 @@ fn row(text: &str, sig: Vec<u32>) -> NewRow {
         text_hash: merit_core::sha256_hex(text.as_bytes()),
         band_keys: sig
             .chunks(8)
-            .map(|c| {
-                c.iter()
-                    .fold(0u64, |a, &v| a.wrapping_mul(31).wrapping_add(v as u64))
-            })
+            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_mul(31).wrapping_add(v as u64)))
             .collect(),
         minhash: sig,
         score: 0.9,
@@ -28,8 +23,9 @@ fn submission(rows: Vec<NewRow>) -> Submission {
         format: Some(merit_core::Format::Jsonl),
         bytes: 100,
         sha256: "0".repeat(64),
-        rows,
+                rows,
         reasons: vec![],
+        gate_version: "test".into(),
     }
 }
 
@@ -50,69 +46,27 @@ async fn users_tokens_and_datanets() {
     let store = fresh_store(dir.path()).await;
     let (ann, token) = store.create_user("ann", false).await.unwrap();
     assert!(token.starts_with("mrt_"));
-    assert_eq!(
-        store.user_by_token(&token).await.unwrap().unwrap().id,
-        ann.id
-    );
+    assert_eq!(store.user_by_token(&token).await.unwrap().unwrap().id, ann.id);
     assert!(store.user_by_token("mrt_nope").await.unwrap().is_none());
-    assert!(matches!(
-        store.create_user("ann", false).await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert!(matches!(
-        store.create_user("Bad Name", false).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.create_user("ann", false).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.create_user("Bad Name", false).await, Err(StoreError::Invalid(_))));
 
     let mut nd = new_datanet("qa", Policy::default_for(Kind::Text));
     nd.publish = false;
     let d = store.create_datanet(&ann, nd.clone()).await.unwrap();
     assert!(!d.published);
-    assert!(matches!(
-        store.create_datanet(&ann, nd).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert!(matches!(store.create_datanet(&ann, nd).await, Err(StoreError::Conflict(_))));
     // Before publishing the policy may change, but never the kind.
     let mut p = Policy::default_for(Kind::Text);
     p.review = Review::Owner;
-    let d = store
-        .update_datanet(
-            &d,
-            DatanetPatch {
-                policy: Some(p),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let d = store.update_datanet(&d, DatanetPatch { policy: Some(p), ..Default::default() }).await.unwrap();
     assert_eq!(d.policy.review, Review::Owner);
-    let bad = DatanetPatch {
-        policy: Some(Policy::default_for(Kind::Image)),
-        ..Default::default()
-    };
-    assert!(matches!(
-        store.update_datanet(&d, bad).await,
-        Err(StoreError::Invalid(_))
-    ));
+    let bad = DatanetPatch { policy: Some(Policy::default_for(Kind::Image)), ..Default::default() };
+    assert!(matches!(store.update_datanet(&d, bad).await, Err(StoreError::Invalid(_))));
     let d = store.publish_datanet(&d).await.unwrap();
-    let again = DatanetPatch {
-        policy: Some(Policy::default_for(Kind::Text)),
-        ..Default::default()
-    };
-    assert!(matches!(
-        store.update_datanet(&d, again).await,
-        Err(StoreError::Invalid(_))
-    ));
-    let d = store
-        .update_datanet(
-            &d,
-            DatanetPatch {
-                summary: Some("new".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let again = DatanetPatch { policy: Some(Policy::default_for(Kind::Text)), ..Default::default() };
+    assert!(matches!(store.update_datanet(&d, again).await, Err(StoreError::Invalid(_))));
+    let d = store.update_datanet(&d, DatanetPatch { summary: Some("new".into()), ..Default::default() }).await.unwrap();
     assert_eq!(d.summary, "new");
     let (bob, _) = store.create_user("bob", false).await.unwrap();
     assert_eq!(store.role(&d, &bob).await.unwrap(), None);
@@ -127,22 +81,11 @@ async fn versions_duplicates_and_review() {
     let store = fresh_store(dir.path()).await;
     let (ann, _) = store.create_user("ann", false).await.unwrap();
     let (bob, _) = store.create_user("bob", false).await.unwrap();
-    let d = store
-        .create_datanet(&ann, new_datanet("qa", Policy::default_for(Kind::Text)))
-        .await
-        .unwrap();
+    let d = store.create_datanet(&ann, new_datanet("qa", Policy::default_for(Kind::Text))).await.unwrap();
 
     let sig_a: Vec<u32> = (0..112).collect();
     let c1 = store
-        .submit(
-            &d,
-            &bob,
-            submission(vec![
-                row("first", sig_a.clone()),
-                row("second", (200..312).collect()),
-            ]),
-            b"x",
-        )
+        .submit(&d, &bob, submission(vec![row("first", sig_a.clone()), row("second", (200..312).collect())]), b"x")
         .await
         .unwrap();
     assert_eq!(c1.status, Status::Accepted);
@@ -159,15 +102,7 @@ async fn versions_duplicates_and_review() {
     assert_eq!(v1.root, hex::encode(merit_ledger::root(&leaves)));
 
     // Exact duplicate → rejected, nothing added.
-    let c2 = store
-        .submit(
-            &d,
-            &bob,
-            submission(vec![row("first", (500..612).collect())]),
-            b"y",
-        )
-        .await
-        .unwrap();
+    let c2 = store.submit(&d, &bob, submission(vec![row("first", (500..612).collect())]), b"y").await.unwrap();
     assert_eq!(c2.status, Status::Rejected);
     assert_eq!(c2.reasons[0].gate, "exact_duplicate");
     // Near duplicate (100 of 112 positions equal) → rejected.
@@ -175,102 +110,42 @@ async fn versions_duplicates_and_review() {
     for v in near.iter_mut().take(12) {
         *v += 10_000;
     }
-    let c3 = store
-        .submit(&d, &bob, submission(vec![row("first, nearly", near)]), b"z")
-        .await
-        .unwrap();
+    let c3 = store.submit(&d, &bob, submission(vec![row("first, nearly", near)]), b"z").await.unwrap();
     assert_eq!(c3.status, Status::Rejected);
     assert_eq!(c3.reasons[0].gate, "near_duplicate");
     assert!(store.version(&d, 2).await.unwrap().is_none());
 
     // A second accepted file makes version 2; version 1 is unchanged.
-    let c4 = store
-        .submit(
-            &d,
-            &ann,
-            submission(vec![row("third", (700..812).collect())]),
-            b"w",
-        )
-        .await
-        .unwrap();
+    let c4 = store.submit(&d, &ann, submission(vec![row("third", (700..812).collect())]), b"w").await.unwrap();
     assert_eq!(c4.version, Some(2));
     let v2 = store.version(&d, 2).await.unwrap().unwrap();
     assert_eq!((v2.row_count, v2.byte_count), (3, 200));
     assert_eq!(store.version(&d, 1).await.unwrap().unwrap().root, v1.root);
     assert_eq!(store.rows(&d, &v1, 0, 10, None).await.unwrap().len(), 2);
-    assert_eq!(
-        store
-            .rows(&d, &v2, 0, 10, Some("THIRD"))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store.rows(&d, &v2, 0, 10, Some("THIRD")).await.unwrap().len(), 1);
 
     let board = merit_core::score::leaderboard(&store.outcomes(Some(&d)).await.unwrap());
     // Equal scores (0.9 each): ann's 1 of 1 beats bob's 1 of 3 on the Wilson bound.
     assert_eq!(board[0].contributor, "ann");
     assert_eq!(board[1].contributor, "bob");
-    assert_eq!(
-        (board[1].accepted, board[1].rejected, board[1].submitted),
-        (1, 2, 3)
-    );
+    assert_eq!((board[1].accepted, board[1].rejected, board[1].submitted), (1, 2, 3));
 
     // Review: pending, then approved into a version, or rejected with a reason.
     let mut p = Policy::default_for(Kind::Text);
     p.review = Review::Owner;
-    let r = store
-        .create_datanet(&ann, new_datanet("reviewed", p))
-        .await
-        .unwrap();
-    let c5 = store
-        .submit(
-            &r,
-            &bob,
-            submission(vec![row("pending row", (900..1012).collect())]),
-            b"p",
-        )
-        .await
-        .unwrap();
+    let r = store.create_datanet(&ann, new_datanet("reviewed", p)).await.unwrap();
+    let c5 = store.submit(&r, &bob, submission(vec![row("pending row", (900..1012).collect())]), b"p").await.unwrap();
     assert_eq!(c5.status, Status::Pending);
     assert!(store.latest_version(&r).await.unwrap().is_none());
     let pending = store
-        .contributions(
-            &r,
-            &ContributionFilter {
-                status: Some(Status::Pending),
-                ..Default::default()
-            },
-            10,
-            0,
-        )
+        .contributions(&r, &ContributionFilter { status: Some(Status::Pending), ..Default::default() }, 10, 0)
         .await
         .unwrap();
     assert_eq!(pending.len(), 1);
-    let c5 = store
-        .approve(
-            &r,
-            c5.id,
-            &ann,
-            &[row("pending row", (900..1012).collect())],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let c5 = store.approve(&r, c5.id, &ann, submission(vec![row("pending row", (900..1012).collect())])).await.unwrap();
     assert_eq!((c5.status, c5.version), (Status::Accepted, Some(1)));
-    assert!(matches!(
-        store.approve(&r, c5.id, &ann, &[], vec![]).await,
-        Err(StoreError::Conflict(_))
-    ));
-    let c6 = store
-        .submit(
-            &r,
-            &bob,
-            submission(vec![row("other", (1100..1212).collect())]),
-            b"q",
-        )
-        .await
-        .unwrap();
+    assert!(matches!(store.approve(&r, c5.id, &ann, submission(vec![])).await, Err(StoreError::Conflict(_))));
+    let c6 = store.submit(&r, &bob, submission(vec![row("other", (1100..1212).collect())]), b"q").await.unwrap();
     let c6 = store.reject(&r, c6.id, &ann, "off topic").await.unwrap();
     assert_eq!(c6.status, Status::Rejected);
     assert_eq!(c6.reasons[0].gate, "review");
@@ -285,10 +160,7 @@ async fn daily_limits_hold_under_concurrency() {
     let mut p = Policy::default_for(Kind::Text);
     p.limits.user_files_per_day = 5;
     p.gates.exact_duplicates = false;
-    let d = store
-        .create_datanet(&ann, new_datanet("lim", p))
-        .await
-        .unwrap();
+    let d = store.create_datanet(&ann, new_datanet("lim", p)).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..20u32 {
         let (store, d, ann) = (store.clone(), d.clone(), ann.clone());
@@ -297,10 +169,7 @@ async fn daily_limits_hold_under_concurrency() {
                 .submit(
                     &d,
                     &ann,
-                    submission(vec![row(
-                        &format!("row {i}"),
-                        (i * 1000..i * 1000 + 112).collect(),
-                    )]),
+                    submission(vec![row(&format!("row {i}"), (i * 1000..i * 1000 + 112).collect())]),
                     b"c",
                 )
                 .await
@@ -319,8 +188,52 @@ async fn daily_limits_hold_under_concurrency() {
         }
     }
     assert_eq!((ok, limited), (5, 15));
+    assert_eq!(store.latest_version(&d).await.unwrap().unwrap().row_count, 5);
+}
+
+#[tokio::test]
+async fn every_change_appends_its_ledger_leaves() {
+    use merit_ledger::event::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let (ann, _) = store.create_user("ann", false).await.unwrap();
+    let (bob, _) = store.create_user("bob", false).await.unwrap();
+    assert_eq!(store.ledger_size().await.unwrap(), 0);
+    let d = store.create_datanet(&ann, new_datanet("qa", Policy::default_for(Kind::Text))).await.unwrap();
+    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), b"1").await.unwrap();
+    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), b"1").await.unwrap();
+    let kinds: Vec<&str> = store
+        .ledger_entries(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, leaf)| Event::from_leaf(leaf).unwrap().kind())
+        .collect();
     assert_eq!(
-        store.latest_version(&d).await.unwrap().unwrap().row_count,
-        5
+        kinds,
+        [
+            "datanet.created",
+            "datanet.policy",
+            "contribution.submitted",
+            "contribution.verdict",
+            "datanet.version",
+            "contribution.submitted",
+            "contribution.verdict"
+        ]
     );
+    let leaves: Vec<_> =
+        store.ledger_entries(0, 100).await.unwrap().iter().map(|(_, l)| merit_ledger::leaf_hash(l)).collect();
+    let n = leaves.len() as u64;
+    for size in 1..=n {
+        let root = store.ledger_root(size).await.unwrap();
+        assert_eq!(root, merit_ledger::root(&leaves[..size as usize]));
+        for i in 0..size {
+            let p = store.ledger_inclusion_proof(i, size).await.unwrap();
+            merit_ledger::proof::verify_inclusion(i, size, &leaves[i as usize], &p, &root).unwrap();
+        }
+        let old = store.ledger_root(size / 2).await.unwrap();
+        let c = store.ledger_consistency_proof(size / 2, size).await.unwrap();
+        merit_ledger::proof::verify_consistency(size / 2, size, &old, &root, &c).unwrap();
+    }
+    assert!(matches!(store.ledger_root(n + 1).await, Err(StoreError::Invalid(_))));
 }

@@ -17,16 +17,12 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--server must be an http:// or https:// URL, got `{server}`");
         }
-        let http = reqwest::Client::builder()
-            .build()
-            .context("building the HTTP client")?;
+        let http = reqwest::Client::builder().build().context("building the HTTP client")?;
         Ok(Client { base, token, http })
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base));
+        let req = self.http.request(method, format!("{}/api/v1{path}", self.base));
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -35,28 +31,17 @@ impl Client {
 
     /// Sends a request; an error answer becomes an error naming its code, message and details.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Merit server at {}", self.base))?;
+        let resp = req.send().await.with_context(|| format!("cannot reach the Merit server at {}", self.base))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
-        let retry = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.text().await.unwrap_or_default();
         let err: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let e = &err["error"];
         let mut msg = match e["message"].as_str() {
-            Some(m) => format!(
-                "{m} ({}, HTTP {})",
-                e["code"].as_str().unwrap_or("error"),
-                status.as_u16()
-            ),
+            Some(m) => format!("{m} ({}, HTTP {})", e["code"].as_str().unwrap_or("error"), status.as_u16()),
             None => format!("HTTP {status}: {body}"),
         };
         if let Some(key) = e["details"]["key"].as_str() {
@@ -82,9 +67,7 @@ impl Client {
 pub fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -13,11 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(
-    name = "merit",
-    version,
-    about = "Merit: datanets where training data has to earn its place"
-)]
+#[command(name = "merit", version, about = "Merit: datanets where training data has to earn its place")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,24 +35,14 @@ impl Local {
             Some(url) => merit_store::Store::open(url, &self.data_dir).await,
             None => merit_store::Store::open_local(&self.data_dir).await,
         };
-        store.with_context(|| {
-            format!(
-                "opening the store (data directory {})",
-                self.data_dir.display()
-            )
-        })
+        store.with_context(|| format!("opening the store (data directory {})", self.data_dir.display()))
     }
 }
 
 #[derive(Args, Clone)]
 struct Remote {
     /// URL of the Merit server
-    #[arg(
-        long,
-        env = "MERIT_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "MERIT_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     server: String,
     /// API token (from `merit user add`)
     #[arg(long, env = "MERIT_TOKEN", hide_env_values = true, global = true)]
@@ -260,10 +246,7 @@ enum BenchCommand {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MERIT_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -289,60 +272,32 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve {
-            local,
-            listen,
-            rate_limit,
-            rate_burst,
-        } => {
+        Command::Serve { local, listen, rate_limit, rate_burst } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
             let store = local.open().await?;
             let state = merit_server::AppState::new(
                 store,
-                merit_server::RateLimit {
-                    per_second: rate_limit,
-                    burst: rate_burst,
-                },
+                merit_server::RateLimit { per_second: rate_limit, burst: rate_burst },
             );
-            eprintln!(
-                "merit: serving http://{listen} (data in {})",
-                local.data_dir.display()
-            );
-            merit_server::serve(state, listen)
-                .await
-                .with_context(|| format!("serving on {listen}"))?;
+            eprintln!("merit: serving http://{listen} (data in {})", local.data_dir.display());
+            merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;
         }
         Command::User(cmd) => user(cmd).await?,
         Command::Datanet(cmd) => datanet(cmd).await?,
-        Command::Contribute {
-            name,
-            files,
-            dry_run,
-            json,
-            remote,
-        } => return contribute(&name, &files, dry_run, json, &remote).await,
-        Command::Review {
-            name,
-            approve,
-            reject,
-            reason,
-            json,
-            remote,
-        } => {
+        Command::Contribute { name, files, dry_run, json, remote } => {
+            return contribute(&name, &files, dry_run, json, &remote).await
+        }
+        Command::Review { name, approve, reject, reason, json, remote } => {
             let c = remote.client()?;
             let base = format!("/datanets/{}/contributions", seg(&name));
             let v = if let Some(id) = approve {
-                c.json(c.request(Method::POST, &format!("{base}/{id}/approve")))
-                    .await?
+                c.json(c.request(Method::POST, &format!("{base}/{id}/approve"))).await?
             } else if let Some(id) = reject {
                 let reason = reason.unwrap_or_default();
-                c.json(
-                    c.request(Method::POST, &format!("{base}/{id}/reject"))
-                        .json(&json!({ "reason": reason })),
-                )
-                .await?
+                c.json(c.request(Method::POST, &format!("{base}/{id}/reject")).json(&json!({ "reason": reason })))
+                    .await?
             } else {
                 c.get(&format!("{base}?status=pending")).await?
             };
@@ -378,14 +333,7 @@ async fn run(cli: Cli) -> Result<u8> {
             } else {
                 println!(
                     "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>6} {:>5} {:>9}",
-                    "rank",
-                    "contributor",
-                    "accepted",
-                    "rejected",
-                    "submitted",
-                    "rate",
-                    "days",
-                    "score"
+                    "rank", "contributor", "accepted", "rejected", "submitted", "rate", "days", "score"
                 );
                 for r in v.as_array().into_iter().flatten() {
                     println!(
@@ -426,23 +374,14 @@ async fn user(cmd: UserCommand) -> Result<()> {
     match cmd {
         UserCommand::Add { name, admin, local } => {
             let store = local.open().await?;
-            let (user, token) = store
-                .create_user(&name, admin)
-                .await
-                .with_context(|| format!("creating user `{name}`"))?;
-            println!(
-                "created {}user {}; API token:",
-                if user.admin { "admin " } else { "" },
-                user.name
-            );
+            let (user, token) =
+                store.create_user(&name, admin).await.with_context(|| format!("creating user `{name}`"))?;
+            println!("created {}user {}; API token:", if user.admin { "admin " } else { "" }, user.name);
             println!("{token}");
         }
         UserCommand::Token { name, local } => {
             let store = local.open().await?;
-            let user = store
-                .user_by_name(&name)
-                .await?
-                .with_context(|| format!("user `{name}` not found"))?;
+            let user = store.user_by_name(&name).await?.with_context(|| format!("user `{name}` not found"))?;
             let token = store.create_token(&user).await?;
             println!("new API token for {}:", user.name);
             println!("{token}");
@@ -475,51 +414,27 @@ fn policy_body(path: &Path) -> Result<(String, Option<String>)> {
 
 async fn datanet(cmd: DatanetCommand) -> Result<()> {
     match cmd {
-        DatanetCommand::Create {
-            name,
-            policy,
-            summary,
-            description_file,
-            tags,
-            publish,
-            remote,
-        } => {
+        DatanetCommand::Create { name, policy, summary, description_file, tags, publish, remote } => {
             let c = remote.client()?;
             let (policy, json_schema) = policy_body(&policy)?;
-            let description = description_file
-                .map(|p| read_text(&p, "description file"))
-                .transpose()?
-                .unwrap_or_default();
+            let description =
+                description_file.map(|p| read_text(&p, "description file")).transpose()?.unwrap_or_default();
             let body = json!({ "name": name, "policy": policy, "json_schema": json_schema, "summary": summary,
                                "description": description, "tags": tags, "publish": publish });
-            let v = c
-                .json(c.request(Method::POST, "/datanets").json(&body))
-                .await?;
+            let v = c.json(c.request(Method::POST, "/datanets").json(&body)).await?;
             println!(
                 "created datanet {} ({}, {})",
                 v["name"].as_str().unwrap_or(&name),
                 v["kind"].as_str().unwrap_or(""),
-                if publish {
-                    "published"
-                } else {
-                    "not published"
-                }
+                if publish { "published" } else { "not published" }
             );
         }
         DatanetCommand::Publish { name, remote } => {
             let c = remote.client()?;
-            c.json(c.request(Method::POST, &format!("/datanets/{}/publish", seg(&name))))
-                .await?;
+            c.json(c.request(Method::POST, &format!("/datanets/{}/publish", seg(&name)))).await?;
             println!("published datanet {name}");
         }
-        DatanetCommand::Edit {
-            name,
-            summary,
-            description_file,
-            tags,
-            policy,
-            remote,
-        } => {
+        DatanetCommand::Edit { name, summary, description_file, tags, policy, remote } => {
             let c = remote.client()?;
             let mut body = json!({});
             if let Some(s) = summary {
@@ -536,11 +451,7 @@ async fn datanet(cmd: DatanetCommand) -> Result<()> {
                 body["policy"] = json!(text);
                 body["json_schema"] = json!(schema);
             }
-            c.json(
-                c.request(Method::PATCH, &format!("/datanets/{}", seg(&name)))
-                    .json(&body),
-            )
-            .await?;
+            c.json(c.request(Method::PATCH, &format!("/datanets/{}", seg(&name))).json(&body)).await?;
             println!("updated datanet {name}");
         }
         DatanetCommand::List { json, remote } => {
@@ -555,11 +466,7 @@ async fn datanet(cmd: DatanetCommand) -> Result<()> {
                     "{:<24} {:<6} {:<10} {:>6} rows  v{:<4} {}",
                     d["name"].as_str().unwrap_or(""),
                     d["kind"].as_str().unwrap_or(""),
-                    if d["published"] == true {
-                        "published"
-                    } else {
-                        "draft"
-                    },
+                    if d["published"] == true { "published" } else { "draft" },
                     d["stats"]["rows"],
                     d["stats"]["versions"],
                     d["summary"].as_str().unwrap_or("")
@@ -575,43 +482,23 @@ async fn datanet(cmd: DatanetCommand) -> Result<()> {
                 print_datanet(&v);
             }
         }
-        DatanetCommand::Curator {
-            name,
-            user,
-            remove,
-            remote,
-        } => {
+        DatanetCommand::Curator { name, user, remove, remote } => {
             let c = remote.client()?;
             let method = if remove { Method::DELETE } else { Method::PUT };
-            c.json(c.request(
-                method,
-                &format!("/datanets/{}/curators/{}", seg(&name), seg(&user)),
-            ))
-            .await?;
+            c.json(c.request(method, &format!("/datanets/{}/curators/{}", seg(&name), seg(&user)))).await?;
             println!(
                 "{} {user} {} curator of {name}",
                 if remove { "removed" } else { "made" },
                 if remove { "as" } else { "a" }
             );
         }
-        DatanetCommand::Export {
-            name,
-            version,
-            format,
-            out,
-            remote,
-        } => {
+        DatanetCommand::Export { name, version, format, out, remote } => {
             let c = remote.client()?;
             let mut path = format!("/datanets/{}/export?format={format}", seg(&name));
             if let Some(n) = version {
                 path.push_str(&format!("&version={n}"));
             }
-            let bytes = c
-                .send(c.request(Method::GET, &path))
-                .await?
-                .bytes()
-                .await
-                .context("reading the export")?;
+            let bytes = c.send(c.request(Method::GET, &path)).await?.bytes().await.context("reading the export")?;
             let tmp = out.with_extension("partial");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
@@ -628,33 +515,21 @@ fn print_datanet(v: &Value) {
         v["name"].as_str().unwrap_or(""),
         v["kind"].as_str().unwrap_or(""),
         v["owner"].as_str().unwrap_or(""),
-        if v["published"] == true {
-            "published"
-        } else {
-            "not published"
-        }
+        if v["published"] == true { "published" } else { "not published" }
     );
     if let Some(s) = v["summary"].as_str().filter(|s| !s.is_empty()) {
         println!("  {s}");
     }
     if let Some(tags) = v["tags"].as_array().filter(|t| !t.is_empty()) {
-        println!(
-            "  tags: {}",
-            tags.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("  tags: {}", tags.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
     }
     let s = &v["stats"];
-    println!("  counts: {} rows in {} versions; {} accepted, {} pending, {} rejected from {} contributors", s["rows"], s["versions"], s["accepted"], s["pending"], s["rejected"], s["contributors"]);
+    println!(
+        "  counts: {} rows in {} versions; {} accepted, {} pending, {} rejected from {} contributors",
+        s["rows"], s["versions"], s["accepted"], s["pending"], s["rejected"], s["contributors"]
+    );
     println!("policy ({}):", v["policy_hash"].as_str().unwrap_or(""));
-    let formats: Vec<&str> = p["formats"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let formats: Vec<&str> = p["formats"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     println!(
         "  formats: {}  rows: {}  review: {}  max_file_bytes: {}",
         formats.join(", "),
@@ -690,9 +565,7 @@ fn print_datanet(v: &Value) {
 
 fn print_verdicts(list: &[Value]) {
     for v in list {
-        let id = v["contribution_id"]
-            .as_i64()
-            .map_or("-".to_string(), |i| i.to_string());
+        let id = v["contribution_id"].as_i64().map_or("-".to_string(), |i| i.to_string());
         println!(
             "{:<9} {:<30} id {:<6} score {:.3}",
             v["status"].as_str().unwrap_or(""),
@@ -701,9 +574,7 @@ fn print_verdicts(list: &[Value]) {
             v["score"].as_f64().unwrap_or(0.0)
         );
         for r in v["reasons"].as_array().into_iter().flatten() {
-            let row = r["row"]
-                .as_u64()
-                .map_or(String::new(), |i| format!(" row {i}"));
+            let row = r["row"].as_u64().map_or(String::new(), |i| format!(" row {i}"));
             println!(
                 "    {}/{}{}: {}",
                 r["gate"].as_str().unwrap_or(""),
@@ -715,13 +586,7 @@ fn print_verdicts(list: &[Value]) {
     }
 }
 
-async fn contribute(
-    name: &str,
-    files: &[PathBuf],
-    dry_run: bool,
-    json: bool,
-    remote: &Remote,
-) -> Result<u8> {
+async fn contribute(name: &str, files: &[PathBuf], dry_run: bool, json: bool, remote: &Remote) -> Result<u8> {
     let c = remote.client()?;
     let mut form = reqwest::multipart::Form::new();
     for path in files {
@@ -730,19 +595,10 @@ async fn contribute(
             .file_name()
             .and_then(|n| n.to_str())
             .with_context(|| format!("{} has no usable file name", path.display()))?;
-        form = form.part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
-        );
+        form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()));
     }
-    let path = format!(
-        "/datanets/{}/contributions{}",
-        seg(name),
-        if dry_run { "?dry_run=true" } else { "" }
-    );
-    let v = c
-        .json(c.request(Method::POST, &path).multipart(form))
-        .await?;
+    let path = format!("/datanets/{}/contributions{}", seg(name), if dry_run { "?dry_run=true" } else { "" });
+    let v = c.json(c.request(Method::POST, &path).multipart(form)).await?;
     let list = v.as_array().cloned().unwrap_or_default();
     if json {
         let out: Vec<Value> = list

@@ -25,9 +25,7 @@ impl Drop for Server {
 
 fn merit() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_merit"));
-    c.env_remove("MERIT_SERVER")
-        .env_remove("MERIT_TOKEN")
-        .env("MERIT_LOG", "warn");
+    c.env_remove("MERIT_SERVER").env_remove("MERIT_TOKEN").env("MERIT_LOG", "warn");
     c
 }
 
@@ -38,36 +36,19 @@ impl Server {
             Some(url) => vec!["--database-url".to_string(), url],
             None => vec![],
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = merit()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path())
             .args(&db)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-            db,
-        };
+        let server = Server { child, url: format!("http://127.0.0.1:{port}"), dir, db };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "merit serve did not start"
-            );
+            assert!(start.elapsed() < Duration::from_secs(30), "merit serve did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -75,37 +56,20 @@ impl Server {
 
     /// `merit user add NAME`; returns the token (the last line of stdout).
     fn user(&self, name: &str) -> String {
-        let out = merit()
-            .args(["user", "add", name, "--data-dir"])
-            .arg(self.dir.path())
-            .args(&self.db)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            merit().args(["user", "add", name, "--data-dir"]).arg(self.dir.path()).args(&self.db).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).unwrap();
         stdout.lines().last().unwrap().to_string()
     }
 
     fn run(&self, token: &str, args: &[&str]) -> Output {
-        merit()
-            .env("MERIT_SERVER", &self.url)
-            .env("MERIT_TOKEN", token)
-            .args(args)
-            .output()
-            .unwrap()
+        merit().env("MERIT_SERVER", &self.url).env("MERIT_TOKEN", token).args(args).output().unwrap()
     }
 
     fn ok(&self, token: &str, args: &[&str]) -> String {
         let out = self.run(token, args);
-        assert!(
-            out.status.success(),
-            "merit {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "merit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -122,10 +86,9 @@ fn s(p: &Path) -> &str {
 
 fn prose(seed: u64) -> String {
     let words = [
-        "quiet", "river", "village", "garden", "teacher", "market", "bridge", "painter", "student",
-        "forest", "station", "valley", "island", "baker", "castle", "meadow", "orchard", "tower",
-        "welcomed", "helped", "visited", "crossed", "repaired", "watched", "guided", "praised",
-        "bright", "gentle", "careful", "honest",
+        "quiet", "river", "village", "garden", "teacher", "market", "bridge", "painter", "student", "forest",
+        "station", "valley", "island", "baker", "castle", "meadow", "orchard", "tower", "welcomed", "helped",
+        "visited", "crossed", "repaired", "watched", "guided", "praised", "bright", "gentle", "careful", "honest",
     ];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = || {
@@ -147,9 +110,7 @@ fn prose(seed: u64) -> String {
             next()
         ));
     }
-    out.push_str(&format!(
-        "\nThis note carries the number {seed} so it stays unique.\n"
-    ));
+    out.push_str(&format!("\nThis note carries the number {seed} so it stays unique.\n"));
     out
 }
 
@@ -164,16 +125,9 @@ async fn journeys_one_and_two_through_the_cli() {
     let bad = srv.file("bad.toml", b"[gates]\npii = \"hide\"\n");
     let out = srv.run(&ann, &["datanet", "create", "qa", "--policy", s(&bad)]);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("gates.pii"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gates.pii"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let policy = srv.file(
-        "policy.toml",
-        b"kind = \"text\"\nreview = \"owner\"\n[gates]\nmin_words = 50\n",
-    );
+    let policy = srv.file("policy.toml", b"kind = \"text\"\nreview = \"owner\"\n[gates]\nmin_words = 50\n");
     let desc = srv.file("desc.md", b"# Questions\nGood ones.");
     srv.ok(
         &ann,
@@ -220,10 +174,7 @@ async fn journeys_one_and_two_through_the_cli() {
     // Review: the contributor cannot approve; the owner can.
     let pending = srv.ok(&ann, &["review", "qa"]);
     assert!(pending.contains("good.txt"), "{pending}");
-    assert!(!srv
-        .run(&bob, &["review", "qa", "--approve", &id])
-        .status
-        .success());
+    assert!(!srv.run(&bob, &["review", "qa", "--approve", &id]).status.success());
     let approved = srv.ok(&ann, &["review", "qa", "--approve", &id, "--json"]);
     assert!(approved.contains("\"accepted\""), "{approved}");
 
@@ -238,16 +189,7 @@ async fn journeys_one_and_two_through_the_cli() {
     assert_eq!(board[0]["contributor"], "bob");
     assert_eq!(board[0]["accepted"], 1);
     assert_eq!(board[0]["rejected"], 1);
-    for key in [
-        "rank",
-        "contributor",
-        "accepted",
-        "rejected",
-        "submitted",
-        "acceptance_rate",
-        "active_days",
-        "score",
-    ] {
+    for key in ["rank", "contributor", "accepted", "rejected", "submitted", "acceptance_rate", "active_days", "score"] {
         assert!(board[0].get(key).is_some(), "{key}");
     }
     srv.ok("", &["leaderboard"]);
@@ -255,40 +197,9 @@ async fn journeys_one_and_two_through_the_cli() {
     // Export, JSONL and parquet; pandas reads both when the CI installed it.
     let jsonl = srv.dir.path().join("out.jsonl");
     let parquet = srv.dir.path().join("out.parquet");
-    srv.ok(
-        "",
-        &[
-            "datanet",
-            "export",
-            "qa",
-            "--version",
-            "1",
-            "--format",
-            "jsonl",
-            "--out",
-            s(&jsonl),
-        ],
-    );
-    srv.ok(
-        "",
-        &[
-            "datanet",
-            "export",
-            "qa",
-            "--format",
-            "parquet",
-            "--out",
-            s(&parquet),
-        ],
-    );
-    let line: Value = serde_json::from_str(
-        std::fs::read_to_string(&jsonl)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    srv.ok("", &["datanet", "export", "qa", "--version", "1", "--format", "jsonl", "--out", s(&jsonl)]);
+    srv.ok("", &["datanet", "export", "qa", "--format", "parquet", "--out", s(&parquet)]);
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&jsonl).unwrap().lines().next().unwrap()).unwrap();
     assert!(line["text"].as_str().unwrap().contains("number 1 "));
     if std::env::var("MERIT_TEST_PANDAS").is_ok_and(|v| v == "1") {
         let script = format!(
@@ -296,15 +207,8 @@ async fn journeys_one_and_two_through_the_cli() {
             s(&jsonl),
             s(&parquet)
         );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     // A token that is not valid is refused.

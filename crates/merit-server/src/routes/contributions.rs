@@ -16,24 +16,20 @@ use crate::AppState;
 /// The most files one upload request may carry.
 const MAX_FILES_PER_REQUEST: usize = 32;
 
+/// Which gates judge files, as recorded on the ledger.
+fn gate_version() -> String {
+    format!("merit-gate/{}", merit_gate::VERSION)
+}
+
 /// Runs the gates on a file (on a blocking thread: they are CPU work) and
-/// turns the candidates into rows for the store.
-async fn gate(
-    policy: &Policy,
-    filename: &str,
-    bytes: bytes::Bytes,
-) -> ApiResult<(
-    Option<merit_core::Format>,
-    Vec<NewRow>,
-    Vec<merit_core::Reason>,
-)> {
+/// turns the result into a submission for the store.
+async fn gate(policy: &Policy, filename: &str, bytes: bytes::Bytes) -> ApiResult<Submission> {
     let policy = policy.clone();
-    let filename = filename.to_string();
+    let name = filename.to_string();
     let sha = merit_core::sha256_hex(&bytes);
+    let size = bytes.len() as u64;
     let inspection =
-        tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &filename, &bytes))
-            .await
-            .map_err(|_| ApiError::internal())?;
+        tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &name, &bytes)).await.map_err(|_| ApiError::internal())?;
     let rows = inspection
         .rows
         .into_iter()
@@ -46,17 +42,21 @@ async fn gate(
             NewRow {
                 content: content.to_string(),
                 text_hash: hex::encode(c.exact_hash),
-                band_keys: if c.minhash.is_empty() {
-                    Vec::new()
-                } else {
-                    merit_gate::minhash::band_keys(&c.minhash)
-                },
+                band_keys: if c.minhash.is_empty() { Vec::new() } else { merit_gate::minhash::band_keys(&c.minhash) },
                 minhash: c.minhash,
                 score: c.score,
             }
         })
         .collect();
-    Ok((inspection.format, rows, inspection.reasons))
+    Ok(Submission {
+        filename: filename.to_string(),
+        format: inspection.format,
+        bytes: size,
+        sha256: sha,
+        rows,
+        reasons: inspection.reasons,
+        gate_version: gate_version(),
+    })
 }
 
 fn verdict_json(file: &str, c: &Contribution) -> Value {
@@ -79,10 +79,7 @@ pub struct UploadQuery {
 
 /// Reads every file of a multipart body, cutting a file off with 413 as soon
 /// as it passes the datanet's `max_file_bytes` (nothing is kept then).
-async fn read_files(
-    mut multipart: Multipart,
-    d: &Datanet,
-) -> ApiResult<Vec<(String, bytes::Bytes)>> {
+async fn read_files(mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(String, bytes::Bytes)>> {
     let cap = d.policy.max_file_bytes;
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::bad_request(format!("bad multipart body: {}", e.body_text()))
@@ -93,11 +90,7 @@ async fn read_files(
             // Plain form fields carry nothing we need.
             continue;
         };
-        let filename = filename
-            .rsplit(['/', '\\'])
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let filename = filename.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
         if filename.is_empty() {
             return Err(ApiError::bad_request("a file part has an empty file name"));
         }
@@ -114,13 +107,9 @@ async fn read_files(
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "file_too_large",
-                    format!(
-                        "`{filename}` is larger than this datanet's max_file_bytes ({cap} bytes)"
-                    ),
+                    format!("`{filename}` is larger than this datanet's max_file_bytes ({cap} bytes)"),
                 )
-                .with_details(
-                    json!({ "file": filename, "limit": "max_file_bytes", "value": cap }),
-                ));
+                .with_details(json!({ "file": filename, "limit": "max_file_bytes", "value": cap })));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -154,9 +143,9 @@ pub async fn contributions_create(
     let files = read_files(multipart, d).await?;
     let mut results = Vec::new();
     for (filename, bytes) in files {
-        let (format, rows, reasons) = gate(&d.policy, &filename, bytes.clone()).await?;
+                let sub = gate(&d.policy, &filename, bytes.clone()).await?;
         if query.dry_run {
-            let mut reasons = reasons;
+            let (rows, mut reasons) = (sub.rows, sub.reasons);
             if reasons.is_empty() {
                 reasons = state.store.check_duplicates(d, &rows).await?;
             }
@@ -180,15 +169,7 @@ pub async fn contributions_create(
             }));
             continue;
         }
-        let sub = Submission {
-            filename: filename.clone(),
-            format,
-            bytes: bytes.len() as u64,
-            sha256: merit_core::sha256_hex(&bytes),
-            rows,
-            reasons,
-        };
-        match state.store.submit(d, &user, sub, &bytes).await {
+                match state.store.submit(d, &user, sub, &bytes).await {
             Ok(c) => results.push(verdict_json(&filename, &c)),
             Err(e @ StoreError::Limit { .. }) => {
                 // Files before this one are recorded; say so next to the 429.
@@ -200,11 +181,7 @@ pub async fn contributions_create(
             Err(e) => return Err(e.into()),
         }
     }
-    let status = if query.dry_run {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if query.dry_run { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(Value::Array(results))).into_response())
 }
 
@@ -224,21 +201,13 @@ fn visibility(a: &Access, caller: &Caller) -> ContributionFilter {
         return ContributionFilter::default();
     }
     match &caller.0 {
-        Some(user) => ContributionFilter {
-            accepted_or_own: Some(user.id),
-            ..Default::default()
-        },
-        None => ContributionFilter {
-            status: Some(Status::Accepted),
-            ..Default::default()
-        },
+        Some(user) => ContributionFilter { accepted_or_own: Some(user.id), ..Default::default() },
+        None => ContributionFilter { status: Some(Status::Accepted), ..Default::default() },
     }
 }
 
 fn can_see(a: &Access, caller: &Caller, c: &Contribution) -> bool {
-    a.is_curator()
-        || c.status == Status::Accepted
-        || caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
+    a.is_curator() || c.status == Status::Accepted || caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
 }
 
 pub async fn contributions_list(
@@ -250,11 +219,8 @@ pub async fn contributions_list(
     let a = access(&state, &caller, &name).await?;
     let mut filter = visibility(&a, &caller);
     if let Some(s) = &query.status {
-        let status = Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status must be accepted, pending or rejected, got `{s}`"
-            ))
-        })?;
+        let status = Status::parse(s)
+            .ok_or_else(|| ApiError::bad_request(format!("status must be accepted, pending or rejected, got `{s}`")))?;
         if filter.status.is_some_and(|f| f != status) {
             return Ok(Json(Vec::new()));
         }
@@ -268,16 +234,9 @@ pub async fn contributions_list(
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || query.offset < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1 to 1000 and offset not negative",
-        ));
+        return Err(ApiError::bad_request("limit must be 1 to 1000 and offset not negative"));
     }
-    Ok(Json(
-        state
-            .store
-            .contributions(&a.datanet, &filter, limit, query.offset)
-            .await?,
-    ))
+    Ok(Json(state.store.contributions(&a.datanet, &filter, limit, query.offset).await?))
 }
 
 async fn visible_contribution(
@@ -312,41 +271,21 @@ pub async fn contributions_file(
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let (_, c) = visible_contribution(&state, &caller, &name, &id).await?;
-    let bytes = state
-        .store
-        .blobs()
-        .get(&c.sha256)
-        .map_err(StoreError::from)?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "the file of contribution {} (rejected files are not kept)",
-                c.id
-            ))
-        })?;
-    let safe_name: String = c
-        .filename
-        .chars()
-        .filter(|ch| !ch.is_control() && *ch != '"' && *ch != '\\')
-        .collect();
+    let bytes = state.store.blobs().get(&c.sha256).map_err(StoreError::from)?.ok_or_else(|| {
+        ApiError::not_found(format!("the file of contribution {} (rejected files are not kept)", c.id))
+    })?;
+    let safe_name: String = c.filename.chars().filter(|ch| !ch.is_control() && *ch != '"' && *ch != '\\').collect();
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{safe_name}\""),
-            ),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{safe_name}\"")),
         ],
         bytes,
     )
         .into_response())
 }
 
-async fn reviewable(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    id: &str,
-) -> ApiResult<(Access, Contribution)> {
+async fn reviewable(state: &AppState, caller: &Caller, name: &str, id: &str) -> ApiResult<(Access, Contribution)> {
     let user = caller.user()?;
     // The role check comes first: a contributor learns they cannot review,
     // not whether a contribution they cannot see exists.
@@ -359,11 +298,7 @@ async fn reviewable(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!(
-                "contribution {} is {}, not pending",
-                c.id,
-                c.status.as_str()
-            ),
+            format!("contribution {} is {}, not pending", c.id, c.status.as_str()),
         ));
     }
     Ok((a, c))
@@ -376,23 +311,12 @@ pub async fn contributions_approve(
 ) -> ApiResult<Json<Value>> {
     let (a, c) = reviewable(&state, &caller, &name, &id).await?;
     let user = caller.user()?;
-    let bytes = state
-        .store
-        .blobs()
-        .get(&c.sha256)
-        .map_err(StoreError::from)?
-        .ok_or_else(|| {
-            tracing::error!(
-                contribution = c.id,
-                "the kept file of a pending contribution is missing"
-            );
-            ApiError::internal()
-        })?;
-    let (_, rows, reasons) = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
-    let c = state
-        .store
-        .approve(&a.datanet, c.id, user, &rows, reasons)
-        .await?;
+    let bytes = state.store.blobs().get(&c.sha256).map_err(StoreError::from)?.ok_or_else(|| {
+        tracing::error!(contribution = c.id, "the kept file of a pending contribution is missing");
+        ApiError::internal()
+    })?;
+        let regated = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
+    let c = state.store.approve(&a.datanet, c.id, user, regated).await?;
     Ok(Json(verdict_json(&c.filename, &c)))
 }
 
@@ -410,15 +334,10 @@ pub async fn contributions_reject(
 ) -> ApiResult<Json<Value>> {
     let reason = body.reason.trim();
     if reason.is_empty() || reason.len() > 2000 {
-        return Err(ApiError::unprocessable(
-            "reason must be 1 to 2000 characters",
-        ));
+        return Err(ApiError::unprocessable("reason must be 1 to 2000 characters"));
     }
     let (a, c) = reviewable(&state, &caller, &name, &id).await?;
-    let c = state
-        .store
-        .reject(&a.datanet, c.id, caller.user()?, reason)
-        .await?;
+    let c = state.store.reject(&a.datanet, c.id, caller.user()?, reason).await?;
     Ok(Json(verdict_json(&c.filename, &c)))
 }
 
@@ -426,12 +345,8 @@ pub async fn contributions_reject(
 /// per content field (strings and numbers as such, anything else as JSON text).
 pub(crate) fn to_parquet(records: &[serde_json::Map<String, Value>]) -> ApiResult<Vec<u8>> {
     use merit_gate::export::Column;
-    let mut names: Vec<String> = vec![
-        "row_index".into(),
-        "contribution_id".into(),
-        "contributor".into(),
-        "score".into(),
-    ];
+    let mut names: Vec<String> =
+        vec!["row_index".into(), "contribution_id".into(), "contributor".into(), "score".into()];
     for r in records {
         for k in r.keys() {
             if !names.contains(k) {
@@ -442,10 +357,7 @@ pub(crate) fn to_parquet(records: &[serde_json::Map<String, Value>]) -> ApiResul
     let columns: Vec<(String, Column)> = names
         .into_iter()
         .map(|name| {
-            let values: Vec<&Value> = records
-                .iter()
-                .map(|r| r.get(&name).unwrap_or(&Value::Null))
-                .collect();
+            let values: Vec<&Value> = records.iter().map(|r| r.get(&name).unwrap_or(&Value::Null)).collect();
             let col = if values.iter().all(|v| v.is_i64()) {
                 Column::Int64(values.iter().filter_map(|v| v.as_i64()).collect())
             } else if values.iter().all(|v| v.is_number()) {

@@ -16,11 +16,9 @@ use crate::AppState;
 /// schema file the policy names, if it names one.
 fn parse_policy(toml: &str, json_schema: Option<&str>) -> Result<Policy, merit_core::PolicyError> {
     Policy::from_toml(toml, |path| {
-        json_schema.map(str::to_string).ok_or_else(|| {
-            format!(
-                "the policy names `{path}`: send that file's contents in the `json_schema` field"
-            )
-        })
+        json_schema
+            .map(str::to_string)
+            .ok_or_else(|| format!("the policy names `{path}`: send that file's contents in the `json_schema` field"))
     })
 }
 
@@ -28,14 +26,8 @@ async fn datanet_json(state: &AppState, caller: &Caller, a: &Access) -> ApiResul
     let d = &a.datanet;
     let stats = state.store.datanet_stats(d).await?;
     let versions = state.store.versions(d).await?;
-    let curators: Vec<String> = state
-        .store
-        .members(d)
-        .await?
-        .into_iter()
-        .filter(|(_, r)| *r == Role::Curator)
-        .map(|(n, _)| n)
-        .collect();
+    let curators: Vec<String> =
+        state.store.members(d).await?.into_iter().filter(|(_, r)| *r == Role::Curator).map(|(n, _)| n).collect();
     let quota = match &caller.0 {
         Some(user) => {
             let (ub, uf, db) = state.store.usage_today(d, user).await?;
@@ -153,15 +145,8 @@ pub async fn datanets_create(
         publish: body.publish,
     };
     let d = state.store.create_datanet(user, new).await?;
-    let a = Access {
-        datanet: d,
-        role: Some(Role::Owner),
-        admin: user.admin,
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(datanet_json(&state, &caller, &a).await?),
-    ))
+    let a = Access { datanet: d, role: Some(Role::Owner), admin: user.admin };
+    Ok((StatusCode::CREATED, Json(datanet_json(&state, &caller, &a).await?)))
 }
 
 pub async fn datanets_show(
@@ -192,17 +177,8 @@ pub async fn datanets_update(
     caller.user()?;
     let a = access(&state, &caller, &name).await?;
     a.require_owner()?;
-    let policy = body
-        .policy
-        .as_deref()
-        .map(|p| parse_policy(p, body.json_schema.as_deref()))
-        .transpose()?;
-    let patch = DatanetPatch {
-        summary: body.summary,
-        description: body.description,
-        tags: body.tags,
-        policy,
-    };
+    let policy = body.policy.as_deref().map(|p| parse_policy(p, body.json_schema.as_deref())).transpose()?;
+    let patch = DatanetPatch { summary: body.summary, description: body.description, tags: body.tags, policy };
     let d = state.store.update_datanet(&a.datanet, patch).await?;
     let a = Access { datanet: d, ..a };
     Ok(Json(datanet_json(&state, &caller, &a).await?))
@@ -231,15 +207,10 @@ async fn set_curator(
     caller.user()?;
     let a = access(state, caller, name).await?;
     a.require_owner()?;
-    let user = state
-        .store
-        .user_by_name(user_name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("user `{user_name}`")))?;
+    let user =
+        state.store.user_by_name(user_name).await?.ok_or_else(|| ApiError::not_found(format!("user `{user_name}`")))?;
     state.store.set_role(&a.datanet, &user, role).await?;
-    Ok(Json(
-        json!({ "datanet": a.datanet.name, "user": user.name, "role": role.map(Role::as_str) }),
-    ))
+    Ok(Json(json!({ "datanet": a.datanet.name, "user": user.name, "role": role.map(Role::as_str) })))
 }
 
 pub async fn curators_add(
@@ -267,23 +238,18 @@ pub async fn versions_list(
     Ok(Json(state.store.versions(&a.datanet).await?))
 }
 
-async fn version_or_latest(
-    state: &AppState,
-    d: &Datanet,
-    number: Option<i64>,
-) -> ApiResult<Version> {
+async fn version_or_latest(state: &AppState, d: &Datanet, number: Option<i64>) -> ApiResult<Version> {
     match number {
         Some(n) => state
             .store
             .version(d, n)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("version {n} of datanet `{}`", d.name))),
-        None => state.store.latest_version(d).await?.ok_or_else(|| {
-            ApiError::not_found(format!(
-                "a version of datanet `{}` (nothing accepted yet)",
-                d.name
-            ))
-        }),
+        None => state
+            .store
+            .latest_version(d)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("a version of datanet `{}` (nothing accepted yet)", d.name))),
     }
 }
 
@@ -316,23 +282,11 @@ pub async fn rows_list(
     let v = version_or_latest(&state, &a.datanet, query.version).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || query.offset < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1 to 1000 and offset not negative",
-        ));
+        return Err(ApiError::bad_request("limit must be 1 to 1000 and offset not negative"));
     }
-    let rows = state
-        .store
-        .rows(
-            &a.datanet,
-            &v,
-            query.offset,
-            limit,
-            query.q.as_deref().filter(|q| !q.is_empty()),
-        )
-        .await?;
-    Ok(Json(
-        json!({ "version": v.number, "row_count": v.row_count, "offset": query.offset, "rows": rows }),
-    ))
+    let rows =
+        state.store.rows(&a.datanet, &v, query.offset, limit, query.q.as_deref().filter(|q| !q.is_empty())).await?;
+    Ok(Json(json!({ "version": v.number, "row_count": v.row_count, "offset": query.offset, "rows": rows })))
 }
 
 #[derive(Deserialize)]
@@ -381,27 +335,15 @@ pub async fn datanets_export(
                 body.push_str(&Value::Object(r.clone()).to_string());
                 body.push('\n');
             }
-            Ok(download(
-                body.into_bytes(),
-                "application/x-ndjson",
-                &format!("{stem}.jsonl"),
-            ))
+            Ok(download(body.into_bytes(), "application/x-ndjson", &format!("{stem}.jsonl")))
         }
         "parquet" => {
-            let bytes = tokio::task::spawn_blocking(move || {
-                crate::routes::contributions::to_parquet(&records)
-            })
-            .await
-            .map_err(|_| ApiError::internal())??;
-            Ok(download(
-                bytes,
-                "application/vnd.apache.parquet",
-                &format!("{stem}.parquet"),
-            ))
+            let bytes = tokio::task::spawn_blocking(move || crate::routes::contributions::to_parquet(&records))
+                .await
+                .map_err(|_| ApiError::internal())??;
+            Ok(download(bytes, "application/vnd.apache.parquet", &format!("{stem}.parquet")))
         }
-        other => Err(ApiError::bad_request(format!(
-            "format must be jsonl or parquet, got `{other}`"
-        ))),
+        other => Err(ApiError::bad_request(format!("format must be jsonl or parquet, got `{other}`"))),
     }
 }
 
@@ -409,10 +351,7 @@ fn download(bytes: Vec<u8>, content_type: &'static str, filename: &str) -> Respo
     (
         [
             (header::CONTENT_TYPE, content_type.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
         ],
         bytes,
     )

@@ -19,52 +19,25 @@ pub fn api() -> Router<AppState> {
         .route("/me", get(users::me_get))
         .route("/users", post(users::users_create))
         .route("/leaderboard", get(datanets::leaderboard_global))
-        .route(
-            "/datanets",
-            get(datanets::datanets_list).post(datanets::datanets_create),
-        )
-        .route(
-            "/datanets/{name}",
-            get(datanets::datanets_show).patch(datanets::datanets_update),
-        )
+        .route("/datanets", get(datanets::datanets_list).post(datanets::datanets_create))
+        .route("/datanets/{name}", get(datanets::datanets_show).patch(datanets::datanets_update))
         .route("/datanets/{name}/publish", post(datanets::datanets_publish))
-        .route(
-            "/datanets/{name}/curators/{user}",
-            put(datanets::curators_add).delete(datanets::curators_remove),
-        )
+        .route("/datanets/{name}/curators/{user}", put(datanets::curators_add).delete(datanets::curators_remove))
         .route("/datanets/{name}/versions", get(datanets::versions_list))
-        .route(
-            "/datanets/{name}/versions/{number}",
-            get(datanets::versions_show),
-        )
+        .route("/datanets/{name}/versions/{number}", get(datanets::versions_show))
         .route("/datanets/{name}/rows", get(datanets::rows_list))
         .route("/datanets/{name}/export", get(datanets::datanets_export))
-        .route(
-            "/datanets/{name}/leaderboard",
-            get(datanets::leaderboard_datanet),
-        )
+        .route("/datanets/{name}/leaderboard", get(datanets::leaderboard_datanet))
         .route(
             "/datanets/{name}/contributions",
             get(contributions::contributions_list)
                 .post(contributions::contributions_create)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route(
-            "/datanets/{name}/contributions/{id}",
-            get(contributions::contributions_show),
-        )
-        .route(
-            "/datanets/{name}/contributions/{id}/file",
-            get(contributions::contributions_file),
-        )
-        .route(
-            "/datanets/{name}/contributions/{id}/approve",
-            post(contributions::contributions_approve),
-        )
-        .route(
-            "/datanets/{name}/contributions/{id}/reject",
-            post(contributions::contributions_reject),
-        )
+        .route("/datanets/{name}/contributions/{id}", get(contributions::contributions_show))
+        .route("/datanets/{name}/contributions/{id}/file", get(contributions::contributions_file))
+        .route("/datanets/{name}/contributions/{id}/approve", post(contributions::contributions_approve))
+        .route("/datanets/{name}/contributions/{id}/reject", post(contributions::contributions_reject))
 }
 
 /// What a caller may do with a datanet.
@@ -88,10 +61,7 @@ impl Access {
         if self.is_owner() {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!(
-                "only the owner of datanet `{}` can do this",
-                self.datanet.name
-            )))
+            Err(ApiError::forbidden(format!("only the owner of datanet `{}` can do this", self.datanet.name)))
         }
     }
 
@@ -117,11 +87,7 @@ pub(crate) async fn access(state: &AppState, caller: &Caller, name: &str) -> Api
         Some(user) => (state.store.role(&datanet, user).await?, user.admin),
         None => (None, false),
     };
-    let access = Access {
-        datanet,
-        role,
-        admin,
-    };
+    let access = Access { datanet, role, admin };
     if !access.datanet.published && !access.is_curator() {
         return Err(not_found());
     }
@@ -130,7 +96,8 @@ pub(crate) async fn access(state: &AppState, caller: &Caller, name: &str) -> Api
 
 /// Parses a numeric path segment.
 pub(crate) fn parse_id(what: &str, s: &str) -> ApiResult<i64> {
-    s.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-        ApiError::bad_request(format!("{what} must be a positive whole number, got `{s}`"))
-    })
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("{what} must be a positive whole number, got `{s}`")))
 }

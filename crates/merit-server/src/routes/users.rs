@@ -10,9 +10,7 @@ use crate::AppState;
 
 pub async fn me_get(caller: Caller) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
-    Ok(Json(
-        json!({ "name": user.name, "admin": user.admin, "created_at": user.created_at }),
-    ))
+    Ok(Json(json!({ "name": user.name, "admin": user.admin, "created_at": user.created_at })))
 }
 
 #[derive(Deserialize)]
@@ -30,13 +28,8 @@ pub async fn users_create(
     ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if !caller.user()?.admin {
-        return Err(ApiError::forbidden(
-            "only administrators can create accounts",
-        ));
+        return Err(ApiError::forbidden("only administrators can create accounts"));
     }
     let (user, token) = state.store.create_user(&body.name, body.admin).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "name": user.name, "admin": user.admin, "token": token })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "name": user.name, "admin": user.admin, "token": token }))))
 }

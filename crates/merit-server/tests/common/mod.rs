@@ -31,22 +31,14 @@ impl Reply {
 
 impl App {
     pub async fn new() -> App {
-        App::with_rate(RateLimit {
-            per_second: 10_000.0,
-            burst: 10_000.0,
-        })
-        .await
+        App::with_rate(RateLimit { per_second: 10_000.0, burst: 10_000.0 }).await
     }
 
     pub async fn with_rate(rate: RateLimit) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;
         let router = router(AppState::new(store.clone(), rate));
-        App {
-            router,
-            store,
-            _dir: dir,
-        }
+        App { router, store, _dir: dir }
     }
 
     pub async fn user(&self, name: &str) -> String {
@@ -57,57 +49,26 @@ impl App {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Reply { status, headers, body }
     }
 
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let mut b = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
         let req = match body {
-            Some(v) => b
-                .header("content-type", "application/json")
-                .body(Body::from(v.to_string()))
-                .unwrap(),
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())).unwrap(),
             None => b.body(Body::empty()).unwrap(),
         };
         self.send(req).await
     }
 
-    pub async fn upload(
-        &self,
-        datanet: &str,
-        token: Option<&str>,
-        files: &[(&str, &[u8])],
-        dry_run: bool,
-    ) -> Reply {
+    pub async fn upload(&self, datanet: &str, token: Option<&str>, files: &[(&str, &[u8])], dry_run: bool) -> Reply {
         let (ctype, body) = multipart(files);
-        let path = format!(
-            "/api/v1/datanets/{datanet}/contributions{}",
-            if dry_run { "?dry_run=true" } else { "" }
-        );
-        let mut b = Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("content-type", ctype);
+        let path = format!("/api/v1/datanets/{datanet}/contributions{}", if dry_run { "?dry_run=true" } else { "" });
+        let mut b = Request::builder().method("POST").uri(path).header("content-type", ctype);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -117,8 +78,7 @@ impl App {
     /// Creates a datanet owned by `token`'s user from a TOML policy.
     pub async fn datanet(&self, token: &str, name: &str, policy: &str, publish: bool) -> Reply {
         let body = serde_json::json!({ "name": name, "policy": policy, "summary": "test data", "tags": ["test"], "publish": publish });
-        self.call("POST", "/api/v1/datanets", Some(token), Some(body))
-            .await
+        self.call("POST", "/api/v1/datanets", Some(token), Some(body)).await
     }
 }
 
@@ -138,14 +98,14 @@ pub fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
 /// the default text gates.
 pub fn prose(seed: u64) -> String {
     const ADJ: &[&str] = &[
-        "quiet", "bright", "ancient", "careful", "gentle", "busy", "distant", "golden", "honest",
-        "patient", "modern", "narrow", "proud", "rapid", "silent", "tired", "warm", "wooden",
-        "clever", "friendly", "humble", "lively", "simple", "steady",
+        "quiet", "bright", "ancient", "careful", "gentle", "busy", "distant", "golden", "honest", "patient", "modern",
+        "narrow", "proud", "rapid", "silent", "tired", "warm", "wooden", "clever", "friendly", "humble", "lively",
+        "simple", "steady",
     ];
     const NOUN: &[&str] = &[
-        "river", "village", "library", "garden", "museum", "harbour", "teacher", "market",
-        "farmer", "bridge", "painter", "student", "forest", "kitchen", "station", "doctor",
-        "valley", "island", "sailor", "baker", "castle", "meadow", "orchard", "tower",
+        "river", "village", "library", "garden", "museum", "harbour", "teacher", "market", "farmer", "bridge",
+        "painter", "student", "forest", "kitchen", "station", "doctor", "valley", "island", "sailor", "baker",
+        "castle", "meadow", "orchard", "tower",
     ];
     const VERB: &[&str] = &[
         "welcomed",
@@ -169,14 +129,9 @@ pub fn prose(seed: u64) -> String {
         "guided",
         "praised",
     ];
-    const PREP: &[&str] = &[
-        "near", "behind", "beyond", "beside", "under", "above", "around", "across", "towards",
-        "within",
-    ];
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
+    const PREP: &[&str] =
+        &["near", "behind", "beyond", "beside", "under", "above", "around", "across", "towards", "within"];
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
     let mut pick = |list: &[&'static str]| {
         x ^= x << 13;
         x ^= x >> 7;
@@ -199,8 +154,6 @@ pub fn prose(seed: u64) -> String {
         out.push_str(&s);
         out.push(if i % 4 == 3 { '\n' } else { ' ' });
     }
-    out.push_str(&format!(
-        "This note carries the number {seed} so it stays unique.\n"
-    ));
+    out.push_str(&format!("This note carries the number {seed} so it stays unique.\n"));
     out
 }
