@@ -105,7 +105,14 @@ impl Rule {
             Unit::Flag => self.what.to_string(),
             _ => format!("{} is {v}, {relation}", self.what),
         };
-        Reason::new(self.gate, self.metric, round4(self.value), self.threshold, message).at_row(row)
+        let json = |x: f64| -> serde_json::Value {
+            if self.unit != Unit::Ratio && x.fract() == 0.0 && x.abs() < 9e15 {
+                serde_json::Value::from(x as i64)
+            } else {
+                serde_json::Value::from(round4(x))
+            }
+        };
+        Reason::new(self.gate, self.metric, json(self.value), json(self.threshold), message).at_row(row)
     }
 }
 

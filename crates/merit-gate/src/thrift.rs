@@ -22,7 +22,9 @@ pub(crate) trait Visit {
 }
 
 /// A visitor that only validates.
+#[cfg(test)]
 pub(crate) struct Ignore;
+#[cfg(test)]
 impl Visit for Ignore {}
 
 /// Walks one struct at the start of `b`; returns the bytes it took.

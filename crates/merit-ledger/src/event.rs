@@ -88,6 +88,21 @@ impl Event {
         Ok(env.event)
     }
 
+    /// What the event is about, for lookups: `contribution:<id>` or `datanet:<name>`.
+    pub fn subject(&self) -> String {
+        match self {
+            Event::DatanetCreated { datanet, .. }
+            | Event::DatanetPolicy { datanet, .. }
+            | Event::DatanetVersion { datanet, .. } => {
+                format!("datanet:{datanet}")
+            }
+            Event::ContributionSubmitted { contribution_id, .. }
+            | Event::ContributionVerdict { contribution_id, .. } => {
+                format!("contribution:{contribution_id}")
+            }
+        }
+    }
+
     /// The event's type name, such as `contribution.verdict`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Router;
+use merit_ledger::checkpoint::NoteSigner;
 use merit_store::Store;
 
 pub use ratelimit::RateLimit;
@@ -30,12 +31,14 @@ pub use ratelimit::RateLimit;
 pub struct AppState {
     pub store: Store,
     pub rate_limit: RateLimit,
+    /// Signs ledger checkpoints.
+    pub signer: Arc<NoteSigner>,
     buckets: Arc<ratelimit::Buckets>,
 }
 
 impl AppState {
-    pub fn new(store: Store, rate_limit: RateLimit) -> AppState {
-        AppState { store, rate_limit, buckets: Arc::new(ratelimit::Buckets::default()) }
+    pub fn new(store: Store, rate_limit: RateLimit, signer: NoteSigner) -> AppState {
+        AppState { store, rate_limit, signer: Arc::new(signer), buckets: Arc::new(ratelimit::Buckets::default()) }
     }
 }
 
@@ -43,6 +46,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", routes::api())
+        .merge(routes::tlog())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async {
             error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()

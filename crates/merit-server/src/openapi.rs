@@ -26,6 +26,11 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { method: "get", path: "/openapi.json", summary: "This document", auth: "none", query: &[], body: "", ok: (200, "") },
     Operation { method: "get", path: "/me", summary: "The signed-in account", auth: "required", query: &[], body: "", ok: (200, "Me") },
     Operation { method: "post", path: "/users", summary: "Create an account (administrators); the answer holds its API token", auth: "required", query: &[], body: "json:NewUser", ok: (201, "NewUserToken") },
+        Operation { method: "get", path: "/ledger/key", summary: "The ledger's origin and verifier key (C2SP vkey)", auth: "none", query: &[], body: "", ok: (200, "LedgerKey") },
+    Operation { method: "get", path: "/ledger/entries", summary: "Ledger entries, decoded", auth: "none", query: &[("from", "integer", "first index"), ("limit", "integer", "1 to 1000, default 100"), ("subject", "string", "only entries about contribution:<id> or datanet:<name>")], body: "", ok: (200, "LedgerEntries") },
+    Operation { method: "get", path: "/ledger/entries/{index}", summary: "One ledger entry: leaf bytes (base64), leaf hash and decoded event", auth: "none", query: &[], body: "", ok: (200, "LedgerEntry") },
+    Operation { method: "get", path: "/ledger/proof/inclusion", summary: "Inclusion proof of entry `index` in the tree of `size` entries (default: current size)", auth: "none", query: &[("index", "integer", "entry index"), ("size", "integer", "tree size")], body: "", ok: (200, "InclusionProof") },
+    Operation { method: "get", path: "/ledger/proof/consistency", summary: "Consistency proof between tree sizes `old` and `new` (default: current size)", auth: "none", query: &[("old", "integer", "older tree size"), ("new", "integer", "newer tree size")], body: "", ok: (200, "ConsistencyProof") },
     Operation { method: "get", path: "/leaderboard", summary: "Global leaderboard over published datanets", auth: "none", query: &[], body: "", ok: (200, "Leaderboard") },
     Operation { method: "get", path: "/datanets", summary: "List datanets you can see", auth: "optional", query: &[("q", "string", "search in name and summary"), ("tag", "string", "only datanets with this tag")], body: "", ok: (200, "DatanetList") },
     Operation { method: "post", path: "/datanets", summary: "Create a datanet from a TOML policy", auth: "required", query: &[], body: "json:NewDatanet", ok: (201, "Datanet") },
@@ -137,7 +142,16 @@ fn schemas() -> Value {
             "summary": s("string"), "description": s("string"), "tags": { "type": "array", "items": s("string") },
             "policy": s("string"), "json_schema": s("string") } },
         "RoleChange": { "type": "object", "properties": { "datanet": s("string"), "user": s("string"), "role": s("string") } },
-        "Rejection": { "type": "object", "required": ["reason"], "properties": { "reason": s("string") } },
+                "Rejection": { "type": "object", "required": ["reason"], "properties": { "reason": s("string") } },
+        "LedgerKey": { "type": "object", "properties": { "origin": s("string"), "vkey": s("string") } },
+        "LedgerEntry": { "type": "object", "properties": { "index": s("integer"), "leaf": { "type": "string", "format": "byte" },
+            "leaf_hash": s("string"), "event": s("object") } },
+        "LedgerEntries": { "type": "object", "properties": { "size": s("integer"),
+            "entries": { "type": "array", "items": { "$ref": "#/components/schemas/LedgerEntry" } } } },
+        "InclusionProof": { "type": "object", "properties": { "index": s("integer"), "size": s("integer"), "leaf_hash": s("string"),
+            "hashes": { "type": "array", "items": s("string") } } },
+        "ConsistencyProof": { "type": "object", "properties": { "old": s("integer"), "new": s("integer"),
+            "hashes": { "type": "array", "items": s("string") } } },
     })
 }
 
@@ -220,7 +234,9 @@ mod tests {
 
     /// Every `.route("/path", get(..).post(..))` of routes/mod.rs, as (method, path).
     fn registered() -> Vec<(String, String)> {
-        let src = include_str!("routes/mod.rs");
+        let all = include_str!("routes/mod.rs");
+        // Only the `/api/v1` router; the tlog-tiles routes are specified by C2SP.
+        let src = &all[all.find("pub fn api()").expect("routes/mod.rs has pub fn api()")..];
         let mut out = Vec::new();
         for chunk in src.split(".route(").skip(1) {
             let Some(path) = chunk.split('"').nth(1) else {

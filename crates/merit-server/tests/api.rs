@@ -355,3 +355,83 @@ async fn openapi_document_is_served() {
         }
     }
 }
+
+#[tokio::test]
+async fn ledger_is_served_as_tiles_and_json() {
+    use base64::Engine;
+    let app = App::new().await;
+    let ann = app.user("ann").await;
+    app.datanet(&ann, "t", "", true).await;
+    app.upload("t", Some(&ann), &[("a.txt", prose(1).as_bytes())], false).await;
+    // created, policy, submitted, verdict, version
+    let note = String::from_utf8(app.call("GET", "/ledger/checkpoint", None, None).await.body).unwrap();
+    let key = app.call("GET", "/api/v1/ledger/key", None, None).await.json();
+    let verifier = merit_ledger::checkpoint::NoteVerifier::parse(key["vkey"].as_str().unwrap()).unwrap();
+    let cp = verifier.verify(&note).unwrap();
+    assert_eq!((cp.origin.as_str(), cp.size), ("merit.test/ledger", 5));
+
+    // Entry bundle and level-0 hash tile (partial, width 5) per C2SP tlog-tiles.
+    let bundle = app.call("GET", "/ledger/tile/entries/000.p/5", None, None).await.body;
+    let mut leaves = Vec::new();
+    let mut rest = bundle.as_slice();
+    while !rest.is_empty() {
+        let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        leaves.push(rest[2..2 + n].to_vec());
+        rest = &rest[2 + n..];
+    }
+    assert_eq!(leaves.len(), 5);
+    let tile = app.call("GET", "/ledger/tile/0/000.p/5", None, None).await.body;
+    let hashes: Vec<[u8; 32]> = tile.chunks(32).map(|c| c.try_into().unwrap()).collect();
+    let want: Vec<[u8; 32]> = leaves.iter().map(|l| merit_ledger::leaf_hash(l)).collect();
+    assert_eq!(hashes, want);
+    assert_eq!(merit_ledger::root(&hashes), cp.root);
+    assert_eq!(app.call("GET", "/ledger/tile/0/000", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", "/ledger/tile/0/000.p/6", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call("GET", "/ledger/tile/zz", None, None).await.status, StatusCode::NOT_FOUND);
+
+    // JSON: entries (base64 and decoded) and proofs in lowercase hex.
+    let e = app.call("GET", "/api/v1/ledger/entries/3", None, None).await.json();
+    assert_eq!(e["event"]["type"], "contribution.verdict");
+    assert_eq!(e["event"]["status"], "accepted");
+    let leaf = base64::engine::general_purpose::STANDARD.decode(e["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf, leaves[3]);
+    let p = app.call("GET", "/api/v1/ledger/proof/inclusion?index=3&size=5", None, None).await.json();
+    assert_eq!(p["leaf_hash"], hex::encode(want[3]));
+    let proof: Vec<[u8; 32]> = p["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    merit_ledger::proof::verify_inclusion(3, 5, &want[3], &proof, &cp.root).unwrap();
+    let c = app.call("GET", "/api/v1/ledger/proof/consistency?old=2&new=5", None, None).await.json();
+    assert_eq!((c["old"].as_u64(), c["new"].as_u64()), (Some(2), Some(5)));
+    let proof: Vec<[u8; 32]> = c["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    merit_ledger::proof::verify_consistency(2, 5, &merit_ledger::root(&want[..2]), &cp.root, &proof).unwrap();
+    // Bad proof requests are 422 / 400, never 500.
+    assert_eq!(
+        app.call("GET", "/api/v1/ledger/proof/inclusion?index=9&size=5", None, None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/ledger/proof/inclusion?index=0&size=99", None, None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/ledger/proof/consistency?old=5&new=2", None, None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/ledger/proof/inclusion?index=x", None, None).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(app.call("GET", "/api/v1/ledger/entries/99", None, None).await.status, StatusCode::NOT_FOUND);
+    // A dry run appends nothing.
+    app.upload("t", Some(&ann), &[("b.txt", prose(2).as_bytes())], true).await;
+    assert_eq!(app.call("GET", "/api/v1/ledger/entries", None, None).await.json()["size"], 5);
+}

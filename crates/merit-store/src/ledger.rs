@@ -26,9 +26,10 @@ pub(crate) async fn append(w: &mut Writer<'_>, backend: Backend, events: &[Event
     for event in events {
         let leaf = event.to_leaf();
         let mut hash = leaf_hash(&leaf);
-        sqlx::query("INSERT INTO ledger_entries (idx, leaf, created_at) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO ledger_entries (idx, leaf, subject, created_at) VALUES ($1, $2, $3, $4)")
             .bind(size)
             .bind(leaf)
+            .bind(event.subject())
             .bind(now)
             .execute(&mut *w.tx)
             .await?;
@@ -93,6 +94,15 @@ impl Store {
         let rows = sqlx::query("SELECT idx, leaf FROM ledger_entries WHERE idx >= $1 ORDER BY idx LIMIT $2")
             .bind(from as i64)
             .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((col::<i64>(r, "idx")? as u64, col::<Vec<u8>>(r, "leaf")?))).collect()
+    }
+
+    /// Entries about `subject` (`contribution:<id>`, `datanet:<name>`), oldest first.
+    pub async fn ledger_entries_about(&self, subject: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT idx, leaf FROM ledger_entries WHERE subject = $1 ORDER BY idx LIMIT 1000")
+            .bind(subject)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok((col::<i64>(r, "idx")? as u64, col::<Vec<u8>>(r, "leaf")?))).collect()

@@ -23,6 +23,7 @@
 mod blobs;
 mod contributions;
 mod datanets;
+pub mod keys;
 mod ledger;
 mod migrate;
 mod users;

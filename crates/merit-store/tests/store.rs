@@ -23,7 +23,7 @@ fn submission(rows: Vec<NewRow>) -> Submission {
         format: Some(merit_core::Format::Jsonl),
         bytes: 100,
         sha256: "0".repeat(64),
-                rows,
+        rows,
         reasons: vec![],
         gate_version: "test".into(),
     }

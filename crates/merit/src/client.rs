@@ -29,6 +29,11 @@ impl Client {
         }
     }
 
+    /// A request to a path outside `/api/v1` (the tlog-tiles routes).
+    pub fn raw(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
     /// Sends a request; an error answer becomes an error naming its code, message and details.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().await.with_context(|| format!("cannot reach the Merit server at {}", self.base))?;

@@ -3,6 +3,7 @@
 //! `merit user`, which works on the local store directly.
 
 mod client;
+mod ledger;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,12 @@ struct Local {
 }
 
 impl Local {
+    /// The ledger signing key: `--ledger-key`, else `ledger.key` in the data directory.
+    fn signer(&self, key: Option<&Path>, origin: &str) -> Result<merit_ledger::checkpoint::NoteSigner> {
+        let path = key.map(Path::to_path_buf).unwrap_or_else(|| self.data_dir.join("ledger.key"));
+        merit_store::keys::load_or_create(&path, origin).with_context(|| format!("ledger key {}", path.display()))
+    }
+
     async fn open(&self) -> Result<merit_store::Store> {
         let store = match &self.database_url {
             Some(url) => merit_store::Store::open(url, &self.data_dir).await,
@@ -70,7 +77,12 @@ enum Command {
         /// Burst of requests allowed above the rate
         #[arg(long, default_value_t = 100.0)]
         rate_burst: f64,
+        #[command(flatten)]
+        key: LedgerKey,
     },
+    /// The tamper-evident ledger: verifier key, entries, proofs, verification
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Accounts on the local store
     #[command(subcommand)]
     User(UserCommand),
@@ -124,6 +136,87 @@ enum Command {
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args, Clone)]
+struct LedgerKey {
+    /// Ledger signing key file (created with mode 0600 on first start); default DATA_DIR/ledger.key
+    #[arg(long, env = "MERIT_LEDGER_KEY")]
+    ledger_key: Option<PathBuf>,
+    /// The log's origin line (the key's name) when a key is created
+    #[arg(long, env = "MERIT_LEDGER_ORIGIN", default_value = "merit.local/ledger")]
+    origin: String,
+}
+
+#[derive(Args, Clone)]
+struct LedgerSource {
+    /// Verify the local store in this data directory instead of a server
+    #[arg(long, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Database URL with --data-dir (default: SQLite in the data directory)
+    #[arg(long, env = "MERIT_DATABASE_URL", requires = "data_dir")]
+    database_url: Option<String>,
+    /// URL of the Merit server
+    #[arg(long, env = "MERIT_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The verifier key to trust (C2SP vkey); default: the one the source reports
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl LedgerSource {
+    async fn open(&self) -> Result<ledger::Source> {
+        match &self.data_dir {
+            Some(dir) => {
+                let local = Local { data_dir: dir.clone(), database_url: self.database_url.clone() };
+                let key = dir.join("ledger.key");
+                if !key.exists() {
+                    bail!("no ledger key at {}: is this a Merit data directory?", key.display());
+                }
+                Ok(ledger::Source::Local { signer: local.signer(Some(&key), "unused")?, store: local.open().await? })
+            }
+            None => Ok(ledger::Source::Remote(Client::new(&self.server, None)?)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Print the verifier key (C2SP vkey form) of the local ledger key
+    Key {
+        #[command(flatten)]
+        local: Local,
+        #[command(flatten)]
+        key: LedgerKey,
+    },
+    /// Check the signed checkpoint, recompute the root from every entry, and (with --trusted) that the log only grew
+    Verify {
+        #[command(flatten)]
+        source: LedgerSource,
+        /// An older checkpoint (signed note file) to check consistency against
+        #[arg(long, value_name = "CHECKPOINT_FILE")]
+        trusted: Option<PathBuf>,
+        /// Write the verified checkpoint here, to pass as --trusted next time
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+    },
+    /// Print and verify the inclusion proof of a contribution's verdict
+    Prove {
+        contribution_id: i64,
+        #[command(flatten)]
+        source: LedgerSource,
+    },
+    /// List decoded ledger entries
+    Show {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: LedgerSource,
+    },
 }
 
 #[derive(Subcommand)]
@@ -272,19 +365,38 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { local, listen, rate_limit, rate_burst } => {
+        Command::Serve { local, listen, rate_limit, rate_burst, key } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
             let store = local.open().await?;
-            let state = merit_server::AppState::new(
-                store,
-                merit_server::RateLimit { per_second: rate_limit, burst: rate_burst },
-            );
+            let signer = local.signer(key.ledger_key.as_deref(), &key.origin)?;
+            let rate = merit_server::RateLimit { per_second: rate_limit, burst: rate_burst };
+            let state = merit_server::AppState::new(store, rate, signer);
             eprintln!("merit: serving http://{listen} (data in {})", local.data_dir.display());
             merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;
         }
         Command::User(cmd) => user(cmd).await?,
+        Command::Ledger(cmd) => match cmd {
+            LedgerCommand::Key { local, key } => {
+                println!("{}", local.signer(key.ledger_key.as_deref(), &key.origin)?.verifier_key())
+            }
+            LedgerCommand::Verify { source, trusted, save } => {
+                let note = ledger::verify(&source.open().await?, source.key.as_deref(), trusted.as_ref()).await?;
+                if let Some(path) = save {
+                    std::fs::write(&path, note).with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            LedgerCommand::Prove { contribution_id, source } => {
+                ledger::prove(&source.open().await?, source.key.as_deref(), contribution_id).await?
+            }
+            LedgerCommand::Show { from, limit, json, source } => {
+                if !(1..=1000).contains(&limit) {
+                    bail!("--limit must be 1 to 1000");
+                }
+                ledger::show(&source.open().await?, from, limit, json).await?
+            }
+        },
         Command::Datanet(cmd) => datanet(cmd).await?,
         Command::Contribute { name, files, dry_run, json, remote } => {
             return contribute(&name, &files, dry_run, json, &remote).await

@@ -216,3 +216,64 @@ async fn journeys_one_and_two_through_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"));
 }
+
+#[tokio::test]
+async fn ledger_verify_prove_and_detect_tampering() {
+    let srv = Server::start().await;
+    let ann = srv.user("ann");
+    let bob = srv.user("bob");
+    let policy = srv.file("p.toml", b"review = \"auto\"\n");
+    srv.ok(&ann, &["datanet", "create", "open", "--policy", s(&policy), "--publish"]);
+    let a = srv.file("a.txt", prose(11).as_bytes());
+    let out: Value = serde_json::from_str(&srv.ok(&bob, &["contribute", "open", s(&a), "--json"])).unwrap();
+    let id = out[0]["contribution_id"].as_i64().unwrap().to_string();
+
+    // The key the server signs with is the one in its data directory.
+    let local_key = merit().args(["ledger", "key", "--data-dir"]).arg(srv.dir.path()).output().unwrap();
+    let local_key = String::from_utf8(local_key.stdout).unwrap().trim().to_string();
+    assert!(local_key.starts_with("merit.local/ledger+"), "{local_key}");
+
+    let cp1 = srv.dir.path().join("cp1.txt");
+    let verified = srv.ok("", &["ledger", "verify", "--key", &local_key, "--save", s(&cp1)]);
+    assert!(verified.contains("ledger ok: 5 entries"), "{verified}");
+    let b = srv.file("b.txt", prose(12).as_bytes());
+    srv.ok(&bob, &["contribute", "open", s(&b)]);
+    let verified = srv.ok("", &["ledger", "verify", "--key", &local_key, "--trusted", s(&cp1)]);
+    assert!(verified.contains("ledger ok: 8 entries"), "{verified}");
+    let proof = srv.ok("", &["ledger", "prove", &id, "--key", &local_key]);
+    assert!(proof.contains("verified: entry 3"), "{proof}");
+    let shown = srv.ok("", &["ledger", "show", "--limit", "3"]);
+    assert!(shown.contains("datanet.created") && shown.contains("contribution.submitted"), "{shown}");
+
+    // Another key: refused.
+    let other = "merit.local/ledger+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert!(!srv.run("", &["ledger", "verify", "--key", other]).status.success());
+
+    // Tampering with a stored leaf (SQLite only: the test edits the file).
+    if !srv.db.is_empty() {
+        return;
+    }
+    let db = srv.dir.path().join("merit.db");
+    let script = format!(
+        "import sqlite3\nc = sqlite3.connect(r'{}')\nc.execute(\"UPDATE ledger_entries SET leaf = CAST(REPLACE(CAST(leaf AS TEXT), 'bob', 'eve') AS BLOB) WHERE idx = 3\")\nc.commit()",
+        s(&db)
+    );
+    let py = Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let out = merit().args(["ledger", "verify", "--data-dir"]).arg(srv.dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ledger entry 3 "), "{err}");
+    let out = srv.run("", &["ledger", "verify", "--key", &local_key, "--trusted", s(&cp1)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("entry 3"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Deleting an entry is named too.
+    let script = format!(
+        "import sqlite3\nc = sqlite3.connect(r'{}')\nc.execute('DELETE FROM ledger_entries WHERE idx = 5')\nc.commit()",
+        s(&db)
+    );
+    assert!(Command::new("python3").args(["-c", &script]).status().unwrap().success());
+    let out = merit().args(["ledger", "verify", "--data-dir"]).arg(srv.dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("entry 3") || err.contains("entry 5"), "{err}");
+}

@@ -28,8 +28,9 @@ async fn gate(policy: &Policy, filename: &str, bytes: bytes::Bytes) -> ApiResult
     let name = filename.to_string();
     let sha = merit_core::sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    let inspection =
-        tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &name, &bytes)).await.map_err(|_| ApiError::internal())?;
+    let inspection = tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &name, &bytes))
+        .await
+        .map_err(|_| ApiError::internal())?;
     let rows = inspection
         .rows
         .into_iter()
@@ -143,7 +144,7 @@ pub async fn contributions_create(
     let files = read_files(multipart, d).await?;
     let mut results = Vec::new();
     for (filename, bytes) in files {
-                let sub = gate(&d.policy, &filename, bytes.clone()).await?;
+        let sub = gate(&d.policy, &filename, bytes.clone()).await?;
         if query.dry_run {
             let (rows, mut reasons) = (sub.rows, sub.reasons);
             if reasons.is_empty() {
@@ -169,7 +170,7 @@ pub async fn contributions_create(
             }));
             continue;
         }
-                match state.store.submit(d, &user, sub, &bytes).await {
+        match state.store.submit(d, &user, sub, &bytes).await {
             Ok(c) => results.push(verdict_json(&filename, &c)),
             Err(e @ StoreError::Limit { .. }) => {
                 // Files before this one are recorded; say so next to the 429.
@@ -315,7 +316,7 @@ pub async fn contributions_approve(
         tracing::error!(contribution = c.id, "the kept file of a pending contribution is missing");
         ApiError::internal()
     })?;
-        let regated = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
+    let regated = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
     let c = state.store.approve(&a.datanet, c.id, user, regated).await?;
     Ok(Json(verdict_json(&c.filename, &c)))
 }

@@ -2,6 +2,7 @@
 
 mod contributions;
 mod datanets;
+mod ledger;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -13,10 +14,22 @@ use crate::extract::Caller;
 use crate::AppState;
 use merit_store::{Datanet, Role};
 
+/// The C2SP tlog-tiles routes, outside `/api/v1`.
+pub fn tlog() -> Router<AppState> {
+    Router::new()
+        .route("/ledger/checkpoint", get(ledger::checkpoint_get))
+        .route("/ledger/tile/{*path}", get(ledger::tile_get))
+}
+
 pub fn api() -> Router<AppState> {
     Router::new()
         .route("/openapi.json", get(crate::openapi::openapi_get))
         .route("/me", get(users::me_get))
+        .route("/ledger/key", get(ledger::key_get))
+        .route("/ledger/entries", get(ledger::entries_list))
+        .route("/ledger/entries/{index}", get(ledger::entry_get))
+        .route("/ledger/proof/inclusion", get(ledger::inclusion_get))
+        .route("/ledger/proof/consistency", get(ledger::consistency_get))
         .route("/users", post(users::users_create))
         .route("/leaderboard", get(datanets::leaderboard_global))
         .route("/datanets", get(datanets::datanets_list).post(datanets::datanets_create))

@@ -37,7 +37,8 @@ impl App {
     pub async fn with_rate(rate: RateLimit) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;
-        let router = router(AppState::new(store.clone(), rate));
+        let signer = merit_ledger::checkpoint::NoteSigner::from_seed("merit.test/ledger", &[1; 32]).unwrap();
+        let router = router(AppState::new(store.clone(), rate, signer));
         App { router, store, _dir: dir }
     }
 

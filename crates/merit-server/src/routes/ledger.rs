@@ -1,0 +1,210 @@
+//! The ledger over HTTP: C2SP tlog-tiles (`/ledger/checkpoint`,
+//! `/ledger/tile/…`) and JSON under `/api/v1/ledger`.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use merit_ledger::checkpoint::Checkpoint;
+use merit_ledger::event::Event;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+use crate::AppState;
+
+/// Hashes (or entries) per full tile.
+const TILE_WIDTH: u64 = 256;
+
+/// The latest checkpoint, signed, as a C2SP signed note.
+pub async fn checkpoint_get(State(state): State<AppState>) -> ApiResult<Response> {
+    let size = state.store.ledger_size().await?;
+    let root = state.store.ledger_root(size).await?;
+    let note = state.signer.sign(&Checkpoint { origin: state.signer.name().to_string(), size, root });
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], note)
+        .into_response())
+}
+
+/// A tile path after `/ledger/tile/`: `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`,
+/// with N written as 3-digit elements, all but the last prefixed with `x`.
+#[derive(Debug, PartialEq, Eq)]
+struct TilePath {
+    /// `None` for entry bundles.
+    level: Option<u32>,
+    index: u64,
+    width: u64,
+}
+
+fn parse_tile_path(path: &str) -> Option<TilePath> {
+    let mut elems: Vec<&str> = path.split('/').collect();
+    let first = elems.remove(0);
+    let level = if first == "entries" { None } else { Some(first.parse::<u32>().ok().filter(|l| *l <= 7)?) };
+    let mut width = TILE_WIDTH;
+    if elems.len() >= 2 && elems[elems.len() - 2].ends_with(".p") {
+        width = elems.pop()?.parse::<u64>().ok().filter(|w| (1..TILE_WIDTH).contains(w))?;
+        let last = elems.pop()?.strip_suffix(".p")?;
+        elems.push(last);
+    }
+    let mut index: u64 = 0;
+    let n = elems.len();
+    if n == 0 {
+        return None;
+    }
+    for (i, e) in elems.iter().enumerate() {
+        let digits = if i + 1 < n { e.strip_prefix('x')? } else { e };
+        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        index = index.checked_mul(1000)?.checked_add(digits.parse::<u64>().ok()?)?;
+    }
+    Some(TilePath { level, index, width })
+}
+
+/// A hash tile or an entry bundle.
+pub async fn tile_get(State(state): State<AppState>, Path(path): Path<String>) -> ApiResult<Response> {
+    let bad = || ApiError::not_found(format!("tile `{path}`"));
+    let t = parse_tile_path(&path).ok_or_else(bad)?;
+    let from = t.index.checked_mul(TILE_WIDTH).ok_or_else(bad)?;
+    let to = from + t.width;
+    let body: Vec<u8> = match t.level {
+        Some(level) => {
+            let hashes = state.store.ledger_nodes(level * 8, from, to).await?;
+            if hashes.len() as u64 != t.width {
+                return Err(bad());
+            }
+            hashes.concat()
+        }
+        None => {
+            let entries = state.store.ledger_entries(from, t.width).await?;
+            if entries.len() as u64 != t.width {
+                return Err(bad());
+            }
+            let mut out = Vec::new();
+            for (_, leaf) in entries {
+                out.extend_from_slice(&(leaf.len() as u16).to_be_bytes());
+                out.extend_from_slice(&leaf);
+            }
+            out
+        }
+    };
+    // Tiles never change once they exist.
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn key_get(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "origin": state.signer.name(), "vkey": state.signer.verifier_key() }))
+}
+
+fn entry_json(index: u64, leaf: &[u8]) -> Value {
+    let event = Event::from_leaf(leaf).ok().map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+    json!({
+        "index": index,
+        "leaf": B64.encode(leaf),
+        "leaf_hash": hex::encode(merit_ledger::leaf_hash(leaf)),
+        "event": event,
+    })
+}
+
+pub async fn entry_get(State(state): State<AppState>, Path(index): Path<String>) -> ApiResult<Json<Value>> {
+    let index: u64 =
+        index.parse().map_err(|_| ApiError::bad_request(format!("index must be a whole number, got `{index}`")))?;
+    let entries = state.store.ledger_entries(index, 1).await?;
+    match entries.first() {
+        Some((i, leaf)) if *i == index => Ok(Json(entry_json(index, leaf))),
+        _ => Err(ApiError::not_found(format!("ledger entry {index}"))),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EntriesQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u64>,
+    /// Only entries about this subject: `contribution:<id>` or `datanet:<name>`.
+    subject: Option<String>,
+}
+
+pub async fn entries_list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EntriesQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let size = state.store.ledger_size().await?;
+    let entries = match &q.subject {
+        Some(subject) => state.store.ledger_entries_about(subject).await?,
+        None => state.store.ledger_entries(q.from, limit).await?,
+    };
+    let list: Vec<Value> = entries.iter().map(|(i, leaf)| entry_json(*i, leaf)).collect();
+    Ok(Json(json!({ "size": size, "entries": list })))
+}
+
+#[derive(Deserialize)]
+pub struct InclusionQuery {
+    index: u64,
+    size: Option<u64>,
+}
+
+pub async fn inclusion_get(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> ApiResult<Json<Value>> {
+    let size = match q.size {
+        Some(s) => s,
+        None => state.store.ledger_size().await?,
+    };
+    let hashes = state.store.ledger_inclusion_proof(q.index, size).await?;
+    let leaf = state.store.ledger_entries(q.index, 1).await?;
+    let leaf_hash = leaf.first().map(|(_, l)| hex::encode(merit_ledger::leaf_hash(l))).unwrap_or_default();
+    let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
+    Ok(Json(json!({ "index": q.index, "size": size, "leaf_hash": leaf_hash, "hashes": hashes })))
+}
+
+#[derive(Deserialize)]
+pub struct ConsistencyQuery {
+    old: u64,
+    new: Option<u64>,
+}
+
+pub async fn consistency_get(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> ApiResult<Json<Value>> {
+    let new = match q.new {
+        Some(n) => n,
+        None => state.store.ledger_size().await?,
+    };
+    let hashes = state.store.ledger_consistency_proof(q.old, new).await?;
+    let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
+    Ok(Json(json!({ "old": q.old, "new": new, "hashes": hashes })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_paths() {
+        let t = |level, index, width| Some(TilePath { level, index, width });
+        assert_eq!(parse_tile_path("0/000"), t(Some(0), 0, 256));
+        assert_eq!(parse_tile_path("1/x001/x234/067"), t(Some(1), 1_234_067, 256));
+        assert_eq!(parse_tile_path("0/005.p/17"), t(Some(0), 5, 17));
+        assert_eq!(parse_tile_path("entries/x001/002.p/255"), t(None, 1002, 255));
+        for bad in ["", "0", "0/5", "0/0005", "0/001/002", "9/000", "0/000.p/0", "0/000.p/256", "x/000", "entries/abc"]
+        {
+            assert_eq!(parse_tile_path(bad), None, "{bad}");
+        }
+    }
+}
