@@ -115,6 +115,41 @@ impl Event {
     }
 }
 
+/// The leaderboard's input for datanet `datanet`, from ledger events alone:
+/// each contribution's latest verdict, its credit and its times.
+pub fn outcomes<'a>(events: impl IntoIterator<Item = &'a Event>, datanet: &str) -> Vec<merit_core::score::Outcome> {
+    use merit_core::score::Outcome;
+    use merit_core::Status;
+    let mut by_id: std::collections::BTreeMap<i64, Outcome> = std::collections::BTreeMap::new();
+    for e in events {
+        match e {
+            Event::ContributionSubmitted { contribution_id, datanet: d, contributor, at, .. } if d == datanet => {
+                by_id.insert(
+                    *contribution_id,
+                    Outcome {
+                        contributor: contributor.clone(),
+                        status: Status::Pending,
+                        credit: 0.0,
+                        submitted_at: *at,
+                        accepted_at: None,
+                    },
+                );
+            }
+            Event::ContributionVerdict { contribution_id, datanet: d, status, credit_micros, at, .. }
+                if d == datanet =>
+            {
+                if let Some(o) = by_id.get_mut(contribution_id) {
+                    o.status = Status::parse(status).unwrap_or(Status::Pending);
+                    o.credit = *credit_micros as f64 / 1e6;
+                    o.accepted_at = (o.status == Status::Accepted).then_some(*at);
+                }
+            }
+            _ => {}
+        }
+    }
+    by_id.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,9 +504,11 @@ impl Store {
     }
 }
 
+/// A contribution's credit, rounded to millionths as the ledger records it,
+/// so that the leaderboard recomputed from the ledger matches this one.
 fn credit_of(rows: &[NewRow], dup_flags: &[bool]) -> f64 {
     let pairs: Vec<(f64, bool)> = rows.iter().zip(dup_flags).map(|(r, &dup)| (r.score, dup)).collect();
-    merit_core::score::credit(&pairs)
+    (merit_core::score::credit(&pairs) * 1e6).round() / 1e6
 }
 
 /// Adds `bytes` (and one file, if `count_file`) to a daily counter, unless a

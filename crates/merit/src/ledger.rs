@@ -212,6 +212,19 @@ pub async fn prove(source: &Source, key: Option<&str>, contribution: i64) -> Res
     Ok(())
 }
 
+/// Every event in the log, in order (entries that are not Merit events are skipped).
+pub async fn all_events(source: &Source) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    let mut next = 0u64;
+    loop {
+        let page = source.entries(next, 1000).await?;
+        let Some((last, _)) = page.last() else { break };
+        next = last + 1;
+        out.extend(page.iter().filter_map(|(_, leaf)| Event::from_leaf(leaf).ok()));
+    }
+    Ok(out)
+}
+
 /// `merit ledger show`: decoded entries.
 pub async fn show(source: &Source, from: u64, limit: u64, json: bool) -> Result<()> {
     for (index, leaf) in source.entries(from, limit).await? {

@@ -130,6 +130,9 @@ enum Command {
         /// Print JSON: [{rank, contributor, accepted, rejected, submitted, acceptance_rate, active_days, score}]
         #[arg(long)]
         json: bool,
+        /// Recompute the leaderboard of NAME from the ledger's entries alone (no trust in the database)
+        #[arg(long, requires = "name")]
+        from_ledger: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -433,13 +436,19 @@ async fn run(cli: Cli) -> Result<u8> {
                 print_verdicts(std::slice::from_ref(&v));
             }
         }
-        Command::Leaderboard { name, json, remote } => {
+        Command::Leaderboard { name, json, from_ledger, remote } => {
             let c = remote.client()?;
             let path = match &name {
                 Some(n) => format!("/datanets/{}/leaderboard", seg(n)),
                 None => "/leaderboard".to_string(),
             };
-            let v = c.get(&path).await?;
+            let v = if from_ledger {
+                let events = ledger::all_events(&ledger::Source::Remote(c)).await?;
+                let outcomes = merit_ledger::event::outcomes(&events, name.as_deref().unwrap_or_default());
+                serde_json::to_value(merit_core::score::leaderboard(&outcomes))?
+            } else {
+                c.get(&path).await?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
