@@ -74,7 +74,13 @@
 //! | `schema`, `json_schema` | `row` | a record does not fit `rows` or `gates.json_schema` | Merit |
 //! | `image_size` | `width`, `height` | outside `gates.min/max_width/height` (0 = off) | Merit |
 //! | `duration` | `duration_seconds` | outside `gates.min/max_duration_seconds` (0 = off) | Merit |
-//! | `size` | `bytes`, `rows` | over `max_file_bytes`, or too many rows | Merit |
+//! | `size` | `bytes`, `rows`, `values`, `zip_entries` | over `max_file_bytes`, too many rows, values or entries | Merit |
+//! | `size` | `decompressed_bytes`, `decoded_bytes`, `extracted_bytes` | a decompression or decoding bomb (see *Hostile input*) | Merit |
+//! | `format` | `detected`, `format`, `encoding` | content unlike the name, a format the policy refuses, invalid UTF-8 | Merit |
+//! | `format` | `pdf`, `docx`, `parquet`, `csv`, `image`, `audio` | the file cannot be read as that format (encrypted, corrupt, unsupported) | Merit |
+//!
+//! Reasons about one row carry its index in `row` (records count from 0 in
+//! file order, misfits included); reasons about the whole file carry none.
 //!
 //! C4 is a line *filter* in datatrove: it drops lines (no terminal punctuation,
 //! fewer than 3 words, a word over 1000 characters, *javascript*, cookie and
@@ -88,7 +94,11 @@
 //! `gates.languages`. When it is unreliable (short or mixed text), the row
 //! passes if its script is one that an accepted language is written in, so
 //! that short rows are not refused on a coin toss but Cyrillic text still
-//! fails an English-only datanet. Text with no letters at all fails.
+//! fails an English-only datanet. Text with no letters at all fails. Since a
+//! whatlang call costs about 50 µs whatever the length, a row whose first 100
+//! words are at least 12% (and at least 5) English function words that no
+//! other supported language uses as words (*the, and, that, with, which, …*)
+//! is taken as reliably English without calling it.
 //!
 //! PII: e-mail addresses, phone numbers (international `+…` numbers and the
 //! common national layouts with at least three digit groups, never bare years
@@ -143,6 +153,9 @@
 //! ```
 
 #![deny(missing_docs)]
+// A `Reason` is the error of every extractor: built once per refusal, so its
+// size does not matter, and boxing it would only add noise.
+#![allow(clippy::result_large_err)]
 
 pub use merit_core::{Format, Policy, Reason};
 

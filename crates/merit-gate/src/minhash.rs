@@ -171,11 +171,28 @@ mod tests {
     }
 
     #[test]
+    fn the_vector_path_matches_the_plain_one() {
+        let hashes: Vec<u32> = (0..500u32).map(|i| i.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995).collect();
+        let mut plain = [u32::MAX; N];
+        mins(&hashes, &mut plain);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut vector = [u32::MAX; N];
+            // SAFETY: AVX2 is available, checked just above.
+            unsafe { mins_avx2(&hashes, &mut vector) };
+            assert_eq!(plain, vector);
+        }
+    }
+
+    #[test]
     fn signatures_are_stable() {
         // Stored signatures must not change between versions.
         let sig = signature("one two three four five six");
         assert_eq!(sig.len(), 112);
         let again = signature("  ONE two   three four five six ");
         assert_eq!(sig, again);
+        // Pinned: changing the hashing invalidates every stored signature.
+        assert_eq!(&sig[..4], &[613_813_712, 3_124_946_194, 2_894_831_325, 1_311_789_036]);
+        assert_eq!(&band_keys(&sig)[..2], &[5_325_147_579_048_941_052, 4_096_034_041_494_024_379]);
     }
 }

@@ -9,6 +9,7 @@
 //!   the record API will use: plain pages as declared, dictionary-encoded
 //!   values times the longest dictionary entry (a dictionary page is
 //!   decompressed to find it), and a per-value overhead.
+//!
 //! Only uncompressed and snappy files are read (the codecs this build has).
 
 use bytes::Bytes;

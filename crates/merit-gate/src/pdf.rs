@@ -18,8 +18,8 @@
 //! is read by our own lexer (no recursion, bounded operand stack) and every
 //! content and `ToUnicode` stream it inflates counts against the same budget.
 
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::OnceLock;
 
 use lopdf::{Document, Encoding, Object, ObjectId};
@@ -77,9 +77,18 @@ pub(crate) fn preflight(b: &[u8], budget: u64) -> Result<(), Reason> {
     if max_depth(b) > MAX_DEPTH {
         return Err(refuse("pdf", format!("the PDF nests arrays or dictionaries more than {MAX_DEPTH} deep")));
     }
-    let length_targets = check_names(b)?;
-    check_length_chains(b, &length_targets)?;
+    let names = scan_names(b)?;
+    let indirect_lengths = check_length_chains(b, &names.length_targets)?;
+    // lopdf copies each stream's declared length out of the file: overlapping
+    // streams would multiply the file in memory.
+    let declared = names.direct_lengths.saturating_add(indirect_lengths);
+    if declared > 2 * b.len() as u64 + 4096 {
+        return Err(refuse("pdf", "the PDF's stream lengths add up to more than the file"));
+    }
+    let mut offsets = classic_xref_offsets(b);
     let mut used = 0u64;
+    let mut work = 0u64;
+    let work_limit = 4 * b.len() as u64 + (1 << 20);
     let mut streams = 0usize;
     let mut from = 0;
     while let Some(p) = crate::detect::find(&b[from..], b"stream") {
@@ -98,9 +107,45 @@ pub(crate) fn preflight(b: &[u8], budget: u64) -> Result<(), Reason> {
         } else if b[start..].starts_with(b"\n") || b[start..].starts_with(b"\r") {
             start += 1;
         }
-        inflate_layers(&b[start..], budget, &mut used)?;
+        if !zlib_header(&b[start..]) {
+            // An uncompressed stream may be a cross-reference stream too: its
+            // data runs to `endstream` (less the end-of-line before it).
+            let data = &b[start..];
+            let end = crate::detect::find(data, b"endstream").unwrap_or(data.len());
+            for trim in 0..=2 {
+                if let Some(d) = data.get(..end.saturating_sub(trim)) {
+                    xref_stream_offsets(d, &names.widths, &mut offsets);
+                }
+            }
+            continue;
+        }
+        let mut layer: Option<Vec<u8>> = None;
+        for depth in 0..=8 {
+            let input: &[u8] = layer.as_deref().unwrap_or(&b[start..]);
+            if !zlib_header(input) {
+                break;
+            }
+            if depth == 8 {
+                return Err(refuse("pdf", "the PDF nests compressed streams more than 8 deep"));
+            }
+            let (out, consumed) = inflate_vec(input, budget.saturating_sub(used))
+                .map_err(|produced| bomb(used.saturating_add(produced), budget))?;
+            used += out.len() as u64;
+            work = work.saturating_add(consumed);
+            if work > work_limit {
+                return Err(refuse("pdf", "the PDF's compressed streams overlap too much to check"));
+            }
+            if max_depth(&out) > MAX_DEPTH {
+                return Err(refuse(
+                    "pdf",
+                    format!("a PDF stream nests arrays or dictionaries more than {MAX_DEPTH} deep"),
+                ));
+            }
+            xref_stream_offsets(&out, &names.widths, &mut offsets);
+            layer = Some(out);
+        }
     }
-    Ok(())
+    check_offsets(b, offsets)
 }
 
 /// Whether bytes start with a zlib header (deflate, valid check bits).
@@ -108,37 +153,30 @@ fn zlib_header(b: &[u8]) -> bool {
     b.len() >= 2 && b[0] & 0x0F == 8 && b[0] >> 4 <= 7 && (u16::from(b[0]) * 256 + u16::from(b[1])) % 31 == 0
 }
 
-/// Inflates a zlib stream and any zlib stream inside it, adding the output to
-/// `used`; refuses when `used` passes `budget` or the output nests too deep.
-fn inflate_layers(data: &[u8], budget: u64, used: &mut u64) -> Result<(), Reason> {
-    let mut layer = data.to_vec();
-    for _ in 0..8 {
-        if !zlib_header(&layer) {
-            return Ok(());
-        }
-        let mut out = Vec::new();
-        let mut depth = Depth::default();
-        inflate_bounded(&layer, budget.saturating_sub(*used), |chunk| {
-            depth.feed(chunk);
-            if out.len() < 2 || zlib_header(&out) {
-                out.extend_from_slice(chunk);
-            }
-        })
-        .map_err(|produced| bomb(used.saturating_add(produced), budget))
-        .map(|produced| *used += produced)?;
-        if depth.max > MAX_DEPTH {
-            return Err(refuse("pdf", format!("a PDF stream nests arrays or dictionaries more than {MAX_DEPTH} deep")));
-        }
-        layer = out;
-    }
-    Err(refuse("pdf", "the PDF nests compressed streams more than 8 deep"))
+/// Inflates zlib `data` into a vector; also returns the input bytes read.
+/// `Err(produced)` when more than `limit` bytes would come out.
+fn inflate_vec(data: &[u8], limit: u64) -> Result<(Vec<u8>, u64), u64> {
+    let mut out = Vec::new();
+    let mut consumed = 0;
+    inflate_with(data, limit, |chunk| out.extend_from_slice(chunk), &mut consumed)?;
+    Ok((out, consumed))
 }
 
 /// Inflates zlib `data`, handing the output to `sink` in chunks; returns the
 /// bytes produced, or `Err(produced)` when more than `limit` would be.
 /// A corrupt stream just ends early (lopdf keeps what it decoded, too).
-pub(crate) fn inflate_bounded(data: &[u8], limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64, u64> {
+pub(crate) fn inflate_bounded(data: &[u8], limit: u64, sink: impl FnMut(&[u8])) -> Result<u64, u64> {
+    inflate_with(data, limit, sink, &mut 0)
+}
+
+fn inflate_with(data: &[u8], limit: u64, mut sink: impl FnMut(&[u8]), consumed: &mut u64) -> Result<u64, u64> {
     let mut d = flate2::Decompress::new(true);
+    let result = inflate_loop(&mut d, data, limit, &mut sink);
+    *consumed = d.total_in();
+    result
+}
+
+fn inflate_loop(d: &mut flate2::Decompress, data: &[u8], limit: u64, sink: &mut impl FnMut(&[u8])) -> Result<u64, u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut produced = 0u64;
     loop {
@@ -215,11 +253,22 @@ fn is_pdf_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'\x0C' | b'\0')
 }
 
+/// What the name scan learns.
+#[derive(Default)]
+struct Names {
+    /// Objects that `/Length` entries refer to.
+    length_targets: HashSet<u64>,
+    /// The sum of the direct `/Length` values.
+    direct_lengths: u64,
+    /// The `/W` arrays (field widths of cross-reference streams).
+    widths: Vec<[usize; 3]>,
+}
+
 /// Refuses filters whose expansion is not checked and predictor parameters
-/// that would make lopdf allocate huge rows.
-/// Also returns the objects that `/Length` entries refer to.
-fn check_names(b: &[u8]) -> Result<HashSet<u64>, Reason> {
-    let mut length_targets = HashSet::new();
+/// that would make lopdf allocate huge rows; collects stream lengths and
+/// cross-reference stream field widths.
+fn scan_names(b: &[u8]) -> Result<Names, Reason> {
+    let mut names = Names::default();
     let mut i = 0;
     while let Some(p) = memchr::memchr(b'/', &b[i..]) {
         let start = i + p + 1;
@@ -264,15 +313,213 @@ fn check_names(b: &[u8]) -> Result<HashSet<u64>, Reason> {
                     }
                 }
             }
-            b"Length" => {
-                if let Some(id) = reference_at(b, end) {
-                    length_targets.insert(id);
+            b"Length" => match reference_at(b, end) {
+                Some(id) => {
+                    names.length_targets.insert(id);
+                }
+                None => names.direct_lengths = names.direct_lengths.saturating_add(integer_at(b, end).unwrap_or(0)),
+            },
+            b"W" => {
+                let mut j = skip_space(b, end);
+                if b.get(j) == Some(&b'[') {
+                    j += 1;
+                    let mut w = [0usize; 3];
+                    let mut ok = true;
+                    for slot in &mut w {
+                        j = skip_space(b, j);
+                        match integer_at(b, j) {
+                            Some(v) if v <= 8 => *slot = v as usize,
+                            _ => ok = false,
+                        }
+                        j += b[j.min(b.len())..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    }
+                    if ok && w.iter().sum::<usize>() > 0 && !names.widths.contains(&w) && names.widths.len() < 16 {
+                        names.widths.push(w);
+                    }
                 }
             }
             _ => {}
         }
     }
-    Ok(length_targets)
+    Ok(names)
+}
+
+/// The unsigned integer at `i` (after white space), if there is one.
+fn integer_at(b: &[u8], i: usize) -> Option<u64> {
+    let i = skip_space(b, i).min(b.len());
+    let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 18 {
+        return None;
+    }
+    Some(b[i..i + digits].iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+}
+
+/// Offsets of in-use entries in classic cross-reference tables, wherever
+/// they are in the file (a superset of those lopdf reads).
+fn classic_xref_offsets(b: &[u8]) -> Vec<u64> {
+    static ENTRY: OnceLock<regex::bytes::Regex> = OnceLock::new();
+    let entry = ENTRY.get_or_init(|| {
+        regex::bytes::Regex::new(r"(?-u)(\d{1,10}) \d{1,5} n(?: \r| \n|\r\n)")
+            .expect("the xref entry pattern is a valid constant")
+    });
+    entry
+        .captures_iter(b)
+        .filter_map(|c| c.get(1))
+        .map(|m| m.as_bytes().iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+        .collect()
+}
+
+/// Offsets of type-1 entries, if `data` reads as a cross-reference stream
+/// with one of the `/W` field widths (plain, or PNG-predicted as is usual).
+fn xref_stream_offsets(data: &[u8], widths: &[[usize; 3]], out: &mut Vec<u64>) {
+    for w in widths {
+        let row = w[0] + w[1] + w[2];
+        let decoded = if data.len() % row == 0 {
+            Some(std::borrow::Cow::Borrowed(data))
+        } else if data.len() % (row + 1) == 0 {
+            png_unfilter(data, row).map(std::borrow::Cow::Owned)
+        } else {
+            None
+        };
+        let Some(rows) = decoded else { continue };
+        let field = |r: &[u8], from: usize, width: usize| {
+            r[from..from + width].iter().fold(0u64, |v, &x| v << 8 | u64::from(x))
+        };
+        if rows.is_empty() || !rows.chunks_exact(row).all(|r| w[0] == 0 || field(r, 0, w[0]) <= 2) {
+            continue;
+        }
+        for r in rows.chunks_exact(row) {
+            let kind = if w[0] == 0 { 1 } else { field(r, 0, w[0]) };
+            if kind == 1 {
+                out.push(field(r, w[0], w[1]));
+            }
+        }
+    }
+}
+
+/// Undoes PNG row filters (one byte per pixel), as xref streams use them.
+fn png_unfilter(data: &[u8], columns: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut prev = vec![0u8; columns];
+    for chunk in data.chunks_exact(columns + 1) {
+        let (filter, row) = (chunk[0], &chunk[1..]);
+        let mut cur = row.to_vec();
+        for i in 0..columns {
+            let left = if i > 0 { cur[i - 1] } else { 0 };
+            let up = prev[i];
+            let up_left = if i > 0 { prev[i - 1] } else { 0 };
+            cur[i] = match filter {
+                0 => row[i],
+                1 => row[i].wrapping_add(left),
+                2 => row[i].wrapping_add(up),
+                3 => row[i].wrapping_add(((u16::from(left) + u16::from(up)) / 2) as u8),
+                4 => {
+                    let p = i16::from(left) + i16::from(up) - i16::from(up_left);
+                    let (pa, pb, pc) =
+                        ((p - i16::from(left)).abs(), (p - i16::from(up)).abs(), (p - i16::from(up_left)).abs());
+                    let pred = if pa <= pb && pa <= pc {
+                        left
+                    } else if pb <= pc {
+                        up
+                    } else {
+                        up_left
+                    };
+                    row[i].wrapping_add(pred)
+                }
+                _ => return None,
+            };
+        }
+        out.extend_from_slice(&cur);
+        prev = cur;
+    }
+    Some(out)
+}
+
+/// Where cross-reference entries point, lopdf parses an object. Refuses many
+/// entries at one offset, and objects that run into the next object (both
+/// would make lopdf parse the same bytes over and over, or copy them).
+fn check_offsets(b: &[u8], mut offsets: Vec<u64>) -> Result<(), Reason> {
+    offsets.retain(|&o| o < b.len() as u64);
+    offsets.sort_unstable();
+    let mut run = 0;
+    for w in offsets.windows(2) {
+        run = if w[0] == w[1] { run + 1 } else { 0 };
+        if run >= 16 {
+            return Err(refuse("pdf", "the PDF's cross-reference table points many objects at one place"));
+        }
+    }
+    offsets.dedup();
+    for (i, &o) in offsets.iter().enumerate() {
+        let limit = offsets.get(i + 1).map_or(b.len(), |&n| n as usize);
+        if object_runs_past(b, o as usize, limit) {
+            return Err(refuse("pdf", "the PDF's objects overlap one another"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the object whose header is at `start` runs to `limit` or beyond
+/// (when `limit` is the next object's offset): lexes until `endobj`, `stream`
+/// or another `obj`. Not a header: false (lopdf does not parse it either).
+fn object_runs_past(b: &[u8], start: usize, limit: usize) -> bool {
+    let mut i = skip_space(b, start).min(b.len());
+    for _ in 0..2 {
+        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        i = skip_space(b, i + digits).min(b.len());
+    }
+    if !b[i..].starts_with(b"obj") {
+        return false;
+    }
+    i += 3;
+    while i < limit {
+        let t = lex_token(b, i);
+        if t.start >= b.len() {
+            return false;
+        }
+        if matches!(&b[t.start..t.end], b"stream" | b"endobj" | b"obj") {
+            return false;
+        }
+        i = t.end.max(i + 1);
+    }
+    limit < b.len()
+}
+
+/// One lexical token's range: a string, a hex string, a name, a bracket or a
+/// run of regular characters.
+struct Lexed {
+    start: usize,
+    end: usize,
+}
+
+fn lex_token(b: &[u8], from: usize) -> Lexed {
+    let i = skip_space(b, from).min(b.len());
+    let Some(&c) = b.get(i) else { return Lexed { start: b.len(), end: b.len() } };
+    let end = match c {
+        b'(' => {
+            let mut depth = 0usize;
+            let mut j = i + 1;
+            while j < b.len() {
+                match b[j] {
+                    b'\\' => j += 1,
+                    b'(' => depth += 1,
+                    b')' if depth == 0 => break,
+                    b')' => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+            j + 1
+        }
+        b'<' | b'>' if b.get(i + 1) == Some(&c) => i + 2,
+        b'<' => i + 1 + b[i + 1..].iter().position(|&c| c == b'>').map_or(b.len() - i - 1, |p| p + 1),
+        b'[' | b']' | b'{' | b'}' | b')' | b'>' => i + 1,
+        b'/' => i + 1 + b[i + 1..].iter().take_while(|&&c| !is_delimiter(c)).count(),
+        _ => i + b[i..].iter().take_while(|&&c| !is_delimiter(c)).count().max(1),
+    };
+    Lexed { start: i, end: end.min(b.len()) }
 }
 
 /// Skips PDF white space and comments from `i`.
@@ -308,66 +555,37 @@ fn reference_at(b: &[u8], i: usize) -> Option<u64> {
     (b.get(i) == Some(&b'R') && b.get(i + 1).is_none_or(|&c| is_delimiter(c))).then_some(numbers[0])
 }
 
-/// Whether the object whose body starts at `i` is a stream: lexes (skipping
-/// strings, names, comments) until `stream`, `endobj` or `obj`.
-fn body_is_stream(b: &[u8], mut i: usize) -> bool {
-    for _ in 0..100_000 {
-        i = skip_space(b, i);
-        let Some(&c) = b.get(i) else { return false };
-        match c {
-            b'(' => {
-                let mut depth = 0usize;
-                i += 1;
-                while i < b.len() {
-                    match b[i] {
-                        b'\\' => i += 1,
-                        b'(' => depth += 1,
-                        b')' if depth == 0 => break,
-                        b')' => depth -= 1,
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'<' if b.get(i + 1) == Some(&b'<') => i += 2,
-            b'<' => {
-                while i < b.len() && b[i] != b'>' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'>' | b'[' | b']' | b'{' | b'}' | b')' => i += 1,
-            b'/' => {
-                i += 1;
-                while i < b.len() && !is_delimiter(b[i]) {
-                    i += 1;
-                }
-            }
-            _ => {
-                let start = i;
-                while i < b.len() && !is_delimiter(b[i]) {
-                    i += 1;
-                }
-                match &b[start..i] {
-                    b"stream" => return true,
-                    b"endobj" | b"obj" => return false,
-                    _ => {}
-                }
-            }
+/// Whether the object whose body starts at `i` is a stream: lexes until
+/// `stream`, `endobj` or `obj`, spending `budget` tokens at most (out of
+/// budget: treated as a stream, the careful answer).
+fn body_is_stream(b: &[u8], mut i: usize, budget: &mut u64) -> bool {
+    loop {
+        if *budget == 0 {
+            return true;
         }
+        *budget -= 1;
+        let t = lex_token(b, i);
+        if t.start >= b.len() {
+            return false;
+        }
+        match &b[t.start..t.end] {
+            b"stream" => return true,
+            b"endobj" | b"obj" => return false,
+            _ => {}
+        }
+        i = t.end.max(i + 1);
     }
-    true
 }
 
 /// lopdf resolves an indirect `/Length` by parsing the object it names, and
 /// if that is a stream with an indirect length, the next, and so on: a chain
 /// costs time quadratic in its length and stack linear in it. Refuses a PDF
 /// where any `/Length` names an object that is itself a stream (looking at
-/// every `N G obj` header in the file, wherever a cross-reference could point).
-fn check_length_chains(b: &[u8], targets: &HashSet<u64>) -> Result<(), Reason> {
+/// every `N G obj` header in the file, wherever a cross-reference could
+/// point). Returns the sum of the lengths those objects hold.
+fn check_length_chains(b: &[u8], targets: &HashSet<u64>) -> Result<u64, Reason> {
     if targets.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     static HEADER: OnceLock<regex::bytes::Regex> = OnceLock::new();
     let header = HEADER.get_or_init(|| {
@@ -376,16 +594,21 @@ fn check_length_chains(b: &[u8], targets: &HashSet<u64>) -> Result<(), Reason> {
         )
         .expect("the object header pattern is a valid constant")
     });
+    let mut budget = 4 * b.len() as u64 + 4096;
+    let mut sum = 0u64;
     for caps in header.captures_iter(b) {
         let (Some(id), Some(whole)) = (caps.get(1), caps.get(0)) else {
             continue;
         };
         let id = id.as_bytes().iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
-        if targets.contains(&id) && body_is_stream(b, whole.end()) {
-            return Err(refuse("pdf", "the PDF gives a stream's length as another stream"));
+        if targets.contains(&id) {
+            if body_is_stream(b, whole.end(), &mut budget) {
+                return Err(refuse("pdf", "the PDF gives a stream's length as another stream"));
+            }
+            sum = sum.saturating_add(integer_at(b, whole.end()).unwrap_or(0));
         }
     }
-    Ok(())
+    Ok(sum)
 }
 
 /// A PDF name with its `#xx` escapes decoded.
@@ -413,54 +636,135 @@ thread_local! {
     /// Tokens parsed out of object streams so far, on this thread's load.
     static OBJECT_STREAM_TOKENS: Cell<u64> = const { Cell::new(0) };
     static OBJECT_STREAM_REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// Ids of the objects the last object stream holds, in index order, not yet seen.
+    static PENDING: RefCell<VecDeque<u32>> = const { RefCell::new(VecDeque::new()) };
 }
 
-/// lopdf's per-object hook: lets an object stream through only while the
-/// tokens of all object streams fit [`MAX_OBJECT_STREAM_TOKENS`].
+/// lopdf's per-object hook. An object stream passes only if every object its
+/// index names starts at a top-level token (so no two parses overlap, and
+/// none repeats more than 16 times) and the tokens of all object streams fit
+/// [`MAX_OBJECT_STREAM_TOKENS`]; otherwise it is dropped and the PDF refused.
 fn object_filter(id: ObjectId, object: &mut Object) -> Option<(ObjectId, Object)> {
     if let Object::Stream(stream) = object {
         if stream.dict.type_is(b"ObjStm") {
-            let mut tokens = 0u64;
-            let mut in_token = false;
-            let mut count = |chunk: &[u8]| {
-                for &c in chunk {
-                    let delim = is_delimiter(c);
-                    if !delim && !in_token {
-                        tokens += 1;
-                    }
-                    in_token = !delim;
+            match check_object_stream(stream) {
+                Some(ids) => PENDING.with(|p| *p.borrow_mut() = ids.into()),
+                None => {
+                    OBJECT_STREAM_REFUSED.with(|r| r.set(true));
+                    PENDING.with(|p| p.borrow_mut().clear());
+                    return None;
                 }
-            };
-            let limit = MAX_OBJECT_STREAM_TOKENS.saturating_sub(OBJECT_STREAM_TOKENS.with(Cell::get));
-            let result = if zlib_header(&stream.content) {
-                inflate_bounded(&stream.content, 64 << 20, &mut count).is_ok()
-            } else {
-                count(&stream.content);
-                true
-            };
-            OBJECT_STREAM_TOKENS.with(|t| t.set(t.get().saturating_add(tokens)));
-            if !result || tokens > limit {
-                OBJECT_STREAM_REFUSED.with(|r| r.set(true));
-                return None;
             }
         }
+        // A top-level object: lopdf keeps its own and ignores what is returned.
+        return Some((id, Object::Null));
     }
-    // lopdf keeps its own copy of a top-level object and uses the returned one
-    // only for objects out of object streams, which are never streams.
-    match object {
-        Object::Stream(_) => Some((id, Object::Null)),
-        other => Some((id, other.clone())),
+    // lopdf uses the returned object only for objects out of an object stream,
+    // which come right after their stream, in index order.
+    let inner = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        while let Some(next) = p.pop_front() {
+            if next == id.0 {
+                return true;
+            }
+        }
+        false
+    });
+    Some((id, if inner { std::mem::replace(object, Object::Null) } else { Object::Null }))
+}
+
+/// The ids an object stream holds, or `None` when it must be refused.
+fn check_object_stream(stream: &lopdf::Stream) -> Option<Vec<u32>> {
+    let predictor = stream
+        .dict
+        .get(b"DecodeParms")
+        .and_then(Object::as_dict)
+        .and_then(|d| d.get(b"Predictor"))
+        .and_then(Object::as_i64)
+        .unwrap_or(1);
+    if predictor > 1 {
+        return None;
     }
+    // What lopdf will parse: the content after each FlateDecode, or the raw
+    // content when another filter stops it.
+    let filters = if stream.dict.get(b"Filter").is_ok() { stream.filters().ok()? } else { Vec::new() };
+    let mut content = std::borrow::Cow::Borrowed(stream.content.as_slice());
+    for f in &filters {
+        if f != "FlateDecode" {
+            content = std::borrow::Cow::Borrowed(stream.content.as_slice());
+            break;
+        }
+        let (out, _) = inflate_vec(&content, 64 << 20).ok()?;
+        content = std::borrow::Cow::Owned(out);
+    }
+    let content: &[u8] = &content;
+    let first = stream.dict.get(b"First").and_then(Object::as_i64).ok().and_then(|f| usize::try_from(f).ok());
+    let Some(first) = first.filter(|&f| f <= content.len()) else {
+        return Some(Vec::new());
+    };
+    let Ok(index) = std::str::from_utf8(&content[..first]) else {
+        return Some(Vec::new());
+    };
+    // Top-level token starts of the objects' part.
+    let mut starts = Vec::new();
+    let mut depth = 0usize;
+    let mut i = first;
+    let mut tokens = 0u64;
+    let budget = MAX_OBJECT_STREAM_TOKENS.saturating_sub(OBJECT_STREAM_TOKENS.with(Cell::get));
+    while i < content.len() {
+        let t = lex_token(content, i);
+        if t.start >= content.len() {
+            break;
+        }
+        tokens += 1;
+        if tokens > budget {
+            return None;
+        }
+        match &content[t.start..t.end] {
+            b"[" | b"<<" => {
+                if depth == 0 {
+                    starts.push(t.start);
+                }
+                depth += 1;
+            }
+            b"]" | b">>" => depth = depth.saturating_sub(1),
+            _ if depth == 0 => starts.push(t.start),
+            _ => {}
+        }
+        i = t.end.max(i + 1);
+    }
+    OBJECT_STREAM_TOKENS.with(|t| t.set(t.get().saturating_add(tokens)));
+    let numbers: Vec<Option<u32>> = index.split_whitespace().map(|n| n.parse::<u32>().ok()).collect();
+    let mut ids = Vec::new();
+    let mut offsets = Vec::new();
+    for pair in numbers.chunks_exact(2) {
+        let (Some(id), Some(offset)) = (pair[0], pair[1]) else { continue };
+        let at = first.saturating_add(offset as usize);
+        if at >= content.len() {
+            continue;
+        }
+        if starts.binary_search(&at).is_err() {
+            return None;
+        }
+        ids.push(id);
+        offsets.push(at);
+    }
+    offsets.sort_unstable();
+    if offsets.windows(16).any(|w| w[0] == w[15]) {
+        return None;
+    }
+    Some(ids)
 }
 
 fn load_and_read(bytes: &[u8], budget: u64) -> Result<String, Reason> {
     OBJECT_STREAM_TOKENS.with(|t| t.set(0));
     OBJECT_STREAM_REFUSED.with(|r| r.set(false));
+    PENDING.with(|p| p.borrow_mut().clear());
     let doc = lopdf::Reader { buffer: bytes, document: Document::new() }
         .read(Some(object_filter))
         .map_err(|e| refuse("pdf", format!("the PDF cannot be parsed: {e}")))?;
     if OBJECT_STREAM_REFUSED.with(Cell::get) {
-        return Err(refuse("pdf", "the PDF's object streams hold too many objects"));
+        return Err(refuse("pdf", "the PDF's object streams are malformed or hold too many objects"));
     }
     if doc.trailer.get(b"Encrypt").is_ok() {
         return Err(refuse("pdf", "the PDF is encrypted"));
@@ -542,11 +846,12 @@ fn read_text(doc: &Document, budget: u64) -> Result<String, Reason> {
                             page.font = None;
                             if let Some(font) = name.and_then(|n| fonts.get(&n).copied()) {
                                 let key = font as *const lopdf::Dictionary as usize;
-                                if !encodings.contains_key(&key) {
+                                if let std::collections::hash_map::Entry::Vacant(slot) = encodings.entry(key) {
                                     account_to_unicode(doc, font, budget, &mut used)?;
+                                    // lopdf debug-asserts that it is given a font dictionary.
                                     let enc =
                                         if font.type_is(b"Font") { font.get_font_encoding(doc).ok() } else { None };
-                                    encodings.insert(key, enc);
+                                    slot.insert(enc);
                                 }
                                 page.font = Some(key);
                             }
@@ -945,6 +1250,89 @@ pub(crate) mod tests {
         assert!(extract(&raw_pdf(&bodies), 1 << 20).is_ok());
     }
 
+    /// A PDF of `body` (after the header) whose cross-reference table lists
+    /// objects 1.. at the given offsets into `body` (`None`: a free entry).
+    fn pdf_with_xref(body: &[u8], offsets: &[Option<usize>]) -> Vec<u8> {
+        let mut out = b"%PDF-1.4\n".to_vec();
+        out.extend_from_slice(body);
+        let xref = out.len();
+        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes());
+        for o in offsets {
+            match o {
+                Some(o) => out.extend_from_slice(format!("{:010} 00000 n \n", o + 9).as_bytes()),
+                None => out.extend_from_slice(b"0000000000 00001 f \n"),
+            }
+        }
+        let size = offsets.len() + 1;
+        out.extend_from_slice(
+            format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
+        );
+        out
+    }
+
+    const PAGE_TREE: &str = "<< /Type /Pages /Kids [4 0 R] /Count 1 /Resources << /Font << /F1 << /Type /Font \
+        /Subtype /Type1 /BaseFont /Helvetica >> >> >> >> ";
+
+    /// Objects 1 (catalog), 3 (page content) and 5 (an object stream holding
+    /// the page tree 2 and the page 4), with `index` as the stream's index.
+    fn object_stream_pdf(index: &str) -> Vec<u8> {
+        let stm = format!("{index} {PAGE_TREE}<< /Type /Page /Parent 2 0 R /Contents 3 0 R >>");
+        let first = index.len() + 1;
+        let content = "BT /F1 12 Tf (Hello from an object stream.) Tj ET";
+        let mut body = String::from("1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n");
+        let o3 = body.len();
+        body.push_str(&format!("3 0 obj << /Length {} >> stream\n{content}\nendstream endobj\n", content.len()));
+        let o5 = body.len();
+        body.push_str(&format!(
+            "5 0 obj << /Type /ObjStm /N 2 /First {first} /Length {} >> stream\n{stm}\nendstream endobj\n",
+            stm.len()
+        ));
+        pdf_with_xref(body.as_bytes(), &[Some(0), None, Some(o3), None, Some(o5)])
+    }
+
+    #[test]
+    fn object_streams_are_read_and_overlapping_ones_refused() {
+        let good = object_stream_pdf(&format!("2 0 4 {}", PAGE_TREE.len()));
+        assert_eq!(extract(&good, 1 << 20).unwrap(), "Hello from an object stream.");
+        // The page "starts" inside the page tree's dictionary: parses would overlap.
+        let bad = object_stream_pdf("2 0 4 3");
+        assert!(extract(&bad, 1 << 20).unwrap_err().message.contains("object streams"));
+    }
+
+    #[test]
+    fn overlapping_and_repeated_objects_are_refused() {
+        // Object 3's header hides in a comment inside object 2's array.
+        let body = b"1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj [ % 3 0 obj [\n1 2 3 ] endobj\n";
+        let o2 = crate::detect::find(body, b"2 0 obj").unwrap();
+        let o3 = crate::detect::find(body, b"3 0 obj").unwrap();
+        let err = extract(&pdf_with_xref(body, &[Some(0), Some(o2), Some(o3)]), 1 << 20).unwrap_err();
+        assert!(err.message.contains("overlap"), "{err:?}");
+        // Twenty entries at one object.
+        let mut offsets = vec![Some(0)];
+        offsets.extend(std::iter::repeat_n(Some(o2), 20));
+        let err = extract(&pdf_with_xref(body, &offsets), 1 << 20).unwrap_err();
+        assert!(err.message.contains("one place"), "{err:?}");
+        // Stream lengths larger than the file.
+        let body = b"1 0 obj << /Length 90000000 >> stream\nx\nendstream endobj\n";
+        assert!(extract(&pdf_with_xref(body, &[Some(0)]), 1 << 20).unwrap_err().message.contains("lengths"));
+    }
+
+    #[test]
+    fn cross_reference_streams_are_checked_too() {
+        // An uncompressed xref stream (W [1 4 1]) with twenty rows at offset 9.
+        let mut rows = Vec::new();
+        for _ in 0..20 {
+            rows.extend_from_slice(&[1, 0, 0, 0, 9, 0]);
+        }
+        let mut body =
+            b"1 0 obj << /Type /Catalog >> endobj\n2 0 obj << /Type /XRef /W [1 4 1] /Size 21 /Length 120 >> stream\n"
+                .to_vec();
+        body.extend_from_slice(&rows);
+        body.extend_from_slice(b"\nendstream endobj\n");
+        let err = preflight(&pdf_with_xref(&body, &[Some(0)]), 1 << 20).unwrap_err();
+        assert!(err.message.contains("one place"), "{err:?}");
+    }
+
     #[test]
     fn encrypted_and_garbage_pdfs_are_refused() {
         let mut bodies = catalog();
@@ -993,7 +1381,7 @@ pub(crate) mod tests {
         assert!(preflight(&pdf, 8 << 20).is_ok());
 
         let mut deep = b"%PDF-1.4\n1 0 obj ".to_vec();
-        deep.extend(std::iter::repeat(b'[').take(MAX_DEPTH + 1));
+        deep.extend(std::iter::repeat_n(b'[', MAX_DEPTH + 1));
         assert!(preflight(&deep, 1 << 20).unwrap_err().message.contains("nests"));
         assert!(preflight(b"%PDF-1.4 << /Filter /LZW#44ecode >>", 1 << 20).unwrap_err().message.contains("LZWDecode"));
         assert!(preflight(b"%PDF-1.4 << /DecodeParms << /Columns 99999999 >> >>", 1 << 20).is_err());

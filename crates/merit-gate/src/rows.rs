@@ -129,9 +129,9 @@ fn type_name(v: &Value) -> &'static str {
 
 /// A list field; a string holding a JSON list (as csv and flat parquet files
 /// carry lists) is read as that list.
-fn list_value<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<Cow<'a, Vec<Value>>>, String> {
+fn list_value<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<Cow<'a, [Value]>>, String> {
     match obj.get(key) {
-        Some(Value::Array(items)) => Ok(Some(Cow::Borrowed(items))),
+        Some(Value::Array(items)) => Ok(Some(Cow::Borrowed(items.as_slice()))),
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
             Ok(Value::Array(items)) => Ok(Some(Cow::Owned(items))),
@@ -141,7 +141,7 @@ fn list_value<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<Cow<'
     }
 }
 
-fn list_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Cow<'a, Vec<Value>>, String> {
+fn list_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Cow<'a, [Value]>, String> {
     match list_value(obj, key)? {
         Some(items) if !items.is_empty() => Ok(items),
         Some(_) => Err(format!("field `{key}` must not be empty")),

@@ -107,6 +107,8 @@ fn prose_is_accepted_as_txt_and_md() {
     assert_eq!(row.content, json!({ "text": PROSE }));
     assert_eq!(row.text, PROSE);
     assert_eq!(row.minhash.len(), minhash::BANDS * minhash::ROWS);
+    assert_eq!(row.minhash, minhash::signature(&row.text), "the store can recompute signatures");
+    assert_eq!(row.exact_hash, crate::hash::sha256(normalised(PROSE).as_bytes()));
     assert!(row.score > 0.5 && row.score <= 1.0, "score {}", row.score);
     let md = check(&text_policy(), "notes.md", PROSE.as_bytes(), "pass");
     assert_eq!(md.format, Some(Format::Md));
@@ -410,16 +412,16 @@ fn jsonl_rows_per_schema() {
 
     let alpaca =
         json!({"instruction": "Name a river.", "input": "", "output": "The Danube.", "history": [["Hi", "Hello"]]});
-    let i = check(&p(RowSchema::Alpaca), "d.jsonl", &jsonl(&[alpaca.clone()]), "pass");
+    let i = check(&p(RowSchema::Alpaca), "d.jsonl", &jsonl(std::slice::from_ref(&alpaca)), "pass");
     assert_eq!(i.rows[0].content, alpaca);
     assert_eq!(i.rows[0].text, "Name a river.\nThe Danube.\nHi\nHello");
 
     let sharegpt = json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]});
-    let i = check(&p(RowSchema::Sharegpt), "d.jsonl", &jsonl(&[sharegpt.clone()]), "pass");
+    let i = check(&p(RowSchema::Sharegpt), "d.jsonl", &jsonl(std::slice::from_ref(&sharegpt)), "pass");
     assert_eq!(i.rows[0].content, sharegpt);
 
     let messages = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]});
-    let i = check(&p(RowSchema::Messages), "d.jsonl", &jsonl(&[messages.clone()]), "pass");
+    let i = check(&p(RowSchema::Messages), "d.jsonl", &jsonl(std::slice::from_ref(&messages)), "pass");
     assert_eq!(i.rows[0].content, messages);
     assert_eq!(i.rows[0].text, "Be brief.\nHi");
     // Detected by content without the extension.
@@ -819,6 +821,77 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("jsonl", jsonl(&[json!({"text": PROSE}), json!({"messages": [{"role": "user", "content": "x"}]})])),
         ("csv", b"text,a\n\"x\",1\n".to_vec()),
     ]
+}
+
+/// Seed corpora for the cargo-fuzz targets in `fuzz/`: each seed is checked
+/// here, and written to `$MERIT_FUZZ_SEEDS/<target>/` when that is set
+/// (`scripts/fuzz.sh` does).
+#[test]
+fn fuzz_seeds() {
+    let mut corpora: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+    let sentences: Vec<&str> = PROSE.split_inclusive(". ").map(str::trim).collect();
+    corpora.push(("pdf", vec![crate::pdf::tests::pdf_bytes(&sentences)]));
+    corpora.push(("docx", vec![crate::docx::tests::docx_bytes(&crate::docx::tests::document(&sentences))]));
+    corpora.push(("parquet", vec![hand_parquet(40, 9), nested_messages_parquet()]));
+    corpora.push((
+        "jsonl",
+        vec![
+            jsonl(&[json!({"text": PROSE}), json!({"text": PROSE2})]),
+            jsonl(&[json!({"instruction": "a", "input": "b", "output": "c", "history": [["d", "e"]]})]),
+            jsonl(&[json!({"conversations": [{"from": "human", "value": "Hi"}]})]),
+            jsonl(&[json!({"messages": [{"role": "user", "content": "Hi"}]})]),
+        ],
+    ));
+    corpora.push((
+        "csv",
+        vec![
+            format!("text\n\"{PROSE}\"\n").into_bytes(),
+            b"instruction,input,output\na,b,c\n".to_vec(),
+            b"messages\n\"[{\"\"role\"\":\"\"user\"\",\"\"content\"\":\"\"Hi\"\"}]\"\n".to_vec(),
+        ],
+    ));
+    corpora.push((
+        "text",
+        vec![PROSE.as_bytes().to_vec(), format!("{PROSE} Mail a@b.io or call 555-123-4567.").into_bytes()],
+    ));
+    corpora.push(("image", vec![png(64, 32), bmp(10, -20)]));
+    let mut mp3 = Vec::new();
+    for _ in 0..4 {
+        mp3.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x00]);
+        mp3.resize(mp3.len() + 413, 0);
+    }
+    corpora.push(("audio", vec![crate::media::tests::wav_bytes(1), mp3]));
+    let mut any = vec![2u8];
+    any.extend_from_slice(&crate::pdf::tests::pdf_bytes(&["Hello."]));
+    corpora.push(("any", vec![any, [&[4u8][..], &jsonl(&[json!({"text": "x"})])].concat()]));
+    corpora.push((
+        "policy",
+        vec![b"kind = \"text\"\nformats = [\"txt\", \"pdf\"]\nrows = \"alpaca\"\n[gates]\nmin_words = 5\npii = \"redact\"\njson_schema = \"s.json\"\n".to_vec()],
+    ));
+    let out = std::env::var_os("MERIT_FUZZ_SEEDS").map(std::path::PathBuf::from);
+    for (target, seeds) in corpora {
+        for (i, seed) in seeds.iter().enumerate() {
+            if target != "policy" && target != "any" {
+                let kind = match target {
+                    "image" => Kind::Image,
+                    "audio" => Kind::Audio,
+                    _ => Kind::Text,
+                };
+                let ext = match target {
+                    "text" => "txt",
+                    "image" | "audio" => "",
+                    t => t,
+                };
+                let i = inspect(&Policy::default_for(kind), &format!("seed.{ext}"), seed);
+                assert!(i.format.is_some() && !i.rows.is_empty(), "{target} seed: {:?}", i.reasons);
+            }
+            if let Some(dir) = &out {
+                let dir = dir.join(target);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+            }
+        }
+    }
 }
 
 /// Every media and text policy, for the fuzz targets.

@@ -16,46 +16,80 @@ use merit_ledger::{leaf_hash, node_hash, Hash};
 use crate::{col, Backend, Store, StoreError, Writer};
 
 /// Appends events to the ledger inside the caller's transaction.
+///
+/// The new subtree roots are computed in memory from the tree's right border
+/// (one read per set bit of the size), and rows go in as multi-row INSERTs,
+/// so a batch costs a handful of statements, not a few per leaf.
 pub(crate) async fn append(w: &mut Writer<'_>, backend: Backend, events: &[Event], now: i64) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     if backend == Backend::Postgres {
         // One appender at a time; always the last lock a transaction takes.
         sqlx::query("SELECT pg_advisory_xact_lock(7426018)").execute(&mut *w.tx).await?;
     }
     let row = sqlx::query("SELECT size FROM ledger_head WHERE id = 1").fetch_one(&mut *w.tx).await?;
-    let mut size: i64 = col(&row, "size")?;
-    for event in events {
-        let leaf = event.to_leaf();
-        let mut hash = leaf_hash(&leaf);
-        sqlx::query("INSERT INTO ledger_entries (idx, leaf, subject, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(size)
-            .bind(leaf)
-            .bind(event.subject())
-            .bind(now)
-            .execute(&mut *w.tx)
-            .await?;
-        let (mut level, mut idx) = (0i64, size);
-        loop {
-            sqlx::query("INSERT INTO ledger_nodes (level, idx, hash) VALUES ($1, $2, $3)")
-                .bind(level)
-                .bind(idx)
-                .bind(hash.to_vec())
-                .execute(&mut *w.tx)
-                .await?;
-            if idx % 2 == 0 {
-                break;
-            }
-            let left = sqlx::query("SELECT hash FROM ledger_nodes WHERE level = $1 AND idx = $2")
-                .bind(level)
-                .bind(idx - 1)
+    let start = col::<i64>(&row, "size")? as u64;
+    // border[l] is the root of the incomplete run at level l: node (l, (size >> l) - 1) when bit l of size is set.
+    let mut border: Vec<Option<Hash>> = vec![None; 64];
+    for level in 0..64u32 {
+        if start >> level & 1 == 1 {
+            let idx = (start >> level) - 1;
+            let r = sqlx::query("SELECT hash FROM ledger_nodes WHERE level = $1 AND idx = $2")
+                .bind(level as i64)
+                .bind(idx as i64)
                 .fetch_one(&mut *w.tx)
                 .await?;
-            hash = node_hash(&to_hash(&col::<Vec<u8>>(&left, "hash")?)?, &hash);
+            border[level as usize] = Some(to_hash(&col::<Vec<u8>>(&r, "hash")?)?);
+        }
+    }
+    let mut entries: Vec<(i64, Vec<u8>, String)> = Vec::with_capacity(events.len());
+    let mut nodes: Vec<(i64, i64, Hash)> = Vec::with_capacity(events.len() * 2);
+    for (k, event) in events.iter().enumerate() {
+        let size = start + k as u64;
+        let leaf = event.to_leaf();
+        let mut hash = leaf_hash(&leaf);
+        entries.push((size as i64, leaf, event.subject()));
+        let (mut level, mut idx) = (0usize, size);
+        loop {
+            nodes.push((level as i64, idx as i64, hash));
+            if idx % 2 == 0 {
+                border[level] = Some(hash);
+                break;
+            }
+            let left = border[level]
+                .take()
+                .ok_or_else(|| StoreError::Corrupt(format!("ledger node ({level}, {}) is missing", idx - 1)))?;
+            hash = node_hash(&left, &hash);
             level += 1;
             idx /= 2;
         }
-        size += 1;
     }
-    sqlx::query("UPDATE ledger_head SET size = $1 WHERE id = 1").bind(size).execute(&mut *w.tx).await?;
+    for chunk in entries.chunks(500) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+            .collect();
+        let sql = format!("INSERT INTO ledger_entries (idx, leaf, subject, created_at) VALUES {}", values.join(", "));
+        let mut q = sqlx::query(&sql);
+        for (idx, leaf, subject) in chunk {
+            q = q.bind(*idx).bind(leaf.clone()).bind(subject.clone()).bind(now);
+        }
+        q.execute(&mut *w.tx).await?;
+    }
+    for chunk in nodes.chunks(500) {
+        let values: Vec<String> =
+            (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        let sql = format!("INSERT INTO ledger_nodes (level, idx, hash) VALUES {}", values.join(", "));
+        let mut q = sqlx::query(&sql);
+        for (level, idx, hash) in chunk {
+            q = q.bind(*level).bind(*idx).bind(hash.to_vec());
+        }
+        q.execute(&mut *w.tx).await?;
+    }
+    sqlx::query("UPDATE ledger_head SET size = $1 WHERE id = 1")
+        .bind((start + events.len() as u64) as i64)
+        .execute(&mut *w.tx)
+        .await?;
     Ok(())
 }
 
@@ -120,24 +154,39 @@ impl Store {
         rows.iter().map(|r| to_hash(&col::<Vec<u8>>(r, "hash")?)).collect()
     }
 
-    /// Runs a proof algorithm twice: once to learn which nodes it reads, once on those nodes.
+    /// Runs a proof algorithm twice: once to learn which nodes it reads, once on
+    /// those nodes, fetched in one query.
     async fn with_nodes<T>(&self, algo: impl Fn(&dyn NodeSource) -> T) -> Result<T, StoreError> {
         let rec = Recorder::default();
         algo(&rec);
+        let mut wanted = rec.0.into_inner();
+        wanted.sort_unstable();
+        wanted.dedup();
         let mut fetched = HashMap::new();
-        for (level, idx) in rec.0.into_inner() {
-            if fetched.contains_key(&(level, idx)) {
-                continue;
+        for chunk in wanted.chunks(200) {
+            let terms: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!("SELECT level, idx, hash FROM ledger_nodes WHERE {}", terms.join(" OR "));
+            let mut q = sqlx::query(&sql);
+            for (level, idx) in chunk {
+                q = q.bind(*level as i64).bind(*idx as i64);
             }
-            let row = sqlx::query("SELECT hash FROM ledger_nodes WHERE level = $1 AND idx = $2")
-                .bind(level as i64)
-                .bind(idx as i64)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("ledger node ({level}, {idx}) is missing")))?;
-            fetched.insert((level, idx), to_hash(&col::<Vec<u8>>(&row, "hash")?)?);
+            for r in q.fetch_all(&self.pool).await? {
+                let key = (col::<i64>(&r, "level")? as u32, col::<i64>(&r, "idx")? as u64);
+                fetched.insert(key, to_hash(&col::<Vec<u8>>(&r, "hash")?)?);
+            }
+        }
+        if let Some((level, idx)) = wanted.iter().find(|k| !fetched.contains_key(k)) {
+            return Err(StoreError::Corrupt(format!("ledger node ({level}, {idx}) is missing")));
         }
         Ok(algo(&Fetched(fetched)))
+    }
+
+    /// Appends events in one transaction (benchmarks and bulk imports).
+    pub async fn ledger_append(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        append(&mut w, self.backend, events, crate::now_ms()).await?;
+        w.commit().await
     }
 
     fn check_size(size: u64, current: u64) -> Result<(), StoreError> {

@@ -237,3 +237,29 @@ async fn every_change_appends_its_ledger_leaves() {
     }
     assert!(matches!(store.ledger_root(n + 1).await, Err(StoreError::Invalid(_))));
 }
+
+#[tokio::test]
+async fn batched_appends_match_the_reference_tree() {
+    use merit_ledger::event::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let mut leaves = Vec::new();
+    let mut n = 0i64;
+    for batch in [1usize, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 600] {
+        let events: Vec<Event> = (0..batch)
+            .map(|_| {
+                n += 1;
+                Event::DatanetPolicy { datanet: format!("d{n}"), policy_hash: "00".into(), at: n }
+            })
+            .collect();
+        leaves.extend(events.iter().map(|e| merit_ledger::leaf_hash(&e.to_leaf())));
+        store.ledger_append(&events).await.unwrap();
+        let size = leaves.len() as u64;
+        let root = store.ledger_root(size).await.unwrap();
+        assert_eq!(root, merit_ledger::root(&leaves), "size {size}");
+        for i in [0, size / 3, size - 1] {
+            let p = store.ledger_inclusion_proof(i, size).await.unwrap();
+            merit_ledger::proof::verify_inclusion(i, size, &leaves[i as usize], &p, &root).unwrap();
+        }
+    }
+}
