@@ -268,6 +268,31 @@ async fn ledger_verify_prove_and_detect_tampering() {
         return;
     }
     let db = srv.dir.path().join("merit.db");
+    let sql = |stmts: &str| {
+        let script =
+            format!("import sqlite3\nc = sqlite3.connect(r'{}')\nc.executescript(\"{stmts}\")\nc.commit()", s(&db));
+        let py = Command::new("python3").args(["-c", &script]).output().unwrap();
+        assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    };
+    let verify_local = || {
+        let out = merit().args(["ledger", "verify", "--data-dir"]).arg(srv.dir.path()).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    assert!(verify_local().0);
+    // Reordered: entries 1 and 2 swapped.
+    let swap = "UPDATE ledger_entries SET idx = -1 WHERE idx = 1; UPDATE ledger_entries SET idx = 1 WHERE idx = 2; UPDATE ledger_entries SET idx = 2 WHERE idx = -1;";
+    sql(swap);
+    let (ok, err) = verify_local();
+    assert!(!ok && err.contains("ledger entry 1 "), "{err}");
+    sql(swap);
+    assert!(verify_local().0);
+    // Inserted: a forged entry at index 2, later ones shifted up.
+    sql("UPDATE ledger_entries SET idx = idx + 1000000 WHERE idx >= 2; UPDATE ledger_entries SET idx = idx - 999999 WHERE idx >= 1000000; INSERT INTO ledger_entries (idx, leaf, subject, created_at) VALUES (2, CAST('{}' AS BLOB), 'forged', 0);");
+    let (ok, err) = verify_local();
+    assert!(!ok && err.contains("ledger entry 2 "), "{err}");
+    sql("DELETE FROM ledger_entries WHERE idx = 2; UPDATE ledger_entries SET idx = idx + 1000000 WHERE idx >= 3; UPDATE ledger_entries SET idx = idx - 1000001 WHERE idx >= 1000000;");
+    assert!(verify_local().0);
+    // Changed: a name edited inside leaf 3.
     let script = format!(
         "import sqlite3\nc = sqlite3.connect(r'{}')\nc.execute(\"UPDATE ledger_entries SET leaf = CAST(REPLACE(CAST(leaf AS TEXT), 'bob', 'eve') AS BLOB) WHERE idx = 3\")\nc.commit()",
         s(&db)
