@@ -181,20 +181,8 @@ impl Store {
         .await?;
         reserve(&mut w, &format!("d:{}", d.id), day, bytes, limits.datanet_bytes_per_day, 0, false).await?;
 
-        let mut reasons = sub.reasons;
-        let mut dup_flags = vec![false; sub.rows.len()];
-        if reasons.is_empty() {
-            self.lock_datanet(&mut w, d).await?;
-            reasons = find_duplicates(&mut w, d, &sub.rows, &mut dup_flags).await?;
-        }
-        let status = if !reasons.is_empty() {
-            Status::Rejected
-        } else if d.policy.review == Review::Owner {
-            Status::Pending
-        } else {
-            Status::Accepted
-        };
-        let credit = credit_of(&sub.rows, &dup_flags);
+        self.lock_datanet(&mut w, d).await?;
+        let Judgement { status, reasons, flags: dup_flags, credit } = judge(&mut w, d, &sub.rows, sub.reasons).await?;
         let row = sqlx::query(
             "INSERT INTO contributions (datanet_id, contributor_id, filename, format, bytes, sha256, status, reasons, score, row_count, submitted_at, decided_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -207,7 +195,7 @@ impl Store {
         .bind(&sub.sha256)
         .bind(status.as_str())
         .bind(serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into()))
-        .bind(if status == Status::Rejected { 0.0 } else { credit })
+        .bind(credit)
         .bind(sub.rows.len() as i64)
         .bind(now)
         .bind((status != Status::Pending).then_some(now))
@@ -222,7 +210,6 @@ impl Store {
             bytes,
             at: now,
         }];
-        let credit = if status == Status::Rejected { 0.0 } else { credit };
         events.push(verdict_event(d, id, &who.name, status, &reasons, &sub.gate_version, credit, None, now));
         if status == Status::Accepted {
             events.push(append_rows(&mut w, d, id, &sub.rows, &dup_flags, bytes, now).await?);
@@ -235,14 +222,14 @@ impl Store {
         self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))
     }
 
-    /// Checks rows for duplicates against the datanet without changing anything (dry runs).
-    pub async fn check_duplicates(&self, d: &Datanet, rows: &[NewRow]) -> Result<Vec<Reason>, StoreError> {
+    /// The verdict a submission would get, without storing or counting
+    /// anything (dry runs): status, reasons and credit.
+    pub async fn dry_run(&self, d: &Datanet, sub: Submission) -> Result<(Status, Vec<Reason>, f64), StoreError> {
         let tx = self.pool.begin().await?;
         let mut w = Writer { tx, _guard: None };
-        let mut flags = vec![false; rows.len()];
-        let reasons = find_duplicates(&mut w, d, rows, &mut flags).await?;
+        let j = judge(&mut w, d, &sub.rows, sub.reasons).await?;
         w.tx.rollback().await?;
-        Ok(reasons)
+        Ok((j.status, j.reasons, j.credit))
     }
 
     /// Approves a pending contribution, whose rows the gates produced again
@@ -260,18 +247,13 @@ impl Store {
         regated: Submission,
     ) -> Result<Contribution, StoreError> {
         let rows = &regated.rows;
-        let gate_reasons = regated.reasons;
         let mut w = self.write().await?;
         self.lock_datanet(&mut w, d).await?;
         let c = pending_in(&mut w, d, id).await?;
         let now = now_ms();
-        let mut flags = vec![false; rows.len()];
-        let mut reasons = gate_reasons;
-        if reasons.is_empty() {
-            reasons = find_duplicates(&mut w, d, rows, &mut flags).await?;
-        }
-        let status = if reasons.is_empty() { Status::Accepted } else { Status::Rejected };
-        let credit = if reasons.is_empty() { credit_of(rows, &flags) } else { 0.0 };
+        let Judgement { status, reasons, flags, credit } = judge(&mut w, d, rows, regated.reasons).await?;
+        // The review is this decision: what passes is accepted.
+        let status = if status == Status::Pending { Status::Accepted } else { status };
         sqlx::query(
             "UPDATE contributions SET status = $1, reasons = $2, score = $3, decided_at = $4, reviewer_id = $5, row_count = $6 \
              WHERE id = $7 AND status = 'pending'",
@@ -502,6 +484,39 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What a submission becomes: its verdict, the reasons, which rows are
+/// duplicates that earn nothing, and its credit.
+struct Judgement {
+    status: Status,
+    reasons: Vec<Reason>,
+    flags: Vec<bool>,
+    credit: f64,
+}
+
+/// Decides a submission that passed the gates (or not): duplicates against
+/// the datanet's rows, then the review mode. Rejections earn no credit.
+async fn judge(
+    w: &mut Writer<'_>,
+    d: &Datanet,
+    rows: &[NewRow],
+    gate_reasons: Vec<Reason>,
+) -> Result<Judgement, StoreError> {
+    let mut flags = vec![false; rows.len()];
+    let mut reasons = gate_reasons;
+    if reasons.is_empty() {
+        reasons = find_duplicates(w, d, rows, &mut flags).await?;
+    }
+    let status = if !reasons.is_empty() {
+        Status::Rejected
+    } else if d.policy.review == Review::Owner {
+        Status::Pending
+    } else {
+        Status::Accepted
+    };
+    let credit = if status == Status::Rejected { 0.0 } else { credit_of(rows, &flags) };
+    Ok(Judgement { status, reasons, flags, credit })
 }
 
 /// A contribution's credit, rounded to millionths as the ledger records it,

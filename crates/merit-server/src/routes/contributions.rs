@@ -3,7 +3,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use merit_core::{Policy, Review, Status};
+use merit_core::{Policy, Status};
 use merit_store::{Contribution, ContributionFilter, Datanet, NewRow, StoreError, Submission};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -146,24 +146,14 @@ pub async fn contributions_create(
     for (filename, bytes) in files {
         let sub = gate(&d.policy, &filename, bytes.clone()).await?;
         if query.dry_run {
-            let (rows, mut reasons) = (sub.rows, sub.reasons);
-            if reasons.is_empty() {
-                reasons = state.store.check_duplicates(d, &rows).await?;
-            }
-            let status = if !reasons.is_empty() {
-                Status::Rejected
-            } else if d.policy.review == Review::Owner {
-                Status::Pending
-            } else {
-                Status::Accepted
-            };
-            let pairs: Vec<(f64, bool)> = rows.iter().map(|r| (r.score, false)).collect();
+            let rows = sub.rows.len();
+            let (status, reasons, credit) = state.store.dry_run(d, sub).await?;
             results.push(json!({
                 "file": filename,
                 "status": status,
                 "contribution_id": null,
-                "score": if status == Status::Rejected { 0.0 } else { merit_core::score::credit(&pairs) },
-                "rows": rows.len(),
+                "score": credit,
+                "rows": rows,
                 "version": null,
                 "reasons": reasons,
                 "dry_run": true,
