@@ -57,10 +57,8 @@ fn check_at(schema: &Value, at: &str) -> Result<(), String> {
                     }
                 }
             }
-            "required" => {
-                if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
-                    return Err(format!("{at}/required: must be a list of strings"));
-                }
+            "required" if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) => {
+                return Err(format!("{at}/required: must be a list of strings"));
             }
             "properties" => {
                 let Some(props) = v.as_object() else {
@@ -70,26 +68,18 @@ fn check_at(schema: &Value, at: &str) -> Result<(), String> {
                     check_at(sub, &format!("{at}/properties/{name}"))?;
                 }
             }
-            "additionalProperties" => {
-                if !v.is_boolean() {
-                    return Err(format!("{at}/additionalProperties: only true or false is supported"));
-                }
+            "additionalProperties" if !v.is_boolean() => {
+                return Err(format!("{at}/additionalProperties: only true or false is supported"));
             }
             "items" => check_at(v, &format!("{at}/items"))?,
-            "enum" => {
-                if !v.is_array() {
-                    return Err(format!("{at}/enum: must be a list"));
-                }
+            "enum" if !v.is_array() => {
+                return Err(format!("{at}/enum: must be a list"));
             }
-            "minLength" | "maxLength" | "minItems" | "maxItems" => {
-                if !v.as_u64().is_some() {
-                    return Err(format!("{at}/{k}: must be a non-negative whole number"));
-                }
+            "minLength" | "maxLength" | "minItems" | "maxItems" if v.as_u64().is_none() => {
+                return Err(format!("{at}/{k}: must be a non-negative whole number"));
             }
-            "minimum" | "maximum" => {
-                if !v.is_number() {
-                    return Err(format!("{at}/{k}: must be a number"));
-                }
+            "minimum" | "maximum" if !v.is_number() => {
+                return Err(format!("{at}/{k}: must be a number"));
             }
             _ => {}
         }

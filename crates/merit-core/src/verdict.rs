@@ -87,29 +87,29 @@ pub fn reasons_digest(reasons: &[Reason]) -> String {
     crate::sha256_hex(serde_json::to_string(reasons).unwrap_or_default().as_bytes())
 }
 
-/// The reason for a row that repeats, after normalisation, a row accepted
-/// earlier (or an earlier row of the same file).
-pub fn exact_duplicate(row: u64, earlier: &str) -> Reason {
+/// The reason for row `row` that repeats, after normalising case and white
+/// space, row `earlier` of `place` ("this file", "datanet `qa`").
+pub fn exact_duplicate(row: u64, earlier: u64, place: &str) -> Reason {
     Reason::new(
         "exact_duplicate",
         "sha256",
+        earlier,
         Value::Null,
-        Value::Null,
-        format!("row {row} repeats {earlier} exactly (after normalising case and white space)"),
+        format!("row {row} repeats row {earlier} of {place} (after normalising case and white space)"),
     )
     .at_row(row)
 }
 
-/// The reason for a row whose estimated Jaccard similarity to a row accepted
-/// earlier (or an earlier row of the same file) reaches the policy's threshold.
-pub fn near_duplicate(row: u64, earlier: &str, similarity: f64, threshold: f64) -> Reason {
+/// The reason for row `row` whose estimated Jaccard similarity to row
+/// `earlier` of `place` reaches the policy's threshold.
+pub fn near_duplicate(row: u64, earlier: u64, place: &str, similarity: f64, threshold: f64) -> Reason {
     Reason::new(
         "near_duplicate",
         "jaccard",
-        similarity,
+        (similarity * 1e4).round() / 1e4,
         threshold,
         format!(
-            "row {row} is a near duplicate of {earlier} (estimated Jaccard similarity {similarity:.2} ≥ {threshold})"
+            "row {row} is a near duplicate of row {earlier} of {place} (estimated Jaccard similarity {similarity:.2}, threshold {threshold})"
         ),
     )
     .at_row(row)

@@ -13,13 +13,13 @@
 //!   validation score in [0, 1].
 //! * Duplicates *within* the file are found here; duplicates against the rows a
 //!   datanet already holds are found by the store with the same hashes
-//!   ([`minhash::band_keys`], [`minhash::similarity`]) and worded here
-//!   ([`exact_duplicate_reason`], [`near_duplicate_reason`]).
+//!   ([`minhash::band_keys`], [`minhash::similarity`]); both are worded by
+//!   `merit_core::verdict::{exact_duplicate, near_duplicate}`.
 //! * [`export::write_parquet`] writes rows as a parquet file pandas can read;
 //!   [`bench::run`] measures the text gates' throughput.
 //!
 //! Architecture invariant: this crate does no I/O and reads no clock (except
-//! [`bench`], which times itself). No input makes it panic: third-party parsers
+//! [`bench`](mod@bench), which times itself). No input makes it panic: third-party parsers
 //! run under `catch_unwind`, and every decoder is bounded (see *Hostile input*).
 //!
 //! # Formats
@@ -31,7 +31,9 @@
 //! name says so, `txt` otherwise. A name that claims one format for content of
 //! another is refused (gate `format`, metric `detected`).
 //!
-//! Text documents (txt, md, pdf, docx) become one row `{"text": …}`. Structured
+//! Text documents (txt, md, pdf, docx) become one row `{"text": …}` (a PDF's
+//! visual lines are reflowed into sentences and paragraphs; a docx paragraph
+//! is a line). Structured
 //! files (jsonl, csv, parquet) give one row per record, shaped by the policy's
 //! `rows` schema (`text`, `alpaca`, `sharegpt`, `messages`) and checked against
 //! `gates.json_schema` when the policy has one. Images become
@@ -121,13 +123,31 @@
 //!
 //! # Hostile input
 //!
-//! The file size is checked first. PDF and docx decompression is capped at
-//! `min(16 × max_file_bytes, 64 MiB)`; a PDF is pre-scanned (every deflate
-//! stream inflated under that cap, nesting depth, predictor parameters) before
-//! lopdf sees it; docx entries are checked by declared size and read through
-//! a hard limit; parquet footers and page headers are walked before decoding and
-//! the file is refused by declared sizes (pages, values, rows, dictionary
-//! fan-out) so that a bomb is refused rather than allocated.
+//! The file size is checked first, and every decoder is bounded by the
+//! decompression budget `min(16 × max_file_bytes, 64 MiB)`:
+//! * PDF: before lopdf sees the file, a pre-scan inflates every deflate stream
+//!   (nested layers too) under the budget, bounds bracket nesting, refuses
+//!   `LZWDecode`/`ASCII85Decode` and oversized predictor parameters, refuses
+//!   stream lengths that point at other streams or add up to more than the
+//!   file, and checks that cross-reference entries (tables and streams) never
+//!   point many objects at one place or at overlapping objects; object streams
+//!   are checked the same way while lopdf loads them. lopdf runs on its own
+//!   thread with a large stack; page text comes from a small lexer of ours and
+//!   every content stream it inflates counts against the budget. Encrypted PDFs
+//!   are refused.
+//! * docx: at most 10 000 zip entries, declared sizes within the budget, and
+//!   `word/document.xml` read through a hard limit (headers can lie).
+//! * parquet: the footer and every page header are walked with a
+//!   bounds-checking Thrift reader before the parquet crate decodes them; the
+//!   schema may nest 16 deep; rows, values, pages, declared page sizes and the
+//!   memory the record API would use (dictionary fan-out included) are capped.
+//!   Uncompressed, snappy and gzip files are read; zstd, lz4 and brotli are
+//!   refused with a reason.
+//! * jsonl, csv: at most `max(100 000, max_file_bytes / 50)` rows.
+//!
+//! Third-party parsers run under `catch_unwind`, so a panic in one of them
+//! becomes a refusal (this needs `panic = "unwind"`, the default). All loops
+//! over input are linear or bounded.
 //!
 //! [datatrove]: https://github.com/huggingface/datatrove
 //!
@@ -234,34 +254,6 @@ pub fn inspect(policy: &Policy, filename: &str, bytes: &[u8]) -> Inspection {
     }
     reasons.truncate(MAX_REASONS);
     Inspection { format: full.format, rows: full.rows, reasons }
-}
-
-/// The reason for a row that repeats row `row` of the datanet exactly (after
-/// normalisation). Gate `exact_duplicate`, metric `sha256`.
-pub fn exact_duplicate_reason(row: u64) -> Reason {
-    Reason::new(
-        "exact_duplicate",
-        "sha256",
-        row,
-        serde_json::Value::Null,
-        format!("the same text is already in the datanet (row {row})"),
-    )
-}
-
-/// The reason for a row whose estimated Jaccard similarity to row `row` of the
-/// datanet is `similarity`, at or above `threshold`. Gate `near_duplicate`,
-/// metric `jaccard`.
-pub fn near_duplicate_reason(row: u64, similarity: f64, threshold: f64) -> Reason {
-    Reason::new(
-        "near_duplicate",
-        "jaccard",
-        round4(similarity),
-        threshold,
-        format!(
-            "the text is a near duplicate of row {row} of the datanet (estimated similarity {:.2}, threshold {threshold})",
-            similarity
-        ),
-    )
 }
 
 /// Rounds a measurement for reasons, so that JSON stays readable.

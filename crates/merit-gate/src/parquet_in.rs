@@ -10,7 +10,8 @@
 //!   values times the longest dictionary entry (a dictionary page is
 //!   decompressed to find it), and a per-value overhead.
 //!
-//! Only uncompressed and snappy files are read (the codecs this build has).
+//! Only uncompressed, snappy and gzip files are read (the codecs this build
+//! has; zstd, lz4 and brotli would need C libraries or more crates).
 
 use bytes::Bytes;
 use merit_core::{Reason, RowSchema};
@@ -44,9 +45,14 @@ fn over(metric: &str, value: u64, limit: u64, message: String) -> Reason {
 }
 
 /// Reads the records of a parquet file, or says why it will not.
-pub(crate) fn records(bytes: &[u8], schema: RowSchema, budget: &Budget) -> Result<Vec<Record>, Reason> {
+pub(crate) fn records(
+    bytes: &[u8],
+    schema: RowSchema,
+    budget: &Budget,
+    keep_original: bool,
+) -> Result<Vec<Record>, Reason> {
     let plan = check(bytes, budget)?;
-    let read = std::panic::catch_unwind(|| read_rows(bytes, schema, plan.rows));
+    let read = std::panic::catch_unwind(|| read_rows(bytes, schema, plan.rows, keep_original));
     read.unwrap_or_else(|_| Err(refuse("the parquet file could not be decoded")))
 }
 
@@ -151,10 +157,10 @@ fn check(bytes: &[u8], budget: &Budget) -> Result<Plan, Reason> {
         }
         for col in rg.columns() {
             match col.compression() {
-                Compression::UNCOMPRESSED | Compression::SNAPPY => {}
+                Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::GZIP(_) => {}
                 other => {
                     return Err(refuse(format!(
-                        "the parquet file uses {other} compression; Merit reads uncompressed or snappy files"
+                        "the parquet file uses {other} compression; Merit reads uncompressed, snappy or gzip files"
                     )))
                 }
             }
@@ -296,6 +302,19 @@ fn longest_plain_byte_array(body: &[u8], codec: Compression, declared: u64) -> R
                 .map_err(|e| refuse(format!("a parquet dictionary page is corrupt: {e}")))?;
             &owned
         }
+        Compression::GZIP(_) => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .take(declared.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| refuse(format!("a parquet dictionary page is corrupt: {e}")))?;
+            if out.len() as u64 > declared {
+                return Err(refuse("a parquet dictionary page is larger than its header says"));
+            }
+            owned = out;
+            &owned
+        }
         _ => body,
     };
     let mut longest = 0u64;
@@ -308,14 +327,14 @@ fn longest_plain_byte_array(body: &[u8], codec: Compression, declared: u64) -> R
     Ok(longest)
 }
 
-fn read_rows(bytes: &[u8], schema: RowSchema, expected: usize) -> Result<Vec<Record>, Reason> {
+fn read_rows(bytes: &[u8], schema: RowSchema, expected: usize, keep_original: bool) -> Result<Vec<Record>, Reason> {
     let reader = SerializedFileReader::new(Bytes::copy_from_slice(bytes))
         .map_err(|e| refuse(format!("the parquet file cannot be opened: {e}")))?;
     let iter = reader.get_row_iter(None).map_err(|e| refuse(format!("the parquet rows cannot be read: {e}")))?;
     let mut out = Vec::with_capacity(expected.min(1 << 20));
     for row in iter {
         let row = row.map_err(|e| refuse(format!("parquet row {} cannot be decoded: {e}", out.len())))?;
-        out.push(rows::record(schema, row_to_json(&row)));
+        out.push(rows::record(schema, row_to_json(&row), keep_original));
         if out.len() > expected {
             return Err(refuse("the parquet file holds more rows than it declares"));
         }

@@ -19,7 +19,7 @@
 //! content and `ToUnicode` stream it inflates counts against the same budget.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use lopdf::{Document, Encoding, Object, ObjectId};
@@ -636,8 +636,8 @@ thread_local! {
     /// Tokens parsed out of object streams so far, on this thread's load.
     static OBJECT_STREAM_TOKENS: Cell<u64> = const { Cell::new(0) };
     static OBJECT_STREAM_REFUSED: Cell<bool> = const { Cell::new(false) };
-    /// Ids of the objects the last object stream holds, in index order, not yet seen.
-    static PENDING: RefCell<VecDeque<u32>> = const { RefCell::new(VecDeque::new()) };
+    /// Ids of the objects the last object stream holds, not yet seen.
+    static PENDING: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
 }
 
 /// lopdf's per-object hook. An object stream passes only if every object its
@@ -648,7 +648,7 @@ fn object_filter(id: ObjectId, object: &mut Object) -> Option<(ObjectId, Object)
     if let Object::Stream(stream) = object {
         if stream.dict.type_is(b"ObjStm") {
             match check_object_stream(stream) {
-                Some(ids) => PENDING.with(|p| *p.borrow_mut() = ids.into()),
+                Some(ids) => PENDING.with(|p| *p.borrow_mut() = ids.into_iter().collect()),
                 None => {
                     OBJECT_STREAM_REFUSED.with(|r| r.set(true));
                     PENDING.with(|p| p.borrow_mut().clear());
@@ -660,16 +660,8 @@ fn object_filter(id: ObjectId, object: &mut Object) -> Option<(ObjectId, Object)
         return Some((id, Object::Null));
     }
     // lopdf uses the returned object only for objects out of an object stream,
-    // which come right after their stream, in index order.
-    let inner = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        while let Some(next) = p.pop_front() {
-            if next == id.0 {
-                return true;
-            }
-        }
-        false
-    });
+    // which all come right after their stream (in id order).
+    let inner = PENDING.with(|p| p.borrow_mut().remove(&id.0));
     Some((id, if inner { std::mem::replace(object, Object::Null) } else { Object::Null }))
 }
 
@@ -949,20 +941,31 @@ fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| b as char).collect()
 }
 
-/// Trims lines and drops runs of blank lines.
+/// Reflows the page text: PDF lines are visual lines, so a line that does not
+/// end a sentence (`.`, `!`, `?`, `:`, or a closing quote) is joined to the
+/// next, undoing end-of-line hyphenation before a lower-case letter; blank
+/// lines stay paragraph breaks. The line-based gates (C4, FineWeb, Gopher)
+/// then see sentences and paragraphs rather than the page layout.
 fn tidy(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut blank = 0;
-    for line in text.lines() {
-        let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut blank = false;
+    for raw in text.lines() {
+        let line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
         if line.is_empty() {
-            blank += 1;
+            blank = !out.is_empty();
             continue;
         }
-        if !out.is_empty() {
-            out.push_str(if blank > 0 { "\n\n" } else { "\n" });
+        if out.is_empty() {
+        } else if blank {
+            out.push_str("\n\n");
+        } else if out.ends_with(['.', '!', '?', ':', '"', '\'', '\u{201D}']) {
+            out.push('\n');
+        } else if out.ends_with('-') && line.starts_with(|c: char| c.is_lowercase()) {
+            out.pop();
+        } else {
+            out.push(' ');
         }
-        blank = 0;
+        blank = false;
         out.push_str(&line);
     }
     out
@@ -1350,6 +1353,14 @@ pub(crate) mod tests {
     fn extracts_lines_from_a_generated_pdf() {
         let text = extract(&pdf_bytes(&["Hello (PDF) world.", "Second line here."]), 1 << 20).unwrap();
         assert_eq!(text, "Hello (PDF) world.\nSecond line here.");
+    }
+
+    #[test]
+    fn visual_lines_are_reflowed() {
+        assert_eq!(
+            tidy("The river runs\nthrough the old town.\nIts banks are over-\ngrown and  green.\n\n\nNew paragraph:\nitems"),
+            "The river runs through the old town.\nIts banks are overgrown and green.\n\nNew paragraph:\nitems"
+        );
     }
 
     #[test]

@@ -314,13 +314,16 @@ fn ipv6(text: &str, out: &mut Vec<Found>) {
     let b = text.as_bytes();
     let ok = |c: u8| c.is_ascii_hexdigit() || c == b':' || c == b'.';
     let mut i = 0;
+    // Where the last candidate ended: the next one looks no further back, and
+    // no more than 64 bytes back (an address is at most 45), so the scan is linear.
+    let mut floor = 0;
     while i < b.len() {
         if b[i] != b':' {
             i += 1;
             continue;
         }
         let mut l = i;
-        while l > 0 && ok(b[l - 1]) {
+        while l > floor && l + 64 > i && ok(b[l - 1]) {
             l -= 1;
         }
         let mut r = i;
@@ -338,6 +341,7 @@ fn ipv6(text: &str, out: &mut Vec<Found>) {
             out.push(Found { start: l, end: r, kind: Kind::Ip });
         }
         i = r.max(i + 1);
+        floor = i;
     }
 }
 

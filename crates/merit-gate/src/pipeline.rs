@@ -83,22 +83,24 @@ pub(crate) fn inspect_full(policy: &Policy, filename: &str, bytes: &[u8]) -> Ful
             .map(|t| vec![Record::Fits { shaped: Shaped::Text(t), original: None }]),
         Format::Jsonl => jsonl(policy, bytes, &budget),
         Format::Csv => match detect::utf8_text(bytes) {
-            Some(t) => rows::csv_records(policy.rows, t, budget.max_rows).map_err(|why| {
-                if why.starts_with("more than") {
-                    too_many_rows(budget.max_rows)
-                } else {
-                    Reason::new(
-                        "format",
-                        "csv",
-                        Value::Null,
-                        Value::Null,
-                        format!("the file cannot be read as CSV: {why}"),
-                    )
-                }
-            }),
+            Some(t) => {
+                rows::csv_records(policy.rows, t, budget.max_rows, policy.gates.json_schema.is_some()).map_err(|why| {
+                    if why.starts_with("more than") {
+                        too_many_rows(budget.max_rows)
+                    } else {
+                        Reason::new(
+                            "format",
+                            "csv",
+                            Value::Null,
+                            Value::Null,
+                            format!("the file cannot be read as CSV: {why}"),
+                        )
+                    }
+                })
+            }
             None => Err(Reason::new("format", "encoding", "invalid", "utf-8", "the file is not valid UTF-8 text")),
         },
-        Format::Parquet => crate::parquet_in::records(bytes, policy.rows, &budget),
+        Format::Parquet => crate::parquet_in::records(bytes, policy.rows, &budget, policy.gates.json_schema.is_some()),
         Format::Png | Format::Jpg | Format::Webp | Format::Tiff | Format::Bmp => return image(policy, format, bytes),
         Format::Wav | Format::Mp3 | Format::Flac => return audio(policy, format, bytes),
     };
@@ -123,7 +125,8 @@ fn jsonl(policy: &Policy, bytes: &[u8], budget: &Budget) -> Result<Vec<Record>, 
     if lines.len() > budget.max_rows {
         return Err(too_many_rows(budget.max_rows));
     }
-    Ok(lines.into_par_iter().map(|line| rows::jsonl_record(policy.rows, line)).collect())
+    let keep = policy.gates.json_schema.is_some();
+    Ok(lines.into_par_iter().map(|line| rows::jsonl_record(policy.rows, line, keep)).collect())
 }
 
 /// Decides the format from the content and the name's claim.
@@ -307,16 +310,7 @@ pub(crate) fn process(policy: &Policy, records: Vec<Record>) -> (Vec<Candidate>,
             let mut duplicate = false;
             if gates.exact_duplicates {
                 if let Some(&j) = exact.get(&cand.exact_hash) {
-                    reasons.push(
-                        Reason::new(
-                            "exact_duplicate",
-                            "sha256",
-                            j as u64,
-                            Value::Null,
-                            format!("row {i} repeats row {j} of this file"),
-                        )
-                        .at_row(i as u64),
-                    );
+                    reasons.push(merit_core::verdict::exact_duplicate(i as u64, j as u64, "this file"));
                     duplicate = true;
                 } else {
                     exact.insert(cand.exact_hash, i);
@@ -344,19 +338,13 @@ pub(crate) fn process(policy: &Policy, records: Vec<Record>) -> (Vec<Candidate>,
                     }
                 }
                 match found {
-                    Some((j, sim)) => reasons.push(
-                        Reason::new(
-                            "near_duplicate",
-                            "jaccard",
-                            round4(sim),
-                            gates.near_duplicate_threshold,
-                            format!(
-                                "row {i} is a near duplicate of row {j} of this file (estimated similarity {sim:.2}, threshold {})",
-                                gates.near_duplicate_threshold
-                            ),
-                        )
-                        .at_row(i as u64),
-                    ),
+                    Some((j, sim)) => reasons.push(merit_core::verdict::near_duplicate(
+                        i as u64,
+                        j as u64,
+                        "this file",
+                        sim,
+                        gates.near_duplicate_threshold,
+                    )),
                     None if keys.len() == minhash::BANDS => {
                         links.resize((i + 1) * minhash::BANDS, NONE);
                         for (b, key) in keys.into_iter().enumerate() {
@@ -499,13 +487,11 @@ fn row(policy: &Policy, i: u64, rec: Record, s: &mut text::Scratch) -> (Candidat
         }
     }
     let score = if count == 0 { 1.0 } else { sum / count as f64 };
-    let mut normalised = String::new();
-    let mut words = Vec::new();
-    normalise_into(&text, &mut normalised, &mut words);
+    normalise_into(&text, &mut s.normalised, &mut s.words);
     let cand = Candidate {
         content: shaped.into_value(),
-        exact_hash: sha256(normalised.as_bytes()),
-        minhash: minhash::signature_of_words(&words),
+        exact_hash: sha256(s.normalised.as_bytes()),
+        minhash: minhash::signature_of_words(&s.words),
         score: score.clamp(0.0, 1.0),
         text,
     };

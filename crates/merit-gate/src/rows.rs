@@ -218,10 +218,19 @@ pub(crate) fn shape(schema: RowSchema, value: &Value) -> Result<Shaped, String> 
     }
 }
 
-/// The record from a parsed value.
-pub(crate) fn record(schema: RowSchema, value: Value) -> Record {
+/// The record from a parsed value; the value itself is kept only when
+/// `keep_original` (a policy with a JSON schema checks it).
+pub(crate) fn record(schema: RowSchema, mut value: Value, keep_original: bool) -> Record {
+    // The common case, without a copy: a text row whose text is moved out.
+    if !keep_original && schema == RowSchema::Text {
+        if let Value::Object(obj) = &mut value {
+            if let Some(Value::String(text)) = obj.get_mut("text") {
+                return Record::Fits { shaped: Shaped::Text(std::mem::take(text)), original: None };
+            }
+        }
+    }
     match shape(schema, &value) {
-        Ok(shaped) => Record::Fits { shaped, original: Some(value) },
+        Ok(shaped) => Record::Fits { shaped, original: keep_original.then_some(value) },
         Err(error) => Record::Misfit { original: value, error },
     }
 }
@@ -245,9 +254,9 @@ pub(crate) fn looks_like_jsonl(text: &str) -> bool {
 }
 
 /// Parses one jsonl line into a record.
-pub(crate) fn jsonl_record(schema: RowSchema, line: &str) -> Record {
+pub(crate) fn jsonl_record(schema: RowSchema, line: &str, keep_original: bool) -> Record {
     match serde_json::from_str::<Value>(line) {
-        Ok(v) => record(schema, v),
+        Ok(v) => record(schema, v, keep_original),
         Err(e) => Record::Misfit { original: Value::Null, error: format!("not valid JSON: {e}") },
     }
 }
@@ -261,7 +270,12 @@ fn list_column(schema: RowSchema, name: &str) -> bool {
 }
 
 /// Reads a csv file with a header row; `Err` when it cannot be read as csv at all.
-pub(crate) fn csv_records(schema: RowSchema, text: &str, max_rows: usize) -> Result<Vec<Record>, String> {
+pub(crate) fn csv_records(
+    schema: RowSchema,
+    text: &str,
+    max_rows: usize,
+    keep_original: bool,
+) -> Result<Vec<Record>, String> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
@@ -303,7 +317,7 @@ pub(crate) fn csv_records(schema: RowSchema, text: &str, max_rows: usize) -> Res
         let original = Value::Object(obj);
         out.push(match bad {
             Some(error) => Record::Misfit { original, error },
-            None => record(schema, original),
+            None => record(schema, original, keep_original),
         });
     }
     Ok(out)
@@ -333,7 +347,7 @@ mod tests {
     #[test]
     fn csv_lists_are_json() {
         let csv = "messages\n\"[{\"\"role\"\":\"\"user\"\",\"\"content\"\":\"\"hi\"\"}]\"\nnot json\n";
-        let recs = csv_records(RowSchema::Messages, csv, 10).unwrap();
+        let recs = csv_records(RowSchema::Messages, csv, 10, false).unwrap();
         assert!(matches!(&recs[0], Record::Fits { .. }));
         assert!(matches!(&recs[1], Record::Misfit { error, .. } if error.contains("JSON list")));
     }

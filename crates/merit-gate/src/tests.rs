@@ -378,9 +378,9 @@ fn duplicates_within_a_file() {
 
 #[test]
 fn duplicate_reasons_for_the_store() {
-    let r = crate::exact_duplicate_reason(7);
+    let r = merit_core::verdict::exact_duplicate(9, 7, "datanet `qa`");
     assert_eq!((r.gate.as_str(), r.metric.as_str(), r.value.clone()), ("exact_duplicate", "sha256", json!(7)));
-    let r = crate::near_duplicate_reason(3, 0.91234, 0.8);
+    let r = merit_core::verdict::near_duplicate(9, 3, "datanet `qa`", 0.91234, 0.8);
     assert_eq!((r.gate.as_str(), r.metric.as_str()), ("near_duplicate", "jaccard"));
     assert_eq!((r.value.clone(), r.threshold.clone()), (json!(0.9123), json!(0.8)));
 }
@@ -393,6 +393,21 @@ fn switched_off_gates_do_not_fire() {
     let i = inspect(&on, "junk.txt", junk.as_bytes());
     for gate in ["gopher_quality", "gopher_repetition", "c4", "fineweb", "pii"] {
         assert!(i.reasons.iter().any(|r| r.gate == gate), "{gate} should fire: {:?}", i.reasons);
+    }
+}
+
+#[test]
+fn pathological_text_stays_linear() {
+    let mut p = text_policy();
+    p.gates.pii = PiiMode::Redact;
+    p.max_file_bytes = 10 << 20;
+    for unit in ["a:", "x@", "[", "1 ", "1.", "+1", "(1) ", "#", "... ", "\n", "\n\n", "a ", "ab ab ", "\u{2026}", "é:"]
+    {
+        let text = unit.repeat(200_000 / unit.len());
+        let started = std::time::Instant::now();
+        let i = inspect(&p, "a.txt", text.as_bytes());
+        assert!(started.elapsed().as_secs() < 10, "{unit:?} took {:?}", started.elapsed());
+        assert_eq!(i.rows.len(), 1);
     }
 }
 
@@ -522,6 +537,29 @@ fn parquet_rows_per_schema() {
     assert_eq!(i.rows[1].content, json!({"messages": [{"role": "user", "content": "Bye"}]}));
 
     check(&p(RowSchema::Messages), "d.parquet", &text, "schema/row@0 schema/row@1");
+    let i = check(&p(RowSchema::Text), "d.parquet", &gzip_text_parquet(&[PROSE, PROSE2]), "pass");
+    assert_eq!(i.rows[1].text, PROSE2);
+}
+
+/// A gzip-compressed, dictionary-encoded parquet file with one "text" column.
+fn gzip_text_parquet(texts: &[&str]) -> Vec<u8> {
+    use parquet::basic::{Compression, GzipLevel};
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema =
+        parquet::schema::parser::parse_message_type("message schema { required binary text (UTF8); }").unwrap();
+    let props = WriterProperties::builder().set_compression(Compression::GZIP(GzipLevel::default())).build();
+    let mut out = Vec::new();
+    let mut w = SerializedFileWriter::new(&mut out, Arc::new(schema), Arc::new(props)).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    let values: Vec<ByteArray> = texts.iter().map(|t| ByteArray::from(*t)).collect();
+    col.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+    col.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
+    out
 }
 
 /// A parquet file with a real nested column: messages: list<struct<role, content>>.

@@ -133,6 +133,9 @@ pub(crate) struct Tok {
 pub(crate) struct Scratch {
     pub toks: Vec<Tok>,
     pub rules: Vec<Rule>,
+    /// The normalised text and its word hashes (exact-duplicate hash, MinHash).
+    pub normalised: String,
+    pub words: Vec<u64>,
     grams: Vec<u64>,
     multi: Vec<bool>,
     active: Vec<u32>,
@@ -145,6 +148,8 @@ impl Scratch {
         Scratch {
             toks: Vec::new(),
             rules: Vec::new(),
+            normalised: String::new(),
+            words: Vec::new(),
             grams: Vec::new(),
             multi: Vec::new(),
             active: Vec::new(),
@@ -735,7 +740,9 @@ fn strip_citations(line: &str) -> std::borrow::Cow<'_, str> {
     while let Some(p) = rest.find('[') {
         out.push_str(&rest[..p]);
         let tail = &rest[p..];
-        let close = tail.find(']');
+        // Citations are short: look for the `]` within 32 bytes only, so a
+        // line of many `[` stays linear.
+        let close = tail.as_bytes().iter().take(32).position(|&b| b == b']');
         let citation = match close {
             Some(c) => {
                 let inner = &tail[1..c];

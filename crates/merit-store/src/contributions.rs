@@ -611,7 +611,7 @@ async fn find_duplicates(
         if let Some(hit) = exact {
             let idx: i64 = col(&hit, "idx")?;
             if gates.exact_duplicates {
-                reasons.push(verdict::exact_duplicate(i as u64, &format!("row {idx} of datanet `{}`", d.name)));
+                reasons.push(verdict::exact_duplicate(i as u64, idx as u64, &format!("datanet `{}`", d.name)));
             } else {
                 flags[i] = true;
             }
@@ -641,7 +641,8 @@ async fn find_duplicates(
             if gates.near_duplicates {
                 reasons.push(verdict::near_duplicate(
                     i as u64,
-                    &format!("row {idx} of datanet `{}`", d.name),
+                    idx as u64,
+                    &format!("datanet `{}`", d.name),
                     sim,
                     gates.near_duplicate_threshold,
                 ));

@@ -17,7 +17,7 @@ use crate::client::Client;
 /// Where the log is read from: a server over HTTP, or the local store.
 pub enum Source {
     Remote(Client),
-    Local { store: merit_store::Store, signer: merit_ledger::checkpoint::NoteSigner },
+    Local { store: merit_store::Store, signer: Box<merit_ledger::checkpoint::NoteSigner> },
 }
 
 fn hex_hash(s: &str) -> Result<Hash> {
@@ -187,8 +187,7 @@ pub async fn prove(source: &Source, key: Option<&str>, contribution: i64) -> Res
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|e| e["event"]["type"] == "contribution.verdict")
-        .last()
+        .rfind(|e| e["event"]["type"] == "contribution.verdict")
         .with_context(|| format!("no verdict of contribution {contribution} on the ledger"))?
         .clone();
     let index = entry["index"].as_u64().context("entry without index")?;

@@ -176,7 +176,10 @@ impl LedgerSource {
                 if !key.exists() {
                     bail!("no ledger key at {}: is this a Merit data directory?", key.display());
                 }
-                Ok(ledger::Source::Local { signer: local.signer(Some(&key), "unused")?, store: local.open().await? })
+                Ok(ledger::Source::Local {
+                    signer: Box::new(local.signer(Some(&key), "unused")?),
+                    store: local.open().await?,
+                })
             }
             None => Ok(ledger::Source::Remote(Client::new(&self.server, None)?)),
         }
