@@ -1,0 +1,39 @@
+//! Merit's model engine.
+//!
+//! One configurable decoder ([`Decoder`]) covers the model families; each
+//! family is a mapping from its `config.json` and weight names
+//! ([`DecoderConfig::from_hf`]). Its ops are candle primitives that all have a
+//! backward, so the same model code trains (LoRA comes next).
+//!
+//! Correctness is measured against Hugging Face `transformers` on tiny random
+//! models (`tests/fixtures`, made by `scripts/fixtures/make_models.py`).
+//!
+//! Status: LLaMA (incl. llama3 rope scaling, SmolLM2), Mistral (sliding
+//! window), Qwen2/2.5, Qwen3 and the DeepSeek Qwen/LLaMA distills load from
+//! Hugging Face folders; BLOOM, GLM, GPT-2, GGUF, tokenizers, chat templates,
+//! sampling and LoRA are still to come.
+
+pub mod config;
+pub mod loader;
+pub mod model;
+
+pub use config::{DecoderConfig, Family, RopeScaling};
+pub use model::{Cache, Decoder};
+
+/// What went wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LmError {
+    /// `config.json` is missing a key or holds an unsupported value.
+    #[error("{0}")]
+    Config(String),
+    /// A weight is missing or misshapen.
+    #[error("{0}")]
+    Weights(String),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The tensor library failed.
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}

@@ -1,0 +1,101 @@
+//! The decoder against Hugging Face transformers on tiny random models:
+//! logits within 1e-4 and the same greedy tokens, with and without the cache.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+fn fixture(family: &str) -> (PathBuf, Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(family);
+    let reference: Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    (dir, reference)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check(family: &str) {
+    let (dir, r) = fixture(family);
+    let model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let prompt = ids(&r["prompt_token_ids"]);
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    let want = r["logits"].as_array().unwrap();
+    assert_eq!(logits.len(), want.len());
+    let mut max_diff = 0f32;
+    for (row, want_row) in logits.iter().zip(want) {
+        for (a, b) in row.iter().zip(want_row.as_array().unwrap()) {
+            max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
+        }
+    }
+    assert!(max_diff <= 1e-4, "{family}: max |Δ logit| = {max_diff}");
+    let greedy = &r["greedy"];
+    let n = greedy["max_new_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(
+        model.greedy(&prompt, n, false).unwrap(),
+        ids(&greedy["new_token_ids_without_cache"]),
+        "{family} without cache"
+    );
+    assert_eq!(
+        model.greedy(&prompt, n, true).unwrap(),
+        ids(&greedy["new_token_ids_with_cache"]),
+        "{family} with cache"
+    );
+    eprintln!("{family}: max |Δ logit| = {max_diff:e}");
+}
+
+#[test]
+fn llama3_with_rope_scaling() {
+    check("llama");
+}
+
+#[test]
+fn llama2() {
+    check("llama2");
+}
+
+#[test]
+fn smollm_tied_embeddings() {
+    check("smollm");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check("mistral");
+}
+
+#[test]
+fn qwen2_qkv_bias() {
+    check("qwen2");
+}
+
+#[test]
+fn qwen3_qk_norm() {
+    check("qwen3");
+}
+
+#[test]
+fn deepseek_r1_distill() {
+    check("deepseek");
+}
+
+#[test]
+fn bad_model_folders_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let (src, _) = fixture("qwen2");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("missing"), "{err}");
+    std::fs::write(dir.path().join("model.safetensors"), b"truncated").unwrap();
+    let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("not a readable safetensors"), "{err}");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    cfg["model_type"] = "rwkv".into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("rwkv"), "{err}");
+}
