@@ -19,6 +19,43 @@ pub enum Family {
     Qwen2,
     /// Qwen3 (q/k RMS norm).
     Qwen3,
+    /// GLM (transformers' `glm`): partial interleaved rotary, fused gate-up.
+    Glm,
+    /// GLM-4 (`glm4`): as GLM, plus norms after attention and after the MLP.
+    Glm4,
+    /// BLOOM: ALiBi, fused per-head qkv, LayerNorm, embedding LayerNorm.
+    Bloom,
+    /// GPT-2: learned positions, Conv1D (in × out) weights, fused qkv.
+    Gpt2,
+}
+
+/// How the model knows positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Positions {
+    /// Rotary embedding on the first `rotary_dim` dimensions of each head,
+    /// rotate-half (`interleaved = false`) or pairwise (`true`).
+    Rope { rotary_dim: usize, interleaved: bool },
+    /// A learned table of `max` positions added to the embeddings.
+    Learned { max: usize },
+    /// ALiBi: a per-head linear bias on key positions.
+    Alibi,
+}
+
+/// Normalisation layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    Rms,
+    /// LayerNorm with bias.
+    Layer,
+}
+
+/// The MLP's activation and shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `down(silu(gate(x)) · up(x))`.
+    SwiGlu,
+    /// `down(gelu_tanh(up(x)))`.
+    Gelu,
 }
 
 /// How rotary frequencies are scaled.
@@ -49,9 +86,16 @@ pub struct DecoderConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub intermediate_size: usize,
-    pub rms_norm_eps: f64,
+    pub norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    pub positions: Positions,
+    pub norm: NormKind,
+    pub mlp: MlpKind,
+    /// A norm right after the token embedding (BLOOM).
+    pub embed_norm: bool,
+    /// Norms after attention and after the MLP, before the residual add (GLM-4).
+    pub sandwich_norms: bool,
     /// Bias on the q, k and v projections.
     pub qkv_bias: bool,
     /// Bias on the output projection.
@@ -98,20 +142,37 @@ impl DecoderConfig {
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "glm" => Family::Glm,
+            "glm4" => Family::Glm4,
+            "bloom" => Family::Bloom,
+            "gpt2" => Family::Gpt2,
             other => return Err(LmError::Config(format!("config.json: model_type `{other}` is not supported yet"))),
         };
-        let hidden_size = usize_key(v, "hidden_size")?;
-        let num_heads = usize_key(v, "num_attention_heads")?;
+        // GPT-2 and BLOOM use their own key names.
+        let key = |classic: &'static str, gpt2: &'static str, bloom: &'static str| match family {
+            Family::Gpt2 => gpt2,
+            Family::Bloom => bloom,
+            _ => classic,
+        };
+        let hidden_size = usize_key(v, key("hidden_size", "n_embd", "hidden_size"))?;
+        let num_heads = usize_key(v, key("num_attention_heads", "n_head", "n_head"))?;
+        let num_layers = usize_key(v, key("num_hidden_layers", "n_layer", "n_layer"))?;
         let num_kv_heads = get(v, "num_key_value_heads").and_then(Value::as_u64).map_or(num_heads, |n| n as usize);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 || hidden_size % num_heads != 0 {
             return Err(LmError::Config(format!(
-                "config.json: {num_heads} attention heads cannot share {num_kv_heads} key/value heads"
+                "config.json: {num_heads} attention heads cannot share {num_kv_heads} key/value heads over hidden size {hidden_size}"
             )));
         }
         let head_dim = get(v, "head_dim").and_then(Value::as_u64).map_or(hidden_size / num_heads, |n| n as usize);
+        let intermediate_size = match family {
+            Family::Gpt2 => get(v, "n_inner").and_then(Value::as_u64).map_or(4 * hidden_size, |n| n as usize),
+            Family::Bloom => 4 * hidden_size,
+            _ => usize_key(v, "intermediate_size")?,
+        };
         // Rope: nested `rope_parameters` (transformers 5) or classic keys.
-        let rope = get(v, "rope_parameters").or_else(|| get(v, "rope_scaling"));
-        let rope_theta = match get(v, "rope_parameters").and_then(|r| get(r, "rope_theta")) {
+        let params = get(v, "rope_parameters");
+        let rope = params.or_else(|| get(v, "rope_scaling"));
+        let rope_theta = match params.and_then(|r| get(r, "rope_theta")) {
             Some(t) => t
                 .as_f64()
                 .ok_or_else(|| LmError::Config("config.json: rope_parameters.rope_theta is not a number".into()))?,
@@ -136,11 +197,33 @@ impl DecoderConfig {
                 }
             }
         };
+        let partial = match params.and_then(|r| get(r, "partial_rotary_factor")) {
+            Some(x) => x.as_f64().unwrap_or(1.0),
+            None => f64_key(v, "partial_rotary_factor", 1.0)?,
+        };
+        let positions = match family {
+            Family::Gpt2 => Positions::Learned { max: usize_key(v, "n_positions")? },
+            Family::Bloom => Positions::Alibi,
+            Family::Glm | Family::Glm4 => {
+                Positions::Rope { rotary_dim: (head_dim as f64 * partial) as usize, interleaved: true }
+            }
+            _ => Positions::Rope { rotary_dim: head_dim, interleaved: false },
+        };
+        if let Positions::Rope { rotary_dim, .. } = positions {
+            if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+                return Err(LmError::Config(format!(
+                    "config.json: rotary dimension {rotary_dim} does not fit head_dim {head_dim}"
+                )));
+            }
+        }
         let sliding_window = match family {
             Family::Mistral => get(v, "sliding_window").and_then(Value::as_u64).map(|n| n as usize),
             // Qwen only slides when asked to.
             Family::Qwen2 | Family::Qwen3 if bool_key(v, "use_sliding_window", false) => {
-                get(v, "sliding_window").and_then(Value::as_u64).map(|n| n as usize)
+                return Err(LmError::Config(
+                    "config.json: Qwen sliding-window attention (use_sliding_window = true) is not supported yet"
+                        .into(),
+                ))
             }
             _ => None,
         };
@@ -150,31 +233,45 @@ impl DecoderConfig {
             None => Vec::new(),
         };
         let attention_bias = bool_key(v, "attention_bias", false);
+        let (norm, eps_key) = match family {
+            Family::Gpt2 | Family::Bloom => (NormKind::Layer, "layer_norm_epsilon"),
+            _ => (NormKind::Rms, "rms_norm_eps"),
+        };
+        let biased = matches!(family, Family::Gpt2 | Family::Bloom);
+        let tie_default = matches!(family, Family::Gpt2 | Family::Bloom);
         Ok(DecoderConfig {
             family,
             vocab_size: usize_key(v, "vocab_size")?,
             hidden_size,
-            num_layers: usize_key(v, "num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            intermediate_size: usize_key(v, "intermediate_size")?,
-            rms_norm_eps: f64_key(v, "rms_norm_eps", 1e-6)?,
+            intermediate_size,
+            norm_eps: f64_key(v, eps_key, 1e-6)?,
             rope_theta,
             rope_scaling,
-            qkv_bias: family == Family::Qwen2 || attention_bias,
-            o_bias: attention_bias && family != Family::Qwen2,
-            mlp_bias: bool_key(v, "mlp_bias", false),
+            positions,
+            norm,
+            mlp: if biased { MlpKind::Gelu } else { MlpKind::SwiGlu },
+            embed_norm: family == Family::Bloom,
+            sandwich_norms: family == Family::Glm4,
+            qkv_bias: biased || family == Family::Qwen2 || attention_bias,
+            o_bias: biased || (attention_bias && !matches!(family, Family::Qwen2 | Family::Glm | Family::Glm4)),
+            mlp_bias: biased || bool_key(v, "mlp_bias", false),
             qk_norm: family == Family::Qwen3,
             sliding_window,
-            tie_word_embeddings: bool_key(v, "tie_word_embeddings", false),
+            tie_word_embeddings: bool_key(v, "tie_word_embeddings", tie_default),
             eos_token_ids,
         })
     }
 
     /// Inverse rotary frequencies, one per pair of dimensions, after scaling.
     pub fn inv_freq(&self) -> Vec<f64> {
-        let d = self.head_dim;
+        let d = match self.positions {
+            Positions::Rope { rotary_dim, .. } => rotary_dim,
+            _ => return Vec::new(),
+        };
         let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
         match &self.rope_scaling {
             RopeScaling::None => base,

@@ -9,15 +9,18 @@
 //! models (`tests/fixtures`, made by `scripts/fixtures/make_models.py`).
 //!
 //! Status: LLaMA (incl. llama3 rope scaling, SmolLM2), Mistral (sliding
-//! window), Qwen2/2.5, Qwen3 and the DeepSeek Qwen/LLaMA distills load from
-//! Hugging Face folders; BLOOM, GLM, GPT-2, GGUF, tokenizers, chat templates,
-//! sampling and LoRA are still to come.
+//! window), Qwen2/2.5, Qwen3, the DeepSeek Qwen/LLaMA distills, GLM and GLM-4
+//! (partial interleaved rotary, fused gate-up, sandwich norms), BLOOM (ALiBi,
+//! fused per-head qkv, LayerNorm, embedding norm) and GPT-2 (learned
+//! positions, Conv1D) load from Hugging Face folders and match transformers.
+//! GGUF, quantized weights, tokenizers, chat templates, sampling, the CLI and
+//! LoRA are still to come; DeepSeek-V2/V3 (MLA + MoE) later.
 
 pub mod config;
 pub mod loader;
 pub mod model;
 
-pub use config::{DecoderConfig, Family, RopeScaling};
+pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use model::{Cache, Decoder};
 
 /// What went wrong loading or running a model.

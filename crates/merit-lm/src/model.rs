@@ -29,18 +29,25 @@ impl Linear {
     }
 }
 
-/// Root-mean-square norm over the last dimension.
+/// RMS norm or LayerNorm over the last dimension.
 #[derive(Debug, Clone)]
-struct RmsNorm {
+struct Norm {
     weight: Tensor,
+    /// LayerNorm's bias; `None` for RMS norm.
+    bias: Option<Tensor>,
+    layer_norm: bool,
     eps: f64,
 }
 
-impl RmsNorm {
+impl Norm {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let x = if self.layer_norm { x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)? } else { x.clone() };
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)
+        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?;
+        match &self.bias {
+            Some(b) => normed.broadcast_add(b),
+            None => Ok(normed),
+        }
     }
 }
 
@@ -50,13 +57,14 @@ struct Attention {
     k: Linear,
     v: Linear,
     o: Linear,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
 }
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate: Linear,
+    /// `None` for the plain GELU MLP.
+    gate: Option<Linear>,
     up: Linear,
     down: Linear,
 }
@@ -67,19 +75,31 @@ fn silu(x: &Tensor) -> CResult<Tensor> {
     x.mul(&sigmoid)
 }
 
+/// GELU, tanh approximation (GPT-2's `gelu_new`, BLOOM's `bloom_gelu`).
+fn gelu_tanh(x: &Tensor) -> CResult<Tensor> {
+    let inner = ((x.powf(3.0)? * 0.044715)? + x)? * (2.0 / std::f64::consts::PI).sqrt();
+    ((inner?.tanh()? + 1.0)? * 0.5)?.mul(x)
+}
+
 impl Mlp {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let gated = silu(&self.gate.forward(x)?)?.mul(&self.up.forward(x)?)?;
-        self.down.forward(&gated)
+        let hidden = match &self.gate {
+            Some(gate) => silu(&gate.forward(x)?)?.mul(&self.up.forward(x)?)?,
+            None => gelu_tanh(&self.up.forward(x)?)?,
+        };
+        self.down.forward(&hidden)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Layer {
-    input_norm: RmsNorm,
+    input_norm: Norm,
     attn: Attention,
-    post_norm: RmsNorm,
+    post_norm: Norm,
     mlp: Mlp,
+    /// GLM-4's norms on the attention and MLP outputs.
+    post_attn_out_norm: Option<Norm>,
+    post_mlp_out_norm: Option<Norm>,
 }
 
 /// Keys and values of the positions seen so far, per layer.
@@ -95,8 +115,13 @@ pub struct Cache {
 pub struct Decoder {
     pub config: DecoderConfig,
     embed: Tensor,
+    embed_norm: Option<Norm>,
+    /// Learned position table (GPT-2).
+    positions: Option<Tensor>,
+    /// ALiBi slopes, one per head (BLOOM).
+    alibi: Option<Tensor>,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     lm_head: Tensor,
     inv_freq: Vec<f64>,
     device: Device,
@@ -105,6 +130,8 @@ pub struct Decoder {
 /// Takes named tensors out of a checkpoint, naming what is missing or misshapen.
 struct Weights {
     map: HashMap<String, Tensor>,
+    layer_norm: bool,
+    eps: f64,
 }
 
 impl Weights {
@@ -122,70 +149,255 @@ impl Weights {
         Ok(Linear { weight, bias })
     }
 
-    fn norm(&mut self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm, LmError> {
-        Ok(RmsNorm { weight: self.take(name, &[dim])?, eps })
+    /// A GPT-2 Conv1D layer: weight stored in × out.
+    fn conv1d(&mut self, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear, LmError> {
+        let weight = self.take(&format!("{prefix}.weight"), &[in_dim, out_dim])?.t()?.contiguous()?;
+        let bias = Some(self.take(&format!("{prefix}.bias"), &[out_dim])?);
+        Ok(Linear { weight, bias })
     }
+
+    fn norm(&mut self, prefix: &str, dim: usize) -> Result<Norm, LmError> {
+        let weight = self.take(&format!("{prefix}.weight"), &[dim])?;
+        let bias = if self.layer_norm { Some(self.take(&format!("{prefix}.bias"), &[dim])?) } else { None };
+        Ok(Norm { weight, bias, layer_norm: self.layer_norm, eps: self.eps })
+    }
+}
+
+/// Splits a fused linear layer's output rows into consecutive parts.
+fn split_rows(fused: &Linear, sizes: &[usize]) -> CResult<Vec<Linear>> {
+    let mut start = 0;
+    let mut out = Vec::with_capacity(sizes.len());
+    for &n in sizes {
+        out.push(Linear {
+            weight: fused.weight.narrow(0, start, n)?.contiguous()?,
+            bias: fused
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, n))
+                .transpose()?
+                .map(|b| b.contiguous())
+                .transpose()?,
+        });
+        start += n;
+    }
+    Ok(out)
+}
+
+/// ALiBi slopes for `n` heads (Press et al.), as BLOOM lays them out: with
+/// `c` the largest power of two ≤ n, `2^(-8i/c)` for i = 1..=c, then
+/// `2^(-4(2i-1)/c)` for the remaining heads.
+fn alibi_slopes(n: usize) -> Vec<f32> {
+    let c = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    let base = 2f64.powf(-8.0 / c as f64);
+    let mut slopes: Vec<f32> = (1..=c).map(|i| base.powi(i as i32) as f32).collect();
+    let extra_base = 2f64.powf(-4.0 / c as f64);
+    slopes.extend((0..n - c).map(|i| extra_base.powi((2 * i + 1) as i32) as f32));
+    slopes
 }
 
 impl Decoder {
     /// Builds the decoder from Hugging Face-named tensors.
     pub fn load(config: DecoderConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Decoder, LmError> {
+        use crate::config::{Family, MlpKind, NormKind, Positions};
         let c = &config;
-        let mut w = Weights { map: tensors };
-        let (h, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let layer_norm = c.norm == NormKind::Layer;
+        let mut w = Weights { map: tensors, layer_norm, eps: c.norm_eps };
+        let (h, q_dim, kv_dim, inter) =
+            (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
+        // GPT-2 and BLOOM checkpoints come with or without the `transformer.` prefix.
+        let root = match c.family {
+            Family::Gpt2 | Family::Bloom => {
+                let probe = if c.family == Family::Gpt2 {
+                    "transformer.wte.weight"
+                } else {
+                    "transformer.word_embeddings.weight"
+                };
+                if w.map.contains_key(probe) {
+                    "transformer."
+                } else {
+                    ""
+                }
+            }
+            _ => "model.",
+        };
+        let embed_name = match c.family {
+            Family::Gpt2 => format!("{root}wte.weight"),
+            Family::Bloom => format!("{root}word_embeddings.weight"),
+            _ => format!("{root}embed_tokens.weight"),
+        };
+        let embed = w.take(&embed_name, &[c.vocab_size, h])?;
+        let embed_norm =
+            if c.embed_norm { Some(w.norm(&format!("{root}word_embeddings_layernorm"), h)?) } else { None };
+        let positions = match c.positions {
+            Positions::Learned { max } => Some(w.take(&format!("{root}wpe.weight"), &[max, h])?),
+            _ => None,
+        };
+        let alibi = match c.positions {
+            Positions::Alibi => Some(Tensor::from_vec(alibi_slopes(c.num_heads), (c.num_heads, 1, 1), device)?),
+            _ => None,
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            let qk_norm = |w: &mut Weights, which: &str| -> Result<Option<RmsNorm>, LmError> {
-                if c.qk_norm {
-                    Ok(Some(w.norm(&format!("{p}.self_attn.{which}.weight"), c.head_dim, c.rms_norm_eps)?))
-                } else {
-                    Ok(None)
+            let layer = match c.family {
+                Family::Gpt2 => {
+                    let p = format!("{root}h.{i}");
+                    let fused = w.conv1d(&format!("{p}.attn.c_attn"), h, 3 * h)?;
+                    let [q, k, v]: [Linear; 3] = split_rows(&fused, &[h, h, h])?
+                        .try_into()
+                        .map_err(|_| LmError::Weights("c_attn split".into()))?;
+                    Layer {
+                        input_norm: w.norm(&format!("{p}.ln_1"), h)?,
+                        attn: Attention {
+                            q,
+                            k,
+                            v,
+                            o: w.conv1d(&format!("{p}.attn.c_proj"), h, h)?,
+                            q_norm: None,
+                            k_norm: None,
+                        },
+                        post_norm: w.norm(&format!("{p}.ln_2"), h)?,
+                        mlp: Mlp {
+                            gate: None,
+                            up: w.conv1d(&format!("{p}.mlp.c_fc"), h, inter)?,
+                            down: w.conv1d(&format!("{p}.mlp.c_proj"), inter, h)?,
+                        },
+                        post_attn_out_norm: None,
+                        post_mlp_out_norm: None,
+                    }
+                }
+                Family::Bloom => {
+                    let p = format!("{root}h.{i}");
+                    // query_key_value rows are laid out per head: [head][q|k|v][head_dim].
+                    let fused = w.linear(&format!("{p}.self_attention.query_key_value"), 3 * h, h, true)?;
+                    let (nh, d) = (c.num_heads, c.head_dim);
+                    let part = |t: &Tensor, j: usize, tail: &[usize]| -> CResult<Tensor> {
+                        let mut shape = vec![nh, 3, d];
+                        shape.extend_from_slice(tail);
+                        let mut out_shape = vec![nh * d];
+                        out_shape.extend_from_slice(tail);
+                        t.reshape(shape)?.narrow(1, j, 1)?.reshape(out_shape)?.contiguous()
+                    };
+                    let bias = fused
+                        .bias
+                        .as_ref()
+                        .ok_or_else(|| LmError::Weights("query_key_value.bias is missing".into()))?;
+                    let pick = |j: usize| -> CResult<Linear> {
+                        Ok(Linear { weight: part(&fused.weight, j, &[h])?, bias: Some(part(bias, j, &[])?) })
+                    };
+                    Layer {
+                        input_norm: w.norm(&format!("{p}.input_layernorm"), h)?,
+                        attn: Attention {
+                            q: pick(0)?,
+                            k: pick(1)?,
+                            v: pick(2)?,
+                            o: w.linear(&format!("{p}.self_attention.dense"), h, h, true)?,
+                            q_norm: None,
+                            k_norm: None,
+                        },
+                        post_norm: w.norm(&format!("{p}.post_attention_layernorm"), h)?,
+                        mlp: Mlp {
+                            gate: None,
+                            up: w.linear(&format!("{p}.mlp.dense_h_to_4h"), inter, h, true)?,
+                            down: w.linear(&format!("{p}.mlp.dense_4h_to_h"), h, inter, true)?,
+                        },
+                        post_attn_out_norm: None,
+                        post_mlp_out_norm: None,
+                    }
+                }
+                _ => {
+                    let p = format!("{root}layers.{i}");
+                    let (q_norm, k_norm) = if c.qk_norm {
+                        (
+                            Some(w.norm(&format!("{p}.self_attn.q_norm"), c.head_dim)?),
+                            Some(w.norm(&format!("{p}.self_attn.k_norm"), c.head_dim)?),
+                        )
+                    } else {
+                        (None, None)
+                    };
+                    let attn = Attention {
+                        q: w.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, c.qkv_bias)?,
+                        k: w.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, c.qkv_bias)?,
+                        v: w.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.qkv_bias)?,
+                        o: w.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, c.o_bias)?,
+                        q_norm,
+                        k_norm,
+                    };
+                    let mlp = if matches!(c.family, Family::Glm | Family::Glm4) {
+                        let fused = w.linear(&format!("{p}.mlp.gate_up_proj"), 2 * inter, h, c.mlp_bias)?;
+                        let [gate, up]: [Linear; 2] = split_rows(&fused, &[inter, inter])?
+                            .try_into()
+                            .map_err(|_| LmError::Weights("gate_up split".into()))?;
+                        Mlp {
+                            gate: Some(gate),
+                            up,
+                            down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias)?,
+                        }
+                    } else {
+                        debug_assert_eq!(c.mlp, MlpKind::SwiGlu);
+                        Mlp {
+                            gate: Some(w.linear(&format!("{p}.mlp.gate_proj"), inter, h, c.mlp_bias)?),
+                            up: w.linear(&format!("{p}.mlp.up_proj"), inter, h, c.mlp_bias)?,
+                            down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias)?,
+                        }
+                    };
+                    let sandwich = |w: &mut Weights, name: &str| -> Result<Option<Norm>, LmError> {
+                        if c.sandwich_norms {
+                            Ok(Some(w.norm(&format!("{p}.{name}"), h)?))
+                        } else {
+                            Ok(None)
+                        }
+                    };
+                    Layer {
+                        input_norm: w.norm(&format!("{p}.input_layernorm"), h)?,
+                        attn,
+                        post_norm: w.norm(&format!("{p}.post_attention_layernorm"), h)?,
+                        mlp,
+                        post_attn_out_norm: sandwich(&mut w, "post_self_attn_layernorm")?,
+                        post_mlp_out_norm: sandwich(&mut w, "post_mlp_layernorm")?,
+                    }
                 }
             };
-            let attn = Attention {
-                q: w.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, c.qkv_bias)?,
-                k: w.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, c.qkv_bias)?,
-                v: w.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.qkv_bias)?,
-                o: w.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, c.o_bias)?,
-                q_norm: qk_norm(&mut w, "q_norm")?,
-                k_norm: qk_norm(&mut w, "k_norm")?,
-            };
-            let mlp = Mlp {
-                gate: w.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                up: w.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                down: w.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
-            };
-            layers.push(Layer {
-                input_norm: w.norm(&format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps)?,
-                attn,
-                post_norm: w.norm(&format!("{p}.post_attention_layernorm.weight"), h, c.rms_norm_eps)?,
-                mlp,
-            });
+            layers.push(layer);
         }
-        let norm = w.norm("model.norm.weight", h, c.rms_norm_eps)?;
+        let norm = match c.family {
+            Family::Gpt2 | Family::Bloom => w.norm(&format!("{root}ln_f"), h)?,
+            _ => w.norm(&format!("{root}norm"), h)?,
+        };
         let lm_head = if c.tie_word_embeddings && !w.map.contains_key("lm_head.weight") {
             embed.clone()
         } else {
             w.take("lm_head.weight", &[c.vocab_size, h])?
         };
-        Ok(Decoder { inv_freq: c.inv_freq(), config, embed, layers, norm, lm_head, device: device.clone() })
+        Ok(Decoder {
+            inv_freq: c.inv_freq(),
+            config,
+            embed,
+            embed_norm,
+            positions,
+            alibi,
+            layers,
+            norm,
+            lm_head,
+            device: device.clone(),
+        })
     }
 
-    /// cos and sin tables (t × head_dim) for positions `[start, start + t)`.
-    fn rope_tables(&self, start: usize, t: usize) -> CResult<(Tensor, Tensor)> {
+    /// cos and sin tables (t × rotary_dim) for positions `[start, start + t)`:
+    /// `[f0 … fn, f0 … fn]` for rotate-half, `[f0, f0, f1, f1 …]` when interleaved.
+    fn rope_tables(&self, start: usize, t: usize, interleaved: bool) -> CResult<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half * 2);
         let mut sin = Vec::with_capacity(t * half * 2);
         for pos in start..start + t {
-            for _ in 0..2 {
-                for f in &self.inv_freq {
-                    let angle = (pos as f64 * f) as f32 as f64;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
+            // Angles rounded to f32 as transformers computes them.
+            let angles: Vec<f64> = self.inv_freq.iter().map(|f| (pos as f64 * f) as f32 as f64).collect();
+            let order: Vec<f64> = if interleaved {
+                angles.iter().flat_map(|a| [*a, *a]).collect()
+            } else {
+                angles.iter().chain(angles.iter()).copied().collect()
+            };
+            cos.extend(order.iter().map(|a| a.cos() as f32));
+            sin.extend(order.iter().map(|a| a.sin() as f32));
         }
         let d = half * 2;
         Ok((Tensor::from_vec(cos, (t, d), &self.device)?, Tensor::from_vec(sin, (t, d), &self.device)?))
@@ -200,7 +412,7 @@ impl Decoder {
             let qpos = start + i;
             for (j, slot) in m[i * total..(i + 1) * total].iter_mut().enumerate() {
                 let future = j > qpos;
-                let too_old = window.is_some_and(|w| qpos - j.min(qpos) >= w);
+                let too_old = window.is_some_and(|w| j + w <= qpos);
                 if future || too_old {
                     *slot = f32::NEG_INFINITY;
                 }
@@ -211,23 +423,53 @@ impl Decoder {
 
     /// Logits (batch × t × vocab) for token ids (batch × t), continuing `cache` if given.
     pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> CResult<Tensor> {
+        use crate::config::Positions;
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let start = cache.as_ref().map_or(0, |c| c.len);
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
-        let (cos, sin) = self.rope_tables(start, t)?;
-        let mask = self.mask(start, t)?;
+        if let Some(table) = &self.positions {
+            if start + t > table.dim(0)? {
+                candle_core::bail!("sequence of {} positions is longer than the model's {}", start + t, table.dim(0)?);
+            }
+            x = x.broadcast_add(&table.narrow(0, start, t)?)?;
+        }
+        if let Some(n) = &self.embed_norm {
+            x = n.forward(&x)?;
+        }
+        let rope = match c.positions {
+            Positions::Rope { rotary_dim, interleaved } => {
+                let (cos, sin) = self.rope_tables(start, t, interleaved)?;
+                Some(Rope { cos, sin, rotary_dim, interleaved })
+            }
+            _ => None,
+        };
+        let mut bias = self.mask(start, t)?.unsqueeze(0)?;
+        if let Some(slopes) = &self.alibi {
+            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?.to_dtype(DType::F32)?.reshape((
+                1,
+                1,
+                start + t,
+            ))?;
+            bias = bias.broadcast_add(&slopes.broadcast_mul(&key_pos)?)?;
+        }
         if let Some(cache) = cache.as_deref_mut() {
             cache.kv.resize(self.layers.len(), None);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
-            let h = layer.input_norm.forward(&x)?;
+            let mut h = layer.input_norm.forward(&x)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            let h = self.attention(&layer.attn, &h, &cos, &sin, &mask, kv)?;
+            h = self.attention(&layer.attn, &h, rope.as_ref(), &bias, kv)?;
+            if let Some(n) = &layer.post_attn_out_norm {
+                h = n.forward(&h)?;
+            }
             x = (residual + h)?;
             let residual = x.clone();
-            let h = layer.mlp.forward(&layer.post_norm.forward(&x)?)?;
+            let mut h = layer.mlp.forward(&layer.post_norm.forward(&x)?)?;
+            if let Some(n) = &layer.post_mlp_out_norm {
+                h = n.forward(&h)?;
+            }
             x = (residual + h)?;
         }
         if let Some(cache) = cache {
@@ -241,9 +483,8 @@ impl Decoder {
         &self,
         a: &Attention,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        rope: Option<&Rope>,
+        bias: &Tensor,
         kv_cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> CResult<Tensor> {
         let c = &self.config;
@@ -256,8 +497,12 @@ impl Decoder {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let mut q = q.transpose(1, 2)?.contiguous()?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        if let Some(r) = rope {
+            q = r.apply(&q)?;
+            k = r.apply(&k)?;
+        }
         let (k, v) = match kv_cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -274,7 +519,7 @@ impl Decoder {
         let k = k.unsqueeze(2)?.expand((b, nkv, rep, total, d))?.reshape((b, nh, total, d))?;
         let v = v.unsqueeze(2)?.expand((b, nkv, rep, total, d))?.reshape((b, nh, total, d))?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-        let scores = scores.broadcast_add(mask)?;
+        let scores = scores.broadcast_add(bias)?;
         let probs = softmax_last(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         a.o.forward(&out)
@@ -306,13 +551,42 @@ impl Decoder {
     }
 }
 
-/// Rotary embedding, rotate-half layout (Hugging Face's LLaMA convention).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+/// Rotary tables for one forward pass.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dim: usize,
+    interleaved: bool,
+}
+
+impl Rope {
+    /// Rotates the first `rotary_dim` dimensions of `x` (b × heads × t × head_dim); the rest pass through.
+    fn apply(&self, x: &Tensor) -> CResult<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let r = self.rotary_dim;
+        let (rot, pass) =
+            if r < d { (x.narrow(D::Minus1, 0, r)?, Some(x.narrow(D::Minus1, r, d - r)?)) } else { (x.clone(), None) };
+        let rotated = if self.interleaved {
+            // Pairs (x0, x1), (x2, x3)… become (-x1, x0), (-x3, x2)…
+            let dims = rot.dims().to_vec();
+            let mut paired = dims.clone();
+            paired.pop();
+            paired.extend([r / 2, 2]);
+            let p = rot.reshape(paired)?;
+            let even = p.narrow(D::Minus1, 0, 1)?;
+            let odd = p.narrow(D::Minus1, 1, 1)?;
+            Tensor::cat(&[&odd.neg()?, &even], D::Minus1)?.reshape(dims)?
+        } else {
+            let x1 = rot.narrow(D::Minus1, 0, r / 2)?;
+            let x2 = rot.narrow(D::Minus1, r / 2, r / 2)?;
+            Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?
+        };
+        let out = (rot.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?;
+        match pass {
+            Some(p) => Tensor::cat(&[&out, &p], D::Minus1),
+            None => Ok(out),
+        }
+    }
 }
 
 /// Softmax over the last dimension from differentiable primitives.

@@ -82,6 +82,26 @@ fn deepseek_r1_distill() {
 }
 
 #[test]
+fn glm_partial_interleaved_rotary() {
+    check("glm");
+}
+
+#[test]
+fn glm4_sandwich_norms() {
+    check("glm4");
+}
+
+#[test]
+fn bloom_alibi_fused_qkv() {
+    check("bloom");
+}
+
+#[test]
+fn gpt2_learned_positions_conv1d() {
+    check("gpt2");
+}
+
+#[test]
 fn bad_model_folders_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
