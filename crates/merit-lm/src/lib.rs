@@ -17,11 +17,15 @@
 //! LoRA are still to come; DeepSeek-V2/V3 (MLA + MoE) later.
 
 pub mod config;
+pub mod generate;
 pub mod loader;
 pub mod model;
+pub mod tokenizer;
 
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
+pub use generate::{generate, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use model::{Cache, Decoder};
+pub use tokenizer::{Message, TextTokenizer};
 
 /// What went wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,12 @@ pub enum LmError {
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The tokenizer is missing or unreadable.
+    #[error("{0}")]
+    Tokenizer(String),
+    /// The chat template is missing or fails.
+    #[error("{0}")]
+    Template(String),
     /// The tensor library failed.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -119,3 +119,66 @@ fn bad_model_folders_name_the_problem() {
     let err = merit_lm::loader::load_hf_dir(dir.path(), &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("rwkv"), "{err}");
 }
+
+#[test]
+fn tokenizers_and_chat_templates_match_transformers() {
+    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "bloom", "glm", "glm4", "gpt2"]
+    {
+        let (dir, r) = fixture(family);
+        let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+        assert_eq!(
+            tok.encode(r["prompt"].as_str().unwrap(), true).unwrap(),
+            ids(&r["prompt_token_ids"]),
+            "{family} prompt"
+        );
+        let chat = &r["chat"];
+        let messages: Vec<merit_lm::Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+        let text = tok.apply_chat_template(&messages, chat["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(text, chat["text"].as_str().unwrap(), "{family} chat template");
+        assert_eq!(tok.encode(&text, false).unwrap(), ids(&chat["token_ids"]), "{family} chat ids");
+    }
+}
+
+#[test]
+fn generate_streams_greedy_text_without_splitting_characters() {
+    for family in ["llama", "gpt2", "qwen3"] {
+        let (dir, r) = fixture(family);
+        let model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let want = ids(&r["greedy"]["new_token_ids_with_cache"]);
+        let mut pieces = String::new();
+        let g = merit_lm::generate(&model, &tok, &prompt, &Default::default(), want.len(), &[], |p| pieces.push_str(p))
+            .unwrap();
+        assert_eq!(g.token_ids, want, "{family}");
+        assert_eq!(pieces, g.text);
+        // A stop string cuts the text before it.
+        if let Some(stop) = g.text.chars().nth(2).map(String::from) {
+            let g2 =
+                merit_lm::generate(&model, &tok, &prompt, &Default::default(), want.len(), &[stop.clone()], |_| {})
+                    .unwrap();
+            assert!(!g2.text.contains(&stop), "{family}: {:?} still holds {stop:?}", g2.text);
+            assert_eq!(g2.stop_reason, merit_lm::StopReason::Stop);
+        }
+    }
+}
+
+#[test]
+fn text_stream_holds_back_partial_characters() {
+    for family in ["llama", "mistral", "gpt2"] {
+        let (dir, _) = fixture(family);
+        let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+        let text = "Crème brûlée — 東京 🍞!";
+        let ids = tok.encode(text, false).unwrap();
+        assert!(ids.len() > text.chars().count() / 2, "{family}: byte tokens expected");
+        let mut stream = merit_lm::TextStream::default();
+        let mut out = String::new();
+        for id in ids {
+            if let Some(piece) = stream.push(&tok, id).unwrap() {
+                assert!(!piece.contains('\u{FFFD}'), "{family}: split character in {piece:?}");
+                out.push_str(&piece);
+            }
+        }
+        assert_eq!(out.trim_start(), text, "{family}");
+    }
+}
