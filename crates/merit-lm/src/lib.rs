@@ -18,10 +18,12 @@
 
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod loader;
 pub mod model;
 pub mod tokenizer;
 
+pub use candle_core::Device;
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{generate, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use model::{Cache, Decoder};

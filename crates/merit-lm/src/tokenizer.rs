@@ -62,6 +62,16 @@ impl TextTokenizer {
         })
     }
 
+    /// A tokenizer from its parts (GGUF metadata).
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        chat_template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> TextTokenizer {
+        TextTokenizer { inner, chat_template, bos_token, eos_token }
+    }
+
     /// Token ids of `text`; `add_special` adds what the post-processor adds (such as BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, LmError> {
         let enc =

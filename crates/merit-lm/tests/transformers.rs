@@ -154,9 +154,16 @@ fn generate_streams_greedy_text_without_splitting_characters() {
         assert_eq!(pieces, g.text);
         // A stop string cuts the text before it.
         if let Some(stop) = g.text.chars().nth(2).map(String::from) {
-            let g2 =
-                merit_lm::generate(&model, &tok, &prompt, &Default::default(), want.len(), &[stop.clone()], |_| {})
-                    .unwrap();
+            let g2 = merit_lm::generate(
+                &model,
+                &tok,
+                &prompt,
+                &Default::default(),
+                want.len(),
+                std::slice::from_ref(&stop),
+                |_| {},
+            )
+            .unwrap();
             assert!(!g2.text.contains(&stop), "{family}: {:?} still holds {stop:?}", g2.text);
             assert_eq!(g2.stop_reason, merit_lm::StopReason::Stop);
         }

