@@ -209,6 +209,27 @@ pub fn generate(
     Ok(Generation { text, token_ids: out, stop_reason: StopReason::Length })
 }
 
+/// The summed negative log-likelihood (natural log) of `ids[1..]` given the
+/// tokens before each, and how many tokens were scored.
+pub fn nll(model: &Decoder, ids: &[u32]) -> Result<(f64, usize), LmError> {
+    if ids.len() < 2 {
+        return Ok((0.0, 0));
+    }
+    let input = Tensor::new(ids, &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let logits: Vec<Vec<f32>> = model.forward(&input, None)?.squeeze(0)?.to_vec2()?;
+    let mut total = 0.0f64;
+    for (row, &next) in logits.iter().zip(&ids[1..]) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_z = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        let target = *row
+            .get(next as usize)
+            .ok_or_else(|| LmError::Config(format!("token id {next} is outside the vocabulary")))?
+            as f64;
+        total += log_z - target;
+    }
+    Ok((total, ids.len() - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

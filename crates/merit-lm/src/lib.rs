@@ -25,7 +25,7 @@ pub mod tokenizer;
 
 pub use candle_core::Device;
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
-pub use generate::{generate, Generation, Sampler, SamplingParams, StopReason, TextStream};
+pub use generate::{generate, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use model::{Cache, Decoder};
 pub use tokenizer::{Message, TextTokenizer};
 

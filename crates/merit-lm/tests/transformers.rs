@@ -189,3 +189,23 @@ fn text_stream_holds_back_partial_characters() {
         assert_eq!(out.trim_start(), text, "{family}");
     }
 }
+
+#[test]
+fn nll_matches_the_reference_logits() {
+    for family in ["llama", "bloom", "glm4"] {
+        let (dir, r) = fixture(family);
+        let model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let (sum, n) = merit_lm::nll(&model, &prompt).unwrap();
+        // The same quantity straight from transformers' logits.
+        let mut want = 0.0f64;
+        for (row, &next) in r["logits"].as_array().unwrap().iter().zip(&prompt[1..]) {
+            let row: Vec<f64> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let log_z = max + row.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+            want += log_z - row[next as usize];
+        }
+        assert_eq!(n, prompt.len() - 1);
+        assert!((sum - want).abs() / want.abs() < 1e-5, "{family}: {sum} vs {want}");
+    }
+}

@@ -144,6 +144,32 @@ enum Command {
     /// Local models: pull, add, list
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Mean token negative log-likelihood and perplexity over a JSONL file of {"text"} or {"messages"} rows
+    Eval {
+        #[arg(long)]
+        model: String,
+        /// JSONL rows: {"text": …} or {"messages": [{"role", "content"}…]}
+        #[arg(long)]
+        data: PathBuf,
+        /// Print exactly {"tokens": N, "loss": L, "perplexity": P}
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
+    /// Chat with a model in the terminal, with its own chat template (/exit or end of input quits)
+    Chat {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
     /// Continue a prompt with a model (registered name, Hugging Face folder or GGUF file)
     Generate {
         /// Registered name, Hugging Face folder or GGUF file
@@ -486,6 +512,71 @@ async fn run(cli: Cli) -> Result<u8> {
                 }
             }
         },
+        Command::Eval { model: name, data, json, data_dir } => {
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let (m, tok) = model::load(&data_dir, &name)?;
+                let text = std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
+                let (mut total, mut tokens) = (0.0f64, 0usize);
+                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let row: Value = serde_json::from_str(line)
+                        .with_context(|| format!("{} line {}: not JSON", data.display(), i + 1))?;
+                    let ids = if let Some(t) = row.get("text").and_then(Value::as_str) {
+                        tok.encode(t, true)?
+                    } else if let Some(msgs) = row.get("messages") {
+                        let messages: Vec<merit_lm::Message> =
+                            serde_json::from_value(msgs.clone()).with_context(|| {
+                                format!("{} line {}: `messages` must be [{{role, content}}]", data.display(), i + 1)
+                            })?;
+                        tok.encode(&tok.apply_chat_template(&messages, false)?, false)?
+                    } else {
+                        bail!("{} line {}: a row needs `text` or `messages`", data.display(), i + 1);
+                    };
+                    let (nll, n) = merit_lm::nll(&m, &ids)?;
+                    total += nll;
+                    tokens += n;
+                }
+                if tokens == 0 {
+                    bail!("{} has no tokens to score", data.display());
+                }
+                let loss = total / tokens as f64;
+                if json {
+                    println!("{}", json!({ "tokens": tokens, "loss": loss, "perplexity": loss.exp() }));
+                } else {
+                    println!("{tokens} tokens: loss {loss:.4}, perplexity {:.3}", loss.exp());
+                }
+                Ok(())
+            })
+            .await??;
+        }
+        Command::Chat { model: name, temperature, max_tokens, seed, data_dir } => {
+            let params = merit_lm::SamplingParams { temperature, seed, ..Default::default() };
+            params.check()?;
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                use std::io::BufRead;
+                let (m, tok) = model::load(&data_dir, &name)?;
+                let mut messages: Vec<merit_lm::Message> = Vec::new();
+                let stdin = std::io::stdin();
+                let mut out = std::io::stdout();
+                loop {
+                    write!(out, "> ")?;
+                    out.flush()?;
+                    let mut line = String::new();
+                    if stdin.lock().read_line(&mut line)? == 0 || line.trim() == "/exit" {
+                        break;
+                    }
+                    messages.push(merit_lm::Message { role: "user".into(), content: line.trim_end().to_string() });
+                    let ids = tok.encode(&tok.apply_chat_template(&messages, true)?, false)?;
+                    let g = merit_lm::generate(&m, &tok, &ids, &params, max_tokens, &[], |piece| {
+                        let _ = write!(out, "{piece}");
+                        let _ = out.flush();
+                    })?;
+                    writeln!(out)?;
+                    messages.push(merit_lm::Message { role: "assistant".into(), content: g.text });
+                }
+                Ok(())
+            })
+            .await??;
+        }
         Command::Generate {
             model: name,
             prompt,

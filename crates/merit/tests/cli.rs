@@ -495,3 +495,37 @@ fn generate_with_a_registered_tiny_model_matches_transformers() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
 }
+
+#[test]
+fn eval_prints_loss_and_perplexity() {
+    let data = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/qwen3");
+    let file = data.path().join("eval.jsonl");
+    std::fs::write(&file, "{\"text\": \"The baker lit her ovens before the sun.\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hello there\"}, {\"role\": \"assistant\", \"content\": \"Hi.\"}]}\n").unwrap();
+    let out = merit()
+        .args(["eval", "--model"])
+        .arg(&fixture)
+        .args(["--data"])
+        .arg(&file)
+        .args(["--json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["loss", "perplexity", "tokens"]);
+    let (loss, ppl) = (v["loss"].as_f64().unwrap(), v["perplexity"].as_f64().unwrap());
+    assert!(v["tokens"].as_u64().unwrap() > 10 && loss > 0.0 && (ppl - loss.exp()).abs() < 1e-6 * ppl);
+    std::fs::write(&file, "{\"oops\": 1}\n").unwrap();
+    let out = merit()
+        .args(["eval", "--model"])
+        .arg(&fixture)
+        .args(["--data"])
+        .arg(&file)
+        .args(["--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: a row needs `text` or `messages`"));
+}
