@@ -23,7 +23,7 @@ pub mod loader;
 pub mod model;
 pub mod tokenizer;
 
-pub use candle_core::Device;
+pub use candle_core::{Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{generate, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use model::{Cache, Decoder};

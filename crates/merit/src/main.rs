@@ -433,6 +433,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         mb: usize,
     },
+    /// Prompt-processing and generation tokens per second (greedy)
+    Generate {
+        /// Registered name, Hugging Face folder or GGUF file
+        #[arg(long)]
+        model: String,
+        /// Prompt length in tokens
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// New tokens to generate
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
     /// Ledger appends per second (batched) and inclusion-proof latency, on a scratch database
     Ledger {
         /// Leaves to append
@@ -710,6 +724,38 @@ async fn run(cli: Cli) -> Result<u8> {
                     );
                 }
             }
+        }
+        Command::Bench(BenchCommand::Generate { model: name, prompt_tokens, new_tokens, data_dir }) => {
+            if prompt_tokens == 0 || new_tokens == 0 {
+                bail!("--prompt-tokens and --new-tokens must be at least 1");
+            }
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let (m, tok) = model::load(&data_dir, &name)?;
+                let filler = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. ";
+                let mut ids = tok.encode(&filler.repeat(prompt_tokens / 8 + 2), false)?;
+                ids.truncate(prompt_tokens);
+                let dev = merit_lm::Device::Cpu;
+                let mut cache = merit_lm::Cache::default();
+                let t0 = std::time::Instant::now();
+                let logits = m.forward(&merit_lm::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?, Some(&mut cache))?;
+                let pp = t0.elapsed().as_secs_f64();
+                let mut next = logits.squeeze(0)?.get(ids.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+                let t1 = std::time::Instant::now();
+                for _ in 0..new_tokens {
+                    let l = m.forward(&merit_lm::Tensor::new(&[next], &dev)?.unsqueeze(0)?, Some(&mut cache))?;
+                    next = l.squeeze(0)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
+                }
+                let tg = t1.elapsed().as_secs_f64();
+                println!(
+                    "{name}: prompt processing {:.1} tokens/s ({} tokens), generation {:.1} tokens/s ({} tokens, greedy, KV cache)",
+                    ids.len() as f64 / pp,
+                    ids.len(),
+                    new_tokens as f64 / tg,
+                    new_tokens
+                );
+                Ok(())
+            })
+            .await??;
         }
         Command::Bench(BenchCommand::Ledger { leaves, batch, database_url }) => {
             bench_ledger(leaves, batch, database_url).await?
