@@ -223,10 +223,7 @@ pub async fn contributions_list(
         };
         filter.contributor_id = Some(user.id);
     }
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || query.offset < 0 {
-        return Err(ApiError::bad_request("limit must be 1 to 1000 and offset not negative"));
-    }
+    let limit = super::page_limit(query.limit, query.offset)?;
     Ok(Json(state.store.contributions(&a.datanet, &filter, limit, query.offset).await?))
 }
 

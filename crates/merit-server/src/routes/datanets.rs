@@ -280,10 +280,7 @@ pub async fn rows_list(
 ) -> ApiResult<Json<Value>> {
     let a = access(&state, &caller, &name).await?;
     let v = version_or_latest(&state, &a.datanet, query.version).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || query.offset < 0 {
-        return Err(ApiError::bad_request("limit must be 1 to 1000 and offset not negative"));
-    }
+    let limit = super::page_limit(query.limit, query.offset)?;
     let rows =
         state.store.rows(&a.datanet, &v, query.offset, limit, query.q.as_deref().filter(|q| !q.is_empty())).await?;
     Ok(Json(json!({ "version": v.number, "row_count": v.row_count, "offset": query.offset, "rows": rows })))

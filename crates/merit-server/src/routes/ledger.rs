@@ -138,10 +138,7 @@ pub async fn entries_list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be 1 to 1000"));
-    }
+    let limit = super::page_limit(q.limit.map(|l| l.min(i64::MAX as u64) as i64), 0)? as u64;
     let size = state.store.ledger_size().await?;
     let entries = match &q.subject {
         Some(subject) => state.store.ledger_entries_about(subject).await?,

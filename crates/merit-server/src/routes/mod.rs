@@ -107,6 +107,16 @@ pub(crate) async fn access(state: &AppState, caller: &Caller, name: &str) -> Api
     Ok(access)
 }
 
+/// The page size of a listing: `limit` (default 100) must be 1 to 1000 and
+/// `offset` not negative.
+pub(crate) fn page_limit(limit: Option<i64>, offset: i64) -> ApiResult<i64> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || offset < 0 {
+        return Err(ApiError::bad_request("limit must be 1 to 1000 and offset not negative"));
+    }
+    Ok(limit)
+}
+
 /// Parses a numeric path segment.
 pub(crate) fn parse_id(what: &str, s: &str) -> ApiResult<i64> {
     s.parse::<i64>()
