@@ -13,8 +13,11 @@
 //! (partial interleaved rotary, fused gate-up, sandwich norms), BLOOM (ALiBi,
 //! fused per-head qkv, LayerNorm, embedding norm) and GPT-2 (learned
 //! positions, Conv1D) load from Hugging Face folders and match transformers.
-//! GGUF, quantized weights, tokenizers, chat templates, sampling, the CLI and
-//! LoRA are still to come; DeepSeek-V2/V3 (MLA + MoE) later.
+//! Tokenizers, chat templates, sampling and streaming, GGUF (LLaMA
+//! architecture, dequantized) and LoRA adapters on every linear layer (with
+//! gradients checked against finite differences) are in; frozen-weight and
+//! quantized backward ops, adapters on disk (PEFT format) and speed work are
+//! next; DeepSeek-V2/V3 (MLA + MoE) later.
 
 pub mod config;
 pub mod generate;
@@ -26,7 +29,7 @@ pub mod tokenizer;
 pub use candle_core::{Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{generate, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
-pub use model::{Cache, Decoder};
+pub use model::{Cache, Decoder, Lora, LoraConfig};
 pub use tokenizer::{Message, TextTokenizer};
 
 /// What went wrong loading or running a model.

@@ -14,6 +14,11 @@ fn read(path: &Path) -> Result<Vec<u8>, LmError> {
 
 /// Loads the decoder in `dir` onto `device`.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Decoder, LmError> {
+    load_hf_dir_as(dir, device, candle_core::DType::F32)
+}
+
+/// Loads the decoder in `dir`, computing in `dtype`.
+pub fn load_hf_dir_as(dir: &Path, device: &Device, dtype: candle_core::DType) -> Result<Decoder, LmError> {
     let config_bytes = read(&dir.join("config.json"))?;
     let json: serde_json::Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| LmError::Config(format!("{}: not JSON: {e}", dir.join("config.json").display())))?;
@@ -42,5 +47,5 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Decoder, LmError> {
             .map_err(|e| LmError::Weights(format!("{}: not a readable safetensors file: {e}", path.display())))?;
         tensors.extend(loaded);
     }
-    Decoder::load(config, tensors, device)
+    Decoder::load_as(config, tensors, device, dtype)
 }

@@ -5,27 +5,60 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+
+use rand::{Rng, SeedableRng};
 
 use crate::config::DecoderConfig;
 use crate::LmError;
 
 type CResult<T> = candle_core::Result<T>;
 
+/// Which layers get LoRA adapters, and how big.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Scale by α/√r (rsLoRA) instead of α/r.
+    pub rslora: bool,
+    /// Family-neutral layer names, or "all".
+    pub targets: Vec<String>,
+    pub seed: u64,
+}
+
 /// A linear layer `y = x Wᵀ + b`, weights in Hugging Face layout (out × in).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A trainable low-rank update, when one is attached.
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA adapter on a linear layer: `y += scale · (x Aᵀ) Bᵀ`, A: r × in, B: out × r.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
 }
 
 impl Linear {
+    fn plain(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, lora: None }
+    }
+
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
         }
+        if let Some(l) = &self.lora {
+            let delta =
+                (x.broadcast_matmul(&l.a.as_tensor().t()?)?.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+            y = (y + delta)?;
+        }
+        Ok(y)
     }
 }
 
@@ -132,6 +165,7 @@ struct Weights {
     map: HashMap<String, Tensor>,
     layer_norm: bool,
     eps: f64,
+    dtype: DType,
 }
 
 impl Weights {
@@ -140,20 +174,20 @@ impl Weights {
         if t.dims() != shape {
             return Err(LmError::Weights(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims())));
         }
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t.to_dtype(self.dtype)?)
     }
 
     fn linear(&mut self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear, LmError> {
         let weight = self.take(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Linear::plain(weight, bias))
     }
 
     /// A GPT-2 Conv1D layer: weight stored in × out.
     fn conv1d(&mut self, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear, LmError> {
         let weight = self.take(&format!("{prefix}.weight"), &[in_dim, out_dim])?.t()?.contiguous()?;
         let bias = Some(self.take(&format!("{prefix}.bias"), &[out_dim])?);
-        Ok(Linear { weight, bias })
+        Ok(Linear::plain(weight, bias))
     }
 
     fn norm(&mut self, prefix: &str, dim: usize) -> Result<Norm, LmError> {
@@ -168,16 +202,11 @@ fn split_rows(fused: &Linear, sizes: &[usize]) -> CResult<Vec<Linear>> {
     let mut start = 0;
     let mut out = Vec::with_capacity(sizes.len());
     for &n in sizes {
-        out.push(Linear {
-            weight: fused.weight.narrow(0, start, n)?.contiguous()?,
-            bias: fused
-                .bias
-                .as_ref()
-                .map(|b| b.narrow(0, start, n))
-                .transpose()?
-                .map(|b| b.contiguous())
-                .transpose()?,
-        });
+        let bias = match &fused.bias {
+            Some(b) => Some(b.narrow(0, start, n)?.contiguous()?),
+            None => None,
+        };
+        out.push(Linear::plain(fused.weight.narrow(0, start, n)?.contiguous()?, bias));
         start += n;
     }
     Ok(out)
@@ -198,10 +227,20 @@ fn alibi_slopes(n: usize) -> Vec<f32> {
 impl Decoder {
     /// Builds the decoder from Hugging Face-named tensors.
     pub fn load(config: DecoderConfig, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Decoder, LmError> {
+        Decoder::load_as(config, tensors, device, DType::F32)
+    }
+
+    /// Builds the decoder computing in `dtype` (F32 normally; F64 for gradient checks).
+    pub fn load_as(
+        config: DecoderConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Decoder, LmError> {
         use crate::config::{Family, MlpKind, NormKind, Positions};
         let c = &config;
         let layer_norm = c.norm == NormKind::Layer;
-        let mut w = Weights { map: tensors, layer_norm, eps: c.norm_eps };
+        let mut w = Weights { map: tensors, layer_norm, eps: c.norm_eps, dtype };
         let (h, q_dim, kv_dim, inter) =
             (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
         // GPT-2 and BLOOM checkpoints come with or without the `transformer.` prefix.
@@ -233,7 +272,9 @@ impl Decoder {
             _ => None,
         };
         let alibi = match c.positions {
-            Positions::Alibi => Some(Tensor::from_vec(alibi_slopes(c.num_heads), (c.num_heads, 1, 1), device)?),
+            Positions::Alibi => {
+                Some(Tensor::from_vec(alibi_slopes(c.num_heads), (c.num_heads, 1, 1), device)?.to_dtype(dtype)?)
+            }
             _ => None,
         };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -282,7 +323,7 @@ impl Decoder {
                         .as_ref()
                         .ok_or_else(|| LmError::Weights("query_key_value.bias is missing".into()))?;
                     let pick = |j: usize| -> CResult<Linear> {
-                        Ok(Linear { weight: part(&fused.weight, j, &[h])?, bias: Some(part(bias, j, &[])?) })
+                        Ok(Linear::plain(part(&fused.weight, j, &[h])?, Some(part(bias, j, &[])?)))
                     };
                     Layer {
                         input_norm: w.norm(&format!("{p}.input_layernorm"), h)?,
@@ -382,6 +423,59 @@ impl Decoder {
         })
     }
 
+    /// Attaches LoRA adapters to the linear layers named in `cfg.targets`
+    /// (family-neutral names: q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj; or "all"). A starts uniform in ±1/√in (PEFT's
+    /// default), B at zero, so the model is unchanged until trained. Returns
+    /// the trainable variables by PEFT name.
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>, LmError> {
+        const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        let targets: Vec<&str> = if cfg.targets.iter().any(|t| t == "all") {
+            ALL.to_vec()
+        } else {
+            cfg.targets.iter().map(String::as_str).collect()
+        };
+        if let Some(bad) = targets.iter().find(|t| !ALL.contains(t)) {
+            return Err(LmError::Config(format!("LoRA target `{bad}` is not one of {} or all", ALL.join(", "))));
+        }
+        if cfg.rank == 0 {
+            return Err(LmError::Config("LoRA rank must be at least 1".into()));
+        }
+        let scale = if cfg.rslora { cfg.alpha / (cfg.rank as f64).sqrt() } else { cfg.alpha / cfg.rank as f64 };
+        let dtype = self.embed.dtype();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        let mut vars = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let mlp_gate = layer.mlp.gate.as_mut();
+            let mut slots: Vec<(&str, &str, &mut Linear)> = vec![
+                ("self_attn", "q_proj", &mut layer.attn.q),
+                ("self_attn", "k_proj", &mut layer.attn.k),
+                ("self_attn", "v_proj", &mut layer.attn.v),
+                ("self_attn", "o_proj", &mut layer.attn.o),
+                ("mlp", "up_proj", &mut layer.mlp.up),
+                ("mlp", "down_proj", &mut layer.mlp.down),
+            ];
+            if let Some(g) = mlp_gate {
+                slots.push(("mlp", "gate_proj", g));
+            }
+            for (block, name, lin) in slots {
+                if !targets.contains(&name) {
+                    continue;
+                }
+                let (out_dim, in_dim) = lin.weight.dims2()?;
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a: Vec<f64> = (0..cfg.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+                let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.rank, in_dim), &self.device)?.to_dtype(dtype)?)?;
+                let b = Var::from_tensor(&Tensor::zeros((out_dim, cfg.rank), dtype, &self.device)?)?;
+                let prefix = format!("base_model.model.model.layers.{i}.{block}.{name}");
+                vars.push((format!("{prefix}.lora_A.weight"), a.clone()));
+                vars.push((format!("{prefix}.lora_B.weight"), b.clone()));
+                lin.lora = Some(Lora { a, b, scale });
+            }
+        }
+        Ok(vars)
+    }
+
     /// cos and sin tables (t × rotary_dim) for positions `[start, start + t)`:
     /// `[f0 … fn, f0 … fn]` for rotate-half, `[f0, f0, f1, f1 …]` when interleaved.
     fn rope_tables(&self, start: usize, t: usize, interleaved: bool) -> CResult<(Tensor, Tensor)> {
@@ -400,7 +494,11 @@ impl Decoder {
             sin.extend(order.iter().map(|a| a.sin() as f32));
         }
         let d = half * 2;
-        Ok((Tensor::from_vec(cos, (t, d), &self.device)?, Tensor::from_vec(sin, (t, d), &self.device)?))
+        let dtype = self.embed.dtype();
+        Ok((
+            Tensor::from_vec(cos, (t, d), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (t, d), &self.device)?.to_dtype(dtype)?,
+        ))
     }
 
     /// Additive attention mask (t × total): causal, and windowed where the family slides.
@@ -418,7 +516,7 @@ impl Decoder {
                 }
             }
         }
-        Tensor::from_vec(m, (t, total), &self.device)
+        Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.embed.dtype())
     }
 
     /// Logits (batch × t × vocab) for token ids (batch × t), continuing `cache` if given.
@@ -446,11 +544,9 @@ impl Decoder {
         };
         let mut bias = self.mask(start, t)?.unsqueeze(0)?;
         if let Some(slopes) = &self.alibi {
-            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?.to_dtype(DType::F32)?.reshape((
-                1,
-                1,
-                start + t,
-            ))?;
+            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?
+                .to_dtype(self.embed.dtype())?
+                .reshape((1, 1, start + t))?;
             bias = bias.broadcast_add(&slopes.broadcast_mul(&key_pos)?)?;
         }
         if let Some(cache) = cache.as_deref_mut() {

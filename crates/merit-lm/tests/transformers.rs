@@ -209,3 +209,74 @@ fn nll_matches_the_reference_logits() {
         assert!((sum - want).abs() / want.abs() < 1e-5, "{family}: {sum} vs {want}");
     }
 }
+
+/// Mean next-token cross-entropy of `ids`, from differentiable ops.
+fn loss(model: &merit_lm::Decoder, ids: &[u32]) -> Tensor {
+    let dev = Device::Cpu;
+    let input = Tensor::new(&ids[..ids.len() - 1], &dev).unwrap().unsqueeze(0).unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    let (n, v) = logits.dims2().unwrap();
+    let max = logits.max_keepdim(1).unwrap();
+    let shifted = logits.broadcast_sub(&max).unwrap();
+    let log_z = shifted.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap();
+    let logp = shifted.broadcast_sub(&log_z).unwrap();
+    let mut onehot = vec![0f64; n * v];
+    for (i, &t) in ids[1..].iter().enumerate() {
+        onehot[i * v + t as usize] = 1.0;
+    }
+    let onehot = Tensor::from_vec(onehot, (n, v), &dev).unwrap();
+    (logp.mul(&onehot).unwrap().sum_all().unwrap() * (-1.0 / n as f64)).unwrap()
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    use candle_core::DType;
+    for family in ["llama", "qwen3", "glm4", "bloom", "gpt2"] {
+        let (dir, r) = fixture(family);
+        let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
+        let cfg = merit_lm::LoraConfig { rank: 2, alpha: 4.0, rslora: false, targets: vec!["all".into()], seed: 1 };
+        let vars = model.add_lora(&cfg).unwrap();
+        assert!(!vars.is_empty());
+        // Untrained adapters (B = 0) leave the model as it was.
+        let prompt = ids(&r["prompt_token_ids"]);
+        let base = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
+        let l0 = loss(&model, &prompt).to_scalar::<f64>().unwrap();
+        assert!((l0 - loss(&base, &prompt).to_scalar::<f64>().unwrap()).abs() < 1e-12, "{family}");
+        // Random B so that every gradient is non-trivial.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for (name, v) in &vars {
+            if name.ends_with("lora_B.weight") {
+                let vals: Vec<f64> = (0..v.elem_count())
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        ((x % 2001) as f64 / 1000.0 - 1.0) * 0.2
+                    })
+                    .collect();
+                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let grads = loss(&model, &prompt).backward().unwrap();
+        let eps = 1e-5;
+        let mut checked = 0;
+        for (name, v) in vars.iter().step_by(3) {
+            let g: Vec<f64> = grads.get(v.as_tensor()).expect("gradient").flatten_all().unwrap().to_vec1().unwrap();
+            let orig: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for k in [0, orig.len() / 2, orig.len() - 1] {
+                let at = |delta: f64| {
+                    let mut vals = orig.clone();
+                    vals[k] += delta;
+                    v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+                    loss(&model, &prompt).to_scalar::<f64>().unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                v.set(&Tensor::from_vec(orig.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
+                let err = (g[k] - fd).abs() / fd.abs().max(1e-6);
+                assert!(err < 1e-3, "{family} {name}[{k}]: autograd {} vs finite difference {fd}", g[k]);
+                checked += 1;
+            }
+        }
+        eprintln!("{family}: {checked} LoRA gradient entries match finite differences");
+    }
+}
