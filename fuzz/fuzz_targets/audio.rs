@@ -1,33 +1,6 @@
 #![no_main]
 //! Audio durations (WAV, FLAC, MP3), by content.
 use libfuzzer_sys::fuzz_target;
-use merit_core::{Kind, Policy};
+use merit_core::Kind;
 
-fuzz_target!(|data: &[u8]| {
-    contain_panics();
-    let policy = Policy::default_for(Kind::Audio);
-    for name in ["f.wav", "f.flac", "f.mp3", "f"] {
-        let _ = merit_gate::inspect(&policy, name, data);
-    }
-});
-
-/// merit-gate runs third-party parsers (lopdf, zip, parquet, imagesize) under
-/// `catch_unwind` and turns their panics into refusals; libFuzzer's panic hook
-/// would abort on those contained panics too. This hook counts panics raised
-/// in third-party code and aborts, as libFuzzer's does, on any raised in
-/// Merit's own code. A panic escaping `inspect` aborts anyway (libfuzzer-sys
-/// catches it at the boundary).
-fn contain_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    static CONTAINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            let ours = info.location().is_some_and(|l| l.file().contains("crates/merit-"));
-            if ours {
-                eprintln!("{info}");
-                std::process::abort();
-            }
-            CONTAINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }))
-    });
-}
+fuzz_target!(|data: &[u8]| merit_fuzz::inspect_as(Kind::Audio, &["f.wav", "f.flac", "f.mp3", "f"], data));
