@@ -19,6 +19,7 @@
 //! quantized backward ops, adapters on disk (PEFT format) and speed work are
 //! next; DeepSeek-V2/V3 (MLA + MoE) later.
 
+pub mod adapter;
 pub mod config;
 pub mod generate;
 pub mod gguf;

@@ -280,3 +280,38 @@ fn lora_gradients_match_finite_differences() {
         eprintln!("{family}: {checked} LoRA gradient entries match finite differences");
     }
 }
+
+#[test]
+fn peft_adapters_match_transformers() {
+    for family in ["llama", "qwen3"] {
+        let (dir, _) = fixture(family);
+        let r: Value = serde_json::from_slice(&std::fs::read(dir.join("adapter/reference.json")).unwrap()).unwrap();
+        let mut model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        merit_lm::adapter::load_peft(&mut model, &dir.join("adapter")).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let mut max_diff = 0f32;
+        for (row, want) in logits.iter().zip(r["logits"].as_array().unwrap()) {
+            for (a, b) in row.iter().zip(want.as_array().unwrap()) {
+                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
+            }
+        }
+        assert!(max_diff <= 1e-4, "{family} with adapter: max |Δ logit| = {max_diff}");
+        // The adapter matters: the base model's logits differ.
+        let base: Vec<Vec<f32>> = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu)
+            .unwrap()
+            .forward(&input, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert!(base[0].iter().zip(&logits[0]).any(|(a, b)| (a - b).abs() > 1e-2), "{family}");
+    }
+    // A wrong adapter is named.
+    let (dir, _) = fixture("gpt2");
+    let mut model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let err = merit_lm::adapter::load_peft(&mut model, &fixture("qwen3").0.join("adapter")).unwrap_err().to_string();
+    assert!(err.contains("gate_proj") || err.contains("missing") || err.contains("shape"), "{err}");
+}

@@ -148,6 +148,9 @@ enum Command {
     Eval {
         #[arg(long)]
         model: String,
+        /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// JSONL rows: {"text": …} or {"messages": [{"role", "content"}…]}
         #[arg(long)]
         data: PathBuf,
@@ -161,6 +164,9 @@ enum Command {
     Chat {
         #[arg(long)]
         model: String,
+        /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, default_value_t = 0.7)]
         temperature: f64,
         #[arg(long, default_value_t = 512)]
@@ -175,6 +181,9 @@ enum Command {
         /// Registered name, Hugging Face folder or GGUF file
         #[arg(long)]
         model: String,
+        /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// The prompt
         #[arg(long)]
         prompt: String,
@@ -526,9 +535,9 @@ async fn run(cli: Cli) -> Result<u8> {
                 }
             }
         },
-        Command::Eval { model: name, data, json, data_dir } => {
+        Command::Eval { model: name, adapter, data, json, data_dir } => {
             tokio::task::spawn_blocking(move || -> Result<()> {
-                let (m, tok) = model::load(&data_dir, &name)?;
+                let (m, tok) = model::load(&data_dir, &name, adapter.as_deref())?;
                 let text = std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
                 let (mut total, mut tokens) = (0.0f64, 0usize);
                 for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -562,12 +571,12 @@ async fn run(cli: Cli) -> Result<u8> {
             })
             .await??;
         }
-        Command::Chat { model: name, temperature, max_tokens, seed, data_dir } => {
+        Command::Chat { model: name, adapter, temperature, max_tokens, seed, data_dir } => {
             let params = merit_lm::SamplingParams { temperature, seed, ..Default::default() };
             params.check()?;
             tokio::task::spawn_blocking(move || -> Result<()> {
                 use std::io::BufRead;
-                let (m, tok) = model::load(&data_dir, &name)?;
+                let (m, tok) = model::load(&data_dir, &name, adapter.as_deref())?;
                 let mut messages: Vec<merit_lm::Message> = Vec::new();
                 let stdin = std::io::stdin();
                 let mut out = std::io::stdout();
@@ -593,6 +602,7 @@ async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Generate {
             model: name,
+            adapter,
             prompt,
             chat,
             max_tokens,
@@ -609,7 +619,7 @@ async fn run(cli: Cli) -> Result<u8> {
             let params = merit_lm::SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, seed };
             params.check()?;
             tokio::task::spawn_blocking(move || -> Result<()> {
-                let (m, tok) = model::load(&data_dir, &name)?;
+                let (m, tok) = model::load(&data_dir, &name, adapter.as_deref())?;
                 let text = if chat {
                     let messages = [merit_lm::Message { role: "user".into(), content: prompt }];
                     tok.apply_chat_template(&messages, true)?
@@ -730,7 +740,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 bail!("--prompt-tokens and --new-tokens must be at least 1");
             }
             tokio::task::spawn_blocking(move || -> Result<()> {
-                let (m, tok) = model::load(&data_dir, &name)?;
+                let (m, tok) = model::load(&data_dir, &name, None)?;
                 let filler = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. ";
                 let mut ids = tok.encode(&filler.repeat(prompt_tokens / 8 + 2), false)?;
                 ids.truncate(prompt_tokens);

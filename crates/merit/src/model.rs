@@ -66,8 +66,18 @@ fn kind_of(path: &Path) -> Result<ModelKind> {
     }
 }
 
-/// Loads a model by registered name, Hugging Face folder or GGUF file.
-pub fn load(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
+/// Loads a model by registered name, Hugging Face folder or GGUF file, with
+/// the PEFT LoRA adapter in `adapter` attached when given.
+pub fn load(data_dir: &Path, model: &str, adapter: Option<&Path>) -> Result<(Decoder, TextTokenizer)> {
+    let (mut m, tok) = load_base(data_dir, model)?;
+    if let Some(dir) = adapter {
+        merit_lm::adapter::load_peft(&mut m, dir)
+            .with_context(|| format!("attaching the adapter in {}", dir.display()))?;
+    }
+    Ok((m, tok))
+}
+
+fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
     let reg = registry(data_dir)?;
     let path = match reg.get(model) {
         Some(p) => p.clone(),

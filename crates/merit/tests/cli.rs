@@ -529,3 +529,36 @@ fn eval_prints_loss_and_perplexity() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: a row needs `text` or `messages`"));
 }
+
+#[test]
+fn generate_with_a_peft_adapter() {
+    let data = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/llama");
+    let run = |adapter: Option<&Path>| {
+        let mut c = merit();
+        c.args(["generate", "--model"])
+            .arg(&fixture)
+            .args(["--prompt", "The baker", "--temperature", "0", "--max-tokens", "8", "--json", "--data-dir"])
+            .arg(data.path());
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["token_ids"].clone()
+    };
+    assert_ne!(run(None), run(Some(&fixture.join("adapter"))));
+    let out = merit()
+        .args(["generate", "--model"])
+        .arg(&fixture)
+        .args(["--prompt", "x", "--adapter", "/nonexistent", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("adapter_config.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
