@@ -93,7 +93,7 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
             p
         }
     };
-    let device = candle_core_device();
+    let device = merit_lm::Device::Cpu;
     match kind_of(&path)? {
         ModelKind::Gguf(f) => {
             merit_lm::gguf::load_gguf(&f, &device).with_context(|| format!("loading {}", f.display()))
@@ -106,10 +106,6 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
             Ok((model, tok))
         }
     }
-}
-
-fn candle_core_device() -> merit_lm::Device {
-    merit_lm::Device::Cpu
 }
 
 /// `merit model pull smollm2`: the SmolLM2-135M-Instruct GGUF from the

@@ -148,6 +148,14 @@ pub async fn entries_list(
     Ok(Json(json!({ "size": size, "entries": list })))
 }
 
+/// The tree size asked for, or the ledger's current size.
+async fn size_or_current(state: &AppState, size: Option<u64>) -> ApiResult<u64> {
+    match size {
+        Some(s) => Ok(s),
+        None => Ok(state.store.ledger_size().await?),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct InclusionQuery {
     index: u64,
@@ -158,10 +166,7 @@ pub async fn inclusion_get(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let size = match q.size {
-        Some(s) => s,
-        None => state.store.ledger_size().await?,
-    };
+    let size = size_or_current(&state, q.size).await?;
     let hashes = state.store.ledger_inclusion_proof(q.index, size).await?;
     let leaf = state.store.ledger_entries(q.index, 1).await?;
     let leaf_hash = leaf.first().map(|(_, l)| hex::encode(merit_ledger::leaf_hash(l))).unwrap_or_default();
@@ -179,10 +184,7 @@ pub async fn consistency_get(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> ApiResult<Json<Value>> {
-    let new = match q.new {
-        Some(n) => n,
-        None => state.store.ledger_size().await?,
-    };
+    let new = size_or_current(&state, q.new).await?;
     let hashes = state.store.ledger_consistency_proof(q.old, new).await?;
     let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
     Ok(Json(json!({ "old": q.old, "new": new, "hashes": hashes })))
