@@ -38,6 +38,7 @@ pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<(), LmError> {
         alpha,
         rslora: cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
         targets,
+        dropout: 0.0,
         seed: 0,
     };
     let vars = model.add_lora(&lora)?;

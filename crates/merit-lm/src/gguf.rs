@@ -1,5 +1,6 @@
-//! GGUF files (llama.cpp): architecture metadata, weights (dequantized to
-//! f32 for now) and the tokenizer and chat template from the metadata.
+//! GGUF files (llama.cpp): architecture metadata, weights (quantized
+//! matrices stay quantized, see [`crate::quant`]) and the tokenizer and chat
+//! template from the metadata.
 //!
 //! llama.cpp stores LLaMA's q and k projections permuted for pairwise
 //! (GPT-J style) rotary embedding, so GGUF LLaMA models run the decoder with
@@ -9,10 +10,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use crate::config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
-use crate::{Decoder, LmError, TextTokenizer};
+use crate::{Decoder, LmError, QWeight, TextTokenizer, Weight};
 
 fn meta<'a>(c: &'a Content, key: &str) -> Result<&'a Value, LmError> {
     c.metadata.get(key).ok_or_else(|| LmError::Config(format!("GGUF metadata `{key}` is missing")))
@@ -143,9 +145,15 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, TextTokenizer
         let q = content
             .tensor(&mut file, &name, device)
             .map_err(|e| LmError::Weights(format!("GGUF tensor `{name}`: {e}")))?;
-        tensors.insert(hf, q.dequantize(device)?);
+        let quantized = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let weight = if quantized && q.rank() == 2 && device.is_cpu() {
+            Weight::Quant(QWeight::from_qtensor(q)?)
+        } else {
+            Weight::Dense(q.dequantize(device)?)
+        };
+        tensors.insert(hf, weight);
     }
-    let decoder = Decoder::load(config, tensors, device)?;
+    let decoder = Decoder::load_weights(config, tensors, device, candle_core::DType::F32)?;
     let tokenizer = gguf_tokenizer(&content, tokens)?;
     Ok((decoder, tokenizer))
 }

@@ -21,16 +21,21 @@
 
 pub mod adapter;
 pub mod config;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
+pub mod linear;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod tokenizer;
 
 pub use candle_core::{Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{generate, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
-pub use model::{Cache, Decoder, Lora, LoraConfig};
+pub use linear::{Dropout, Linear, Lora, Weight};
+pub use model::{Cache, Decoder, LoraConfig};
+pub use quant::QWeight;
 pub use tokenizer::{Message, TextTokenizer};
 
 /// What went wrong loading or running a model.

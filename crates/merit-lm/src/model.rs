@@ -10,6 +10,8 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 
 use crate::config::DecoderConfig;
+use crate::fused;
+use crate::linear::{forward_many, Dropout, Linear, Lora, Weight};
 use crate::LmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -23,43 +25,9 @@ pub struct LoraConfig {
     pub rslora: bool,
     /// Family-neutral layer names, or "all".
     pub targets: Vec<String>,
+    /// Dropout on the adapters' input while training (0 for none).
+    pub dropout: f64,
     pub seed: u64,
-}
-
-/// A linear layer `y = x Wᵀ + b`, weights in Hugging Face layout (out × in).
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    /// A trainable low-rank update, when one is attached.
-    pub lora: Option<Lora>,
-}
-
-/// A LoRA adapter on a linear layer: `y += scale · (x Aᵀ) Bᵀ`, A: r × in, B: out × r.
-#[derive(Debug, Clone)]
-pub struct Lora {
-    pub a: Var,
-    pub b: Var,
-    pub scale: f64,
-}
-
-impl Linear {
-    fn plain(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias, lora: None }
-    }
-
-    pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = &self.lora {
-            let delta =
-                (x.broadcast_matmul(&l.a.as_tensor().t()?)?.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
-            y = (y + delta)?;
-        }
-        Ok(y)
-    }
 }
 
 /// RMS norm or LayerNorm over the last dimension.
@@ -74,6 +42,9 @@ struct Norm {
 
 impl Norm {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if fused::fast(x) {
+            return fused::norm(x, &self.weight, self.bias.as_ref(), self.layer_norm, self.eps);
+        }
         let x = if self.layer_norm { x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)? } else { x.clone() };
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?;
@@ -117,10 +88,31 @@ fn gelu_tanh(x: &Tensor) -> CResult<Tensor> {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let hidden = match &self.gate {
-            Some(gate) => silu(&gate.forward(x)?)?.mul(&self.up.forward(x)?)?,
-            None => gelu_tanh(&self.up.forward(x)?)?,
+            Some(gate) => {
+                let [g, u] = forward_many([gate, &self.up], x)?;
+                if fused::fast(&g) && fused::fast(&u) {
+                    fused::silu_mul(&g, &u)?
+                } else {
+                    silu(&g)?.mul(&u)?
+                }
+            }
+            None => {
+                let u = self.up.forward(x)?;
+                if fused::fast(&u) {
+                    fused::gelu_tanh(&u)?
+                } else {
+                    gelu_tanh(&u)?
+                }
+            }
         };
         self.down.forward(&hidden)
+    }
+}
+
+impl Layer {
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        let a = &self.attn;
+        [&a.q, &a.k, &a.v, &a.o, &self.mlp.up, &self.mlp.down].into_iter().chain(self.mlp.gate.as_ref())
     }
 }
 
@@ -138,7 +130,7 @@ struct Layer {
 /// Keys and values of the positions seen so far, per layer.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
+    kv: Vec<Option<KvBuf>>,
     /// How many positions the cache holds.
     pub len: usize,
 }
@@ -147,7 +139,8 @@ pub struct Cache {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub config: DecoderConfig,
-    embed: Tensor,
+    /// Token embeddings (vocab × hidden); quantized ones are dequantized a row at a time.
+    embed: Weight,
     embed_norm: Option<Norm>,
     /// Learned position table (GPT-2).
     positions: Option<Tensor>,
@@ -155,37 +148,58 @@ pub struct Decoder {
     alibi: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Norm,
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_freq: Vec<f64>,
+    dtype: DType,
     device: Device,
 }
 
 /// Takes named tensors out of a checkpoint, naming what is missing or misshapen.
 struct Weights {
-    map: HashMap<String, Tensor>,
+    map: HashMap<String, Weight>,
     layer_norm: bool,
     eps: f64,
     dtype: DType,
 }
 
 impl Weights {
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LmError> {
-        let t = self.map.remove(name).ok_or_else(|| LmError::Weights(format!("tensor `{name}` is missing")))?;
-        if t.dims() != shape {
-            return Err(LmError::Weights(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims())));
+    /// A weight as stored (quantized ones stay quantized), dense ones in the compute dtype.
+    fn take_weight(&mut self, name: &str, shape: &[usize]) -> Result<Weight, LmError> {
+        let w = self.map.remove(name).ok_or_else(|| LmError::Weights(format!("tensor `{name}` is missing")))?;
+        let dims = match &w {
+            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Quant(q) => vec![q.rows, q.cols],
+        };
+        if dims != shape {
+            return Err(LmError::Weights(format!("tensor `{name}` has shape {dims:?}, expected {shape:?}")));
         }
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(match w {
+            Weight::Dense(t) => Weight::Dense(t.to_dtype(self.dtype)?),
+            q => q,
+        })
+    }
+
+    /// A dense tensor (norms, biases, position tables).
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LmError> {
+        Ok(self.take_weight(name, shape)?.dequantize()?.to_dtype(self.dtype)?)
     }
 
     fn linear(&mut self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear, LmError> {
-        let weight = self.take(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let weight = self.take_weight(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
         Ok(Linear::plain(weight, bias))
     }
 
-    /// A GPT-2 Conv1D layer: weight stored in × out.
+    /// A GPT-2 Conv1D layer: weight stored in × out (as in Hugging Face
+    /// checkpoints; GGUF files store it out × in like every other linear).
     fn conv1d(&mut self, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear, LmError> {
-        let weight = self.take(&format!("{prefix}.weight"), &[in_dim, out_dim])?.t()?.contiguous()?;
+        let name = format!("{prefix}.weight");
+        let weight = match self.map.get(&name) {
+            Some(Weight::Quant(q)) if q.rows == out_dim && q.cols == in_dim => {
+                self.take_weight(&name, &[out_dim, in_dim])?
+            }
+            _ => Weight::Dense(self.take(&name, &[in_dim, out_dim])?.t()?.contiguous()?),
+        };
         let bias = Some(self.take(&format!("{prefix}.bias"), &[out_dim])?);
         Ok(Linear::plain(weight, bias))
     }
@@ -206,7 +220,7 @@ fn split_rows(fused: &Linear, sizes: &[usize]) -> CResult<Vec<Linear>> {
             Some(b) => Some(b.narrow(0, start, n)?.contiguous()?),
             None => None,
         };
-        out.push(Linear::plain(fused.weight.narrow(0, start, n)?.contiguous()?, bias));
+        out.push(Linear::plain(fused.weight.narrow_rows(start, n)?, bias));
         start += n;
     }
     Ok(out)
@@ -237,6 +251,18 @@ impl Decoder {
         device: &Device,
         dtype: DType,
     ) -> Result<Decoder, LmError> {
+        let weights = tensors.into_iter().map(|(k, t)| (k, Weight::Dense(t))).collect();
+        Decoder::load_weights(config, weights, device, dtype)
+    }
+
+    /// Builds the decoder from weights that may be quantized: those stay
+    /// quantized (linear layers, embeddings), the rest is dequantized.
+    pub fn load_weights(
+        config: DecoderConfig,
+        tensors: HashMap<String, Weight>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Decoder, LmError> {
         use crate::config::{Family, MlpKind, NormKind, Positions};
         let c = &config;
         let layer_norm = c.norm == NormKind::Layer;
@@ -264,7 +290,7 @@ impl Decoder {
             Family::Bloom => format!("{root}word_embeddings.weight"),
             _ => format!("{root}embed_tokens.weight"),
         };
-        let embed = w.take(&embed_name, &[c.vocab_size, h])?;
+        let embed = w.take_weight(&embed_name, &[c.vocab_size, h])?;
         let embed_norm =
             if c.embed_norm { Some(w.norm(&format!("{root}word_embeddings_layernorm"), h)?) } else { None };
         let positions = match c.positions {
@@ -311,19 +337,16 @@ impl Decoder {
                     // query_key_value rows are laid out per head: [head][q|k|v][head_dim].
                     let fused = w.linear(&format!("{p}.self_attention.query_key_value"), 3 * h, h, true)?;
                     let (nh, d) = (c.num_heads, c.head_dim);
-                    let part = |t: &Tensor, j: usize, tail: &[usize]| -> CResult<Tensor> {
-                        let mut shape = vec![nh, 3, d];
-                        shape.extend_from_slice(tail);
-                        let mut out_shape = vec![nh * d];
-                        out_shape.extend_from_slice(tail);
-                        t.reshape(shape)?.narrow(1, j, 1)?.reshape(out_shape)?.contiguous()
-                    };
                     let bias = fused
                         .bias
                         .as_ref()
                         .ok_or_else(|| LmError::Weights("query_key_value.bias is missing".into()))?;
                     let pick = |j: usize| -> CResult<Linear> {
-                        Ok(Linear::plain(part(&fused.weight, j, &[h])?, Some(part(bias, j, &[])?)))
+                        let rows: Vec<usize> =
+                            (0..nh).flat_map(|head| (0..d).map(move |i| (head * 3 + j) * d + i)).collect();
+                        let index =
+                            Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), device)?;
+                        Ok(Linear::plain(fused.weight.select_rows(&rows)?, Some(bias.index_select(&index, 0)?)))
                     };
                     Layer {
                         input_norm: w.norm(&format!("{p}.input_layernorm"), h)?,
@@ -404,11 +427,14 @@ impl Decoder {
             Family::Gpt2 | Family::Bloom => w.norm(&format!("{root}ln_f"), h)?,
             _ => w.norm(&format!("{root}norm"), h)?,
         };
-        let lm_head = if c.tie_word_embeddings && !w.map.contains_key("lm_head.weight") {
-            embed.clone()
-        } else {
-            w.take("lm_head.weight", &[c.vocab_size, h])?
-        };
+        let lm_head = Linear::plain(
+            if c.tie_word_embeddings && !w.map.contains_key("lm_head.weight") {
+                embed.clone()
+            } else {
+                w.take_weight("lm_head.weight", &[c.vocab_size, h])?
+            },
+            None,
+        );
         Ok(Decoder {
             inv_freq: c.inv_freq(),
             config,
@@ -419,6 +445,7 @@ impl Decoder {
             layers,
             norm,
             lm_head,
+            dtype,
             device: device.clone(),
         })
     }
@@ -442,7 +469,10 @@ impl Decoder {
             return Err(LmError::Config("LoRA rank must be at least 1".into()));
         }
         let scale = if cfg.rslora { cfg.alpha / (cfg.rank as f64).sqrt() } else { cfg.alpha / cfg.rank as f64 };
-        let dtype = self.embed.dtype();
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            return Err(LmError::Config(format!("LoRA dropout {} is not in [0, 1)", cfg.dropout)));
+        }
+        let dtype = self.dtype;
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut vars = Vec::new();
         for (i, layer) in self.layers.iter_mut().enumerate() {
@@ -470,7 +500,8 @@ impl Decoder {
                 let prefix = format!("base_model.model.model.layers.{i}.{block}.{name}");
                 vars.push((format!("{prefix}.lora_A.weight"), a.clone()));
                 vars.push((format!("{prefix}.lora_B.weight"), b.clone()));
-                lin.lora = Some(Lora { a, b, scale });
+                let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout, rng.random()));
+                lin.lora = Some(Lora { a, b, scale, dropout });
             }
         }
         Ok(vars)
@@ -494,7 +525,7 @@ impl Decoder {
             sin.extend(order.iter().map(|a| a.sin() as f32));
         }
         let d = half * 2;
-        let dtype = self.embed.dtype();
+        let dtype = self.dtype;
         Ok((
             Tensor::from_vec(cos, (t, d), &self.device)?.to_dtype(dtype)?,
             Tensor::from_vec(sin, (t, d), &self.device)?.to_dtype(dtype)?,
@@ -516,7 +547,7 @@ impl Decoder {
                 }
             }
         }
-        Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.embed.dtype())
+        Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.dtype)
     }
 
     /// Logits (batch × t × vocab) for token ids (batch × t), continuing `cache` if given.
@@ -525,7 +556,7 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut x = self.embed_rows(ids)?.reshape((b, t, c.hidden_size))?;
         if let Some(table) = &self.positions {
             if start + t > table.dim(0)? {
                 candle_core::bail!("sequence of {} positions is longer than the model's {}", start + t, table.dim(0)?);
@@ -544,9 +575,11 @@ impl Decoder {
         };
         let mut bias = self.mask(start, t)?.unsqueeze(0)?;
         if let Some(slopes) = &self.alibi {
-            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?
-                .to_dtype(self.embed.dtype())?
-                .reshape((1, 1, start + t))?;
+            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?.to_dtype(self.dtype)?.reshape((
+                1,
+                1,
+                start + t,
+            ))?;
             bias = bias.broadcast_add(&slopes.broadcast_mul(&key_pos)?)?;
         }
         if let Some(cache) = cache.as_deref_mut() {
@@ -572,7 +605,33 @@ impl Decoder {
             cache.len += t;
         }
         let x = self.norm.forward(&x)?;
-        x.broadcast_matmul(&self.lm_head.t()?)
+        self.lm_head.forward(&x)
+    }
+
+    /// Embedding rows for `ids` (any shape), flattened to (n × hidden).
+    fn embed_rows(&self, ids: &Tensor) -> CResult<Tensor> {
+        let flat = ids.flatten_all()?;
+        match &self.embed {
+            Weight::Dense(t) => t.index_select(&flat, 0),
+            Weight::Quant(q) => {
+                let rows: Vec<usize> = flat.to_vec1::<u32>()?.into_iter().map(|i| i as usize).collect();
+                if let Some(bad) = rows.iter().find(|&&i| i >= q.rows) {
+                    candle_core::bail!("token id {bad} is outside the vocabulary of {}", q.rows);
+                }
+                q.select_rows(&rows)?.dequantize()?.to_device(&self.device)?.to_dtype(self.dtype)
+            }
+        }
+    }
+
+    /// Switches LoRA dropout on (training) or off (evaluation, generation).
+    pub fn set_training(&self, on: bool) {
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                if let Some(d) = lin.lora.as_ref().and_then(|l| l.dropout.as_ref()) {
+                    d.set_training(on);
+                }
+            }
+        }
     }
 
     fn attention(
@@ -581,14 +640,15 @@ impl Decoder {
         x: &Tensor,
         rope: Option<&Rope>,
         bias: &Tensor,
-        kv_cache: Option<&mut Option<(Tensor, Tensor)>>,
+        kv_cache: Option<&mut Option<KvBuf>>,
     ) -> CResult<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let mut q = a.q.forward(x)?.reshape((b, t, nh, d))?;
-        let mut k = a.k.forward(x)?.reshape((b, t, nkv, d))?;
-        let v = a.v.forward(x)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let [q, k, v] = forward_many([&a.q, &a.k, &a.v], x)?;
+        let mut q = q.reshape((b, t, nh, d))?;
+        let mut k = k.reshape((b, t, nkv, d))?;
+        let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -600,24 +660,24 @@ impl Decoder {
             k = r.apply(&k)?;
         }
         let (k, v) = match kv_cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => append_kv(slot, &k, &v)?,
             None => (k, v),
         };
         let total = k.dim(2)?;
         let rep = nh / nkv;
-        let k = k.unsqueeze(2)?.expand((b, nkv, rep, total, d))?.reshape((b, nh, total, d))?;
-        let v = v.unsqueeze(2)?.expand((b, nkv, rep, total, d))?.reshape((b, nh, total, d))?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+        // Grouped heads share their key/value head without copying it: the
+        // `rep` query heads of a group become extra rows of one product.
+        let q = q.reshape((b, nkv, rep * t, d))?;
+        if t <= 4 && fused::fast(&q) && fused::fast(&k) && fused::fast(&v) {
+            let bias = bias.broadcast_as((bias.dim(0)?, t, total))?;
+            let out = fused::attention(&q, &k, &v, &bias, t, (1.0 / (d as f64).sqrt()) as f32)?;
+            let out = out.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+            return a.o.forward(&out);
+        }
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.reshape((b, nh, t, total))?;
         let scores = scores.broadcast_add(bias)?;
-        let probs = softmax_last(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, total))?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         a.o.forward(&out)
     }
 
@@ -647,6 +707,39 @@ impl Decoder {
     }
 }
 
+/// Appends this step's keys and values (b × kv heads × t × d) to a layer's
+/// cache, in place: the buffers grow by doubling, so a step copies only its
+/// own rows. Returns views of every cached position.
+fn append_kv(slot: &mut Option<KvBuf>, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
+    let (b, nkv, t, d) = k.dims4()?;
+    let (k, v) = (k.detach(), v.detach());
+    let len = slot.as_ref().map_or(0, |s| s.len);
+    let cap = slot.as_ref().map_or(0, |s| s.k.dim(2).unwrap_or(0));
+    if len + t > cap {
+        let new_cap = (len + t).max(cap * 2).max(64);
+        let nk = Tensor::zeros((b, nkv, new_cap, d), k.dtype(), k.device())?;
+        let nv = Tensor::zeros((b, nkv, new_cap, d), v.dtype(), v.device())?;
+        if let Some(old) = slot.as_ref() {
+            nk.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            nv.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+        *slot = Some(KvBuf { k: nk, v: nv, len });
+    }
+    let Some(buf) = slot.as_mut() else { candle_core::bail!("kv cache slot is empty") };
+    buf.k.slice_set(&k.contiguous()?, 2, len)?;
+    buf.v.slice_set(&v.contiguous()?, 2, len)?;
+    buf.len = len + t;
+    Ok((buf.k.narrow(2, 0, buf.len)?, buf.v.narrow(2, 0, buf.len)?))
+}
+
+/// One layer's cached keys and values: buffers with room to grow, `len` used.
+#[derive(Debug, Clone)]
+struct KvBuf {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
 /// Rotary tables for one forward pass.
 struct Rope {
     cos: Tensor,
@@ -658,6 +751,9 @@ struct Rope {
 impl Rope {
     /// Rotates the first `rotary_dim` dimensions of `x` (b × heads × t × head_dim); the rest pass through.
     fn apply(&self, x: &Tensor) -> CResult<Tensor> {
+        if fused::fast(x) {
+            return fused::rope(x, &self.cos, &self.sin, self.rotary_dim, self.interleaved);
+        }
         let d = x.dim(D::Minus1)?;
         let r = self.rotary_dim;
         let (rot, pass) =
@@ -687,6 +783,9 @@ impl Rope {
 
 /// Softmax over the last dimension from differentiable primitives.
 fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    if fused::fast(x) {
+        return fused::softmax_last(x);
+    }
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)

@@ -234,7 +234,14 @@ fn lora_gradients_match_finite_differences() {
     for family in ["llama", "qwen3", "glm4", "bloom", "gpt2"] {
         let (dir, r) = fixture(family);
         let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
-        let cfg = merit_lm::LoraConfig { rank: 2, alpha: 4.0, rslora: false, targets: vec!["all".into()], seed: 1 };
+        let cfg = merit_lm::LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            rslora: false,
+            targets: vec!["all".into()],
+            dropout: 0.0,
+            seed: 1,
+        };
         let vars = model.add_lora(&cfg).unwrap();
         assert!(!vars.is_empty());
         // Untrained adapters (B = 0) leave the model as it was.

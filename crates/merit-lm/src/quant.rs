@@ -1,0 +1,599 @@
+//! Quantized weights kept quantized: matrix products straight from the
+//! GGUF blocks, and dequantization a few rows at a time for the backward
+//! pass (QLoRA), so the full f32 base is never materialised.
+//!
+//! Q4_0, Q4_1 and Q8_0 — the formats llama.cpp users share most, and the
+//! ones candle has no (Q4_1) or only a single-row SIMD dot product for —
+//! run on our own kernels: activations are quantized to 8 bits per block of
+//! 32 with an f32 scale and block sum, and the dot products use AVX2
+//! (`maddubs`) or AVX-512 VNNI (`dpbusd`) chosen at run time, with a scalar
+//! fallback elsewhere. Other block types (K-quants, Q5_*) go through
+//! candle's `QMatMul`. Rows of work are spread over candle's CPU pool, so
+//! the thread count is the one candle uses (`CANDLE_NUM_THREADS`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Values per quantization block for the formats with our own kernels.
+const QK: usize = 32;
+
+/// A frozen weight matrix (out × in, Hugging Face layout) in GGUF blocks.
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: GgmlDType,
+    /// Row-major GGUF blocks.
+    data: Arc<Vec<u8>>,
+    /// candle's matmul for the block types without our own kernel.
+    fallback: Option<Arc<QMatMul>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl Kernel {
+    fn of(dtype: GgmlDType) -> Option<Kernel> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Kernel::Q4_0),
+            GgmlDType::Q4_1 => Some(Kernel::Q4_1),
+            GgmlDType::Q8_0 => Some(Kernel::Q8_0),
+            _ => None,
+        }
+    }
+
+    const fn from_u8(k: u8) -> Kernel {
+        match k {
+            0 => Kernel::Q4_0,
+            1 => Kernel::Q4_1,
+            _ => Kernel::Q8_0,
+        }
+    }
+
+    /// Bytes per block of 32 weights.
+    const fn block_bytes(self) -> usize {
+        match self {
+            Kernel::Q4_0 => 18,
+            Kernel::Q4_1 => 20,
+            Kernel::Q8_0 => 34,
+        }
+    }
+}
+
+/// An activation block: 32 values as `d · qs[i]`, and `s = d · Σ qs`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct A8 {
+    d: f32,
+    s: f32,
+    qs: [i8; QK],
+}
+
+impl A8 {
+    const ZERO: A8 = A8 { d: 0.0, s: 0.0, qs: [0; QK] };
+}
+
+fn quantize_row(x: &[f32], out: &mut [A8]) {
+    for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in block.qs.iter_mut().zip(chunk) {
+            let r = (v * inv).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        block.d = d;
+        block.s = d * sum as f32;
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Scalar dot product of one weight row with one activation row.
+fn dot_scalar(kind: Kernel, w: &[u8], a: &[A8]) -> f32 {
+    let bb = kind.block_bytes();
+    let mut total = 0f32;
+    for (blk, act) in w.chunks_exact(bb).zip(a) {
+        let d = f16_at(blk, 0);
+        match kind {
+            Kernel::Q4_0 | Kernel::Q4_1 => {
+                let qs = &blk[if kind == Kernel::Q4_0 { 2 } else { 4 }..];
+                let mut sum = 0i32;
+                for j in 0..QK / 2 {
+                    sum += (qs[j] & 0x0F) as i32 * act.qs[j] as i32 + (qs[j] >> 4) as i32 * act.qs[j + QK / 2] as i32;
+                }
+                let m = if kind == Kernel::Q4_0 { -8.0 * d } else { f16_at(blk, 2) };
+                total += d * act.d * sum as f32 + m * act.s;
+            }
+            Kernel::Q8_0 => {
+                let sum: i32 = blk[2..].iter().zip(&act.qs).map(|(w, a)| (*w as i8) as i32 * *a as i32).sum();
+                total += d * act.d * sum as f32;
+            }
+        }
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Kernel, A8, PREFETCH, QK};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16(b: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*b, *b.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// The 32 weights of a block as bytes: unsigned nibbles for Q4_*, signed for Q8_0.
+    #[inline(always)]
+    unsafe fn unpack(kind: Kernel, blk: *const u8) -> __m256i {
+        match kind {
+            Kernel::Q4_0 | Kernel::Q4_1 => {
+                let off = if kind == Kernel::Q4_0 { 2 } else { 4 };
+                let q = _mm_loadu_si128(blk.add(off) as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(q, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+                _mm256_set_m128i(hi, lo)
+            }
+            Kernel::Q8_0 => _mm256_loadu_si256(blk.add(2) as *const __m256i),
+        }
+    }
+
+    /// Σ w·a over a block, as 8 lane sums (i32 converted to f32).
+    #[inline(always)]
+    unsafe fn block_dot<const VNNI: bool>(kind: Kernel, w: __m256i, a: *const i8) -> __m256 {
+        let a = _mm256_loadu_si256(a as *const __m256i);
+        // maddubs/dpbusd take unsigned × signed; Q8_0 weights are signed, so move the sign onto a.
+        let (w, a) = if kind == Kernel::Q8_0 { (_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) } else { (w, a) };
+        let sum = if VNNI { dpbusd(w, a) } else { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) };
+        _mm256_cvtepi32_ps(sum)
+    }
+
+    #[inline(always)]
+    unsafe fn dpbusd(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(x: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// W weight rows against R activation rows: each weight block is
+    /// unpacked once for the R rows, each activation block loaded once for
+    /// the W rows.
+    #[inline(always)]
+    unsafe fn dot_tile<const W: usize, const R: usize, const VNNI: bool, const KIND: u8>(
+        ws: [&[u8]; W],
+        acts: [&[A8]; R],
+        nb: usize,
+        out: &mut [[f32; R]; W],
+    ) {
+        let kind = Kernel::from_u8(KIND);
+        let bb = kind.block_bytes();
+        let mut acc = [[_mm256_setzero_ps(); R]; W];
+        let mut acc_m = [[0f32; R]; W];
+        for b in 0..nb {
+            let mut wq = [_mm256_setzero_si256(); W];
+            let mut d = [0f32; W];
+            let mut m = [0f32; W];
+            for w in 0..W {
+                let blk = ws[w].as_ptr().add(b * bb);
+                if PREFETCH > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+                }
+                d[w] = f16(blk);
+                m[w] = match kind {
+                    Kernel::Q4_0 => -8.0 * d[w],
+                    Kernel::Q4_1 => f16(blk.add(2)),
+                    Kernel::Q8_0 => 0.0,
+                };
+                wq[w] = unpack(kind, blk);
+            }
+            for r in 0..R {
+                let act = acts[r].get_unchecked(b);
+                for w in 0..W {
+                    let p = block_dot::<VNNI>(kind, wq[w], act.qs.as_ptr());
+                    acc[w][r] = _mm256_fmadd_ps(p, _mm256_set1_ps(d[w] * act.d), acc[w][r]);
+                    acc_m[w][r] += m[w] * act.s;
+                }
+            }
+        }
+        for w in 0..W {
+            for r in 0..R {
+                out[w][r] = hsum(acc[w][r]) + acc_m[w][r];
+            }
+        }
+    }
+
+    macro_rules! entry {
+        ($name:ident, $features:literal, $vnni:literal) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const W: usize, const R: usize>(
+                kind: Kernel,
+                ws: [&[u8]; W],
+                acts: [&[A8]; R],
+                nb: usize,
+                out: &mut [[f32; R]; W],
+            ) {
+                debug_assert!(ws.iter().all(|w| w.len() >= nb * kind.block_bytes()));
+                debug_assert!(acts.iter().all(|a| a.len() >= nb));
+                let _ = QK;
+                match kind {
+                    Kernel::Q4_0 => dot_tile::<W, R, $vnni, 0>(ws, acts, nb, out),
+                    Kernel::Q4_1 => dot_tile::<W, R, $vnni, 1>(ws, acts, nb, out),
+                    Kernel::Q8_0 => dot_tile::<W, R, $vnni, 2>(ws, acts, nb, out),
+                }
+            }
+        };
+    }
+    entry!(dot_avx2, "avx2,fma,f16c", false);
+    entry!(dot_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", true);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var_os("MERIT_NO_SIMD").is_some() {
+            return Isa::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    })
+}
+
+/// The instruction set the quantized kernels use on this machine.
+pub fn kernel_isa() -> &'static str {
+    match isa() {
+        Isa::Scalar => "scalar",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => "avx512-vnni",
+    }
+}
+
+fn dot_n<const W: usize, const R: usize>(
+    isa: Isa,
+    kind: Kernel,
+    ws: [&[u8]; W],
+    acts: [&[A8]; R],
+    nb: usize,
+) -> [[f32; R]; W] {
+    let mut out = [[0f32; R]; W];
+    match isa {
+        Isa::Scalar => {
+            for w in 0..W {
+                for r in 0..R {
+                    out[w][r] = dot_scalar(kind, ws[w], acts[r]);
+                }
+            }
+        }
+        // SAFETY: the features were detected at run time; the slices hold `nb` blocks.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_avx2::<W, R>(kind, ws, acts, nb, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => unsafe { x86::dot_vnni::<W, R>(kind, ws, acts, nb, &mut out) },
+    }
+    out
+}
+
+/// How far ahead of the current weight block to prefetch, in bytes.
+const PREFETCH: usize = 512;
+
+/// Activation rows handled together against one weight row.
+const ROW_TILE: usize = 4;
+
+impl QWeight {
+    /// Takes a 2-D quantized tensor (out × in).
+    pub fn from_qtensor(q: QTensor) -> CResult<QWeight> {
+        let (rows, cols) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        let data = Arc::new(q.data()?.into_owned());
+        let fallback = match Kernel::of(dtype) {
+            Some(_) if cols % QK == 0 => None,
+            _ => Some(Arc::new(QMatMul::from_qtensor(q)?)),
+        };
+        Ok(QWeight { rows, cols, dtype, data, fallback })
+    }
+
+    /// Quantizes a dense (out × in) tensor.
+    pub fn quantize(w: &Tensor, dtype: GgmlDType) -> CResult<QWeight> {
+        QWeight::from_qtensor(QTensor::quantize(&w.to_dtype(candle_core::DType::F32)?, dtype)?)
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The rows `[start, start + n)` as their own weight.
+    pub fn narrow_rows(&self, start: usize, n: usize) -> CResult<QWeight> {
+        let rb = self.row_bytes();
+        self.from_bytes(self.data[start * rb..(start + n) * rb].to_vec(), n)
+    }
+
+    /// The rows at `index`, in that order.
+    pub fn select_rows(&self, index: &[usize]) -> CResult<QWeight> {
+        let rb = self.row_bytes();
+        let mut bytes = Vec::with_capacity(index.len() * rb);
+        for &i in index {
+            bytes.extend_from_slice(&self.data[i * rb..(i + 1) * rb]);
+        }
+        self.from_bytes(bytes, index.len())
+    }
+
+    fn from_bytes(&self, bytes: Vec<u8>, rows: usize) -> CResult<QWeight> {
+        let q = QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, self.dtype)?, (rows, self.cols))?;
+        QWeight::from_qtensor(q)
+    }
+
+    /// Rows `[start, start + n)` in f32 (n × in).
+    pub fn dequantize_rows(&self, start: usize, n: usize) -> CResult<Tensor> {
+        let rb = self.row_bytes();
+        let bytes = &self.data[start * rb..(start + n) * rb];
+        let q = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?, (n, self.cols))?;
+        q.dequantize(&Device::Cpu)
+    }
+
+    /// The whole matrix in f32.
+    pub fn dequantize(&self) -> CResult<Tensor> {
+        self.dequantize_rows(0, self.rows)
+    }
+
+    /// `x Wᵀ` for f32 rows `x` (m × in, row-major) into `m × out`.
+    pub fn matmul_rows(&self, x: &[f32], m: usize) -> CResult<Vec<f32>> {
+        let mut out = QWeight::matmul_many(&[self], x, m)?;
+        out.pop().ok_or_else(|| candle_core::Error::msg("quantized matmul: no output"))
+    }
+
+    /// `x Wᵢᵀ` for several weights with the same input width — q, k and v,
+    /// or gate and up — quantizing `x` once and sharing one pass of the
+    /// thread pool.
+    pub fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize) -> CResult<Vec<Vec<f32>>> {
+        let k = x.len() / m.max(1);
+        if let Some(w) = ws.iter().find(|w| w.cols != k || x.len() != m * w.cols) {
+            candle_core::bail!("quantized matmul: input has {} values, expected {m} × {}", x.len(), w.cols);
+        }
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+        let mut jobs = Vec::new();
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            match (&w.fallback, Kernel::of(w.dtype)) {
+                (None, Some(kind)) => jobs.push((*w, kind, SendPtr(out.as_mut_ptr()))),
+                (Some(f), _) => {
+                    let t = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
+                    *out = f.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+                }
+                (None, None) => candle_core::bail!("quantized matmul: no kernel for {:?}", w.dtype),
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(outs);
+        }
+        let nb = k / QK;
+        let mut acts = vec![A8::ZERO; m * nb];
+        for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            quantize_row(row, blocks);
+        }
+        let isa = isa();
+        let row_tiles = m.div_ceil(ROW_TILE);
+        // Work items: per weight, (tile of activation rows, quad of weight
+        // rows), activation-tile major so a worker keeps one tile's quantized
+        // rows hot while it walks the weights.
+        let mut first_item = Vec::with_capacity(jobs.len() + 1);
+        let mut items = 0;
+        for (w, _, _) in &jobs {
+            first_item.push(items);
+            items += row_tiles * w.rows.div_ceil(4);
+        }
+        first_item.push(items);
+        let work = |range: std::ops::Range<usize>| {
+            let act = |r: usize| &acts[r * nb..(r + 1) * nb];
+            for item in range {
+                let wi = first_item.partition_point(|&f| f <= item) - 1;
+                let (w, kind, out_ptr) = &jobs[wi];
+                let (n, rb, data) = (w.rows, w.row_bytes(), &w.data[..]);
+                let wrow = |j: usize| &data[j * rb..(j + 1) * rb];
+                // SAFETY: every (row, column) pair belongs to exactly one work item.
+                let write = |r: usize, j: usize, v: f32| unsafe { *out_ptr.0.add(r * n + j) = v };
+                let local = item - first_item[wi];
+                let quads = n.div_ceil(4);
+                let (r0, j0) = ((local / quads) * ROW_TILE, (local % quads) * 4);
+                for j in j0..n.min(j0 + 4) {
+                    if r0 + ROW_TILE <= m {
+                        let [v] = dot_n::<1, ROW_TILE>(
+                            isa,
+                            *kind,
+                            [wrow(j)],
+                            [act(r0), act(r0 + 1), act(r0 + 2), act(r0 + 3)],
+                            nb,
+                        );
+                        for (i, v) in v.into_iter().enumerate() {
+                            write(r0 + i, j, v);
+                        }
+                    } else {
+                        for r in r0..m {
+                            write(r, j, dot_n::<1, 1>(isa, *kind, [wrow(j)], [act(r)], nb)[0][0]);
+                        }
+                    }
+                }
+            }
+        };
+        let total: usize = jobs.iter().map(|(w, _, _)| w.rows).sum();
+        if m * total * k < 1 << 16 {
+            work(0..items);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(items, work);
+        }
+        Ok(outs)
+    }
+
+    /// `x Wᵀ` for a tensor `x` (… × in) on the CPU.
+    pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let m = x.elem_count() / k.max(1);
+        let flat = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = self.matmul_rows(&flat, m)?;
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = self.rows;
+        }
+        Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())
+    }
+
+    /// `g W` (… × out → … × in) without materialising W: the rows are
+    /// dequantized in chunks of a few hundred kilobytes.
+    pub fn backward_input(&self, g: &Tensor) -> CResult<Tensor> {
+        let dims = g.dims().to_vec();
+        let g2 = g.reshape(((), self.rows))?.to_dtype(candle_core::DType::F32)?;
+        let chunk = (65_536 / self.cols.max(1)).clamp(1, self.rows);
+        let mut acc: Option<Tensor> = None;
+        let mut start = 0;
+        while start < self.rows {
+            let n = chunk.min(self.rows - start);
+            let part = g2.narrow(1, start, n)?.contiguous()?.matmul(&self.dequantize_rows(start, n)?)?;
+            acc = Some(match acc {
+                Some(a) => (a + part)?,
+                None => part,
+            });
+            start += n;
+        }
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = self.cols;
+        }
+        acc.unwrap_or(Tensor::zeros((0, self.cols), candle_core::DType::F32, g.device())?)
+            .reshape(shape)?
+            .to_dtype(g.dtype())
+    }
+}
+
+/// A pointer the pool's workers write disjoint elements through.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: workers write disjoint elements; the buffer outlives the pool call.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn weights(rows: usize, cols: usize, seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    /// Our kernels against the dequantized matrix times the input, for
+    /// every kernel type and every instruction set this machine has.
+    #[test]
+    fn kernels_match_dequantized_matmul() {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (out, inp) = (37, 256);
+            let q = QWeight::quantize(&weights(out, inp, 1), dtype).unwrap();
+            let dense = q.dequantize().unwrap();
+            for m in [1, 3, 4, 9] {
+                let x = weights(m, inp, 2);
+                let want = x.matmul(&dense.t().unwrap()).unwrap();
+                let got = q.forward(&x).unwrap();
+                let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                // 8-bit activations: about 1% of the largest output.
+                assert!(err <= 0.02 * scale, "{dtype:?} m={m}: error {err} vs scale {scale}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_scalar_agree() {
+        for kind in [Kernel::Q4_0, Kernel::Q4_1, Kernel::Q8_0] {
+            let dtype = match kind {
+                Kernel::Q4_0 => GgmlDType::Q4_0,
+                Kernel::Q4_1 => GgmlDType::Q4_1,
+                Kernel::Q8_0 => GgmlDType::Q8_0,
+            };
+            let q = QWeight::quantize(&weights(5, 128, 3), dtype).unwrap();
+            let x = weights(1, 128, 4).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut a = vec![A8::ZERO; 4];
+            quantize_row(&x, &mut a);
+            let rb = q.row_bytes();
+            for j in 0..5 {
+                let w = &q.data[j * rb..(j + 1) * rb];
+                let s = dot_scalar(kind, w, &a);
+                let v = dot_n::<1, 1>(isa(), kind, [w], [&a], 4)[0][0];
+                assert!((s - v).abs() <= 1e-4 * s.abs().max(1.0), "{kind:?} row {j}: {s} vs {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn backward_input_is_g_times_w() {
+        let q = QWeight::quantize(&weights(300, 64, 5), GgmlDType::Q4_1).unwrap();
+        let g = weights(6, 300, 6).reshape((2, 3, 300)).unwrap();
+        let want = g.broadcast_matmul(&q.dequantize().unwrap()).unwrap();
+        let got = q.backward_input(&g).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 64]);
+        let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-3, "{err}");
+    }
+
+    #[test]
+    fn rows_narrow_and_select() {
+        let w = weights(8, 64, 7);
+        let q = QWeight::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let all = q.dequantize().unwrap();
+        let part = q.narrow_rows(2, 3).unwrap().dequantize().unwrap();
+        let diff = (part - all.narrow(0, 2, 3).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let sel = q.select_rows(&[7, 0]).unwrap().dequantize().unwrap();
+        let want = Tensor::cat(&[all.narrow(0, 7, 1).unwrap(), all.narrow(0, 0, 1).unwrap()], 0).unwrap();
+        assert_eq!((sel - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
