@@ -374,9 +374,9 @@ fn classic_xref_offsets(b: &[u8]) -> Vec<u64> {
 fn xref_stream_offsets(data: &[u8], widths: &[[usize; 3]], out: &mut Vec<u64>) {
     for w in widths {
         let row = w[0] + w[1] + w[2];
-        let decoded = if data.len() % row == 0 {
+        let decoded = if data.len().is_multiple_of(row) {
             Some(std::borrow::Cow::Borrowed(data))
-        } else if data.len() % (row + 1) == 0 {
+        } else if data.len().is_multiple_of(row + 1) {
             png_unfilter(data, row).map(std::borrow::Cow::Owned)
         } else {
             None

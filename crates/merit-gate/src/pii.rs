@@ -307,7 +307,7 @@ fn luhn(digits: impl Iterator<Item = u8>) -> bool {
         }
         sum += v;
     }
-    !ds.is_empty() && sum % 10 == 0 && ds.iter().any(|&d| d != 0)
+    !ds.is_empty() && sum.is_multiple_of(10) && ds.iter().any(|&d| d != 0)
 }
 
 fn ipv6(text: &str, out: &mut Vec<Found>) {

@@ -96,13 +96,17 @@ pub fn gelu_tanh(x: &Tensor) -> CResult<Tensor> {
 /// Rotary embedding of the first `rotary_dim` dimensions of `x`
 /// (b × heads × t × head_dim) with cos/sin tables (t × rotary_dim), laid
 /// out rotate-half (`[f0 … fn, f0 … fn]`) or interleaved (`[f0, f0, f1, f1 …]`).
+///
+/// The tables may also be per batch row (b × 1 × t × rotary_dim), for
+/// left-padded batches.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, interleaved: bool) -> CResult<Tensor> {
-    let t = x.dim(2)?;
+    let (_, heads, t, _) = x.dims4()?;
+    let per_row = cos.rank() == 4;
     let (cos, sin) = (cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
     let r = rotary_dim;
     let half = r / 2;
     map_rows(x, |row, src, dst| {
-        let pos = row % t;
+        let pos = if per_row { (row / (heads * t)) * t + row % t } else { row % t };
         let (c, s) = (&cos[pos * r..(pos + 1) * r], &sin[pos * r..(pos + 1) * r]);
         if interleaved {
             for j in 0..half {
@@ -126,15 +130,15 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, interleav
 /// cache in place (k, v may be strided views).
 ///
 /// q: b × kv heads × (rep · t) × d, the `rep` query heads of each group
-/// stacked; k, v: b × kv heads × total × d; bias: (1 or heads) × t × total.
+/// stacked; k, v: b × kv heads × total × d; bias: b × heads × t × total.
 /// Returns b × kv heads × (rep · t) × d.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, t: usize, scale: f32) -> CResult<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f32) -> CResult<Tensor> {
     let (b, nkv, g, d) = q.dims4()?;
     let total = k.dim(2)?;
-    let rep = g / t.max(1);
-    let (hb, bt, btotal) = bias.dims3()?;
-    if bt != t || btotal != total || (hb != 1 && hb != nkv * rep) {
-        candle_core::bail!("attention: bias {:?} does not fit {t} × {total}", bias.dims());
+    let (bb, nh, t, btotal) = bias.dims4()?;
+    let rep = nh / nkv.max(1);
+    if bb != b || btotal != total || nh != nkv * rep || g != rep * t {
+        candle_core::bail!("attention: bias {:?} does not fit queries {:?}", bias.dims(), q.dims());
     }
     let bias = bias.contiguous()?;
     let strided = |x: &Tensor| -> CResult<(usize, [usize; 4])> {
@@ -168,11 +172,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, t: usize, sc
                     let vbase = v_off + bi * vs[0] + h * vs[1];
                     let (r, ti) = (row / t, row % t);
                     let qrow = &qs[item * d..][..d];
-                    let brow = if hb == 1 {
-                        &bs[ti * total..][..total]
-                    } else {
-                        &bs[((h * rep + r) * t + ti) * total..][..total]
-                    };
+                    let brow = &bs[((bi * nh + h * rep + r) * t + ti) * total..][..total];
                     let mut max = f32::NEG_INFINITY;
                     for (pos, sc) in scores.iter_mut().enumerate() {
                         *sc = dot(qrow, &kd[kbase + pos * ks[2]..][..d]) * scale + brow[pos];

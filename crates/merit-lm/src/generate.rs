@@ -2,7 +2,7 @@
 //! repetition penalty, seeds, stop strings, several EOS ids, and streaming
 //! text that never splits a UTF-8 character.
 
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
 use crate::{Cache, Decoder, LmError, TextTokenizer};
@@ -172,41 +172,106 @@ pub fn generate(
     stop: &[String],
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation, LmError> {
-    params.check()?;
-    if prompt.is_empty() {
-        return Err(LmError::Config("the prompt has no tokens".into()));
-    }
-    let mut sampler = Sampler::new(params.clone());
-    let mut cache = Cache::default();
-    let mut seen = prompt.to_vec();
-    let mut out = Vec::new();
-    let mut stream = TextStream::default();
-    let mut text = String::new();
-    let device = candle_core::Device::Cpu;
-    let mut next_input: Vec<u32> = prompt.to_vec();
-    for _ in 0..max_new {
-        let ids = Tensor::new(next_input.as_slice(), &device)?.unsqueeze(0)?;
-        let logits = model.forward(&ids, Some(&mut cache))?;
-        let last: Vec<f32> = logits.i((0, logits.dim(1)? - 1))?.to_vec1()?;
-        let next = sampler.sample(&last, &seen);
+    let mut out = generate_batch(model, tok, &[prompt.to_vec()], params, max_new, stop, |_, piece| on_text(piece))?;
+    out.pop().ok_or_else(|| LmError::Config("no generation".into()))
+}
+
+/// One prompt's progress in a batch.
+struct Row {
+    sampler: Sampler,
+    seen: Vec<u32>,
+    out: Vec<u32>,
+    stream: TextStream,
+    text: String,
+    done: Option<StopReason>,
+}
+
+impl Row {
+    /// Takes the sampled token; returns the new text to stream, if any.
+    fn accept(&mut self, model: &Decoder, tok: &TextTokenizer, next: u32, stop: &[String]) -> Result<String, LmError> {
         if model.config.eos_token_ids.contains(&next) {
-            return Ok(Generation { text, token_ids: out, stop_reason: StopReason::Eos });
+            self.done = Some(StopReason::Eos);
+            return Ok(String::new());
         }
-        out.push(next);
-        seen.push(next);
-        if let Some(piece) = stream.push(tok, next)? {
-            text.push_str(&piece);
-            if let Some(at) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                let keep = text[..at].len().saturating_sub(text.len() - piece.len());
-                on_text(&piece[..keep.min(piece.len())]);
-                text.truncate(at);
-                return Ok(Generation { text, token_ids: out, stop_reason: StopReason::Stop });
-            }
-            on_text(&piece);
+        self.out.push(next);
+        self.seen.push(next);
+        let Some(piece) = self.stream.push(tok, next)? else { return Ok(String::new()) };
+        self.text.push_str(&piece);
+        if let Some(at) = stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            let keep = self.text[..at].len().saturating_sub(self.text.len() - piece.len());
+            self.text.truncate(at);
+            self.done = Some(StopReason::Stop);
+            return Ok(piece[..keep.min(piece.len())].to_string());
         }
-        next_input = vec![next];
+        Ok(piece)
     }
-    Ok(Generation { text, token_ids: out, stop_reason: StopReason::Length })
+}
+
+/// Generates for several prompts of different lengths at once: they are
+/// left-padded into one batch (padding masked out, positions counted from
+/// each prompt's first token), so each row gets the tokens it would get on
+/// its own. `on_text(row, piece)` streams each row's text.
+pub fn generate_batch(
+    model: &Decoder,
+    tok: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    max_new: usize,
+    stop: &[String],
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>, LmError> {
+    params.check()?;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(LmError::Config(format!("prompt {i} has no tokens")));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    // Padding positions hold any valid id; the mask hides them.
+    let filler = prompts.first().and_then(|p| p.first()).copied().unwrap_or(0);
+    let mut rows: Vec<Row> = prompts
+        .iter()
+        .map(|p| Row {
+            sampler: Sampler::new(params.clone()),
+            seen: p.clone(),
+            out: Vec::new(),
+            stream: TextStream::default(),
+            text: String::new(),
+            done: (max_new == 0).then_some(StopReason::Length),
+        })
+        .collect();
+    let mut cache = Cache::padded(pads.clone());
+    let device = candle_core::Device::Cpu;
+    let mut input: Vec<u32> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(filler, pad).chain(p.iter().copied()))
+        .collect();
+    let mut width = longest;
+    for _ in 0..max_new {
+        if rows.iter().all(|r| r.done.is_some()) {
+            break;
+        }
+        let ids = Tensor::from_vec(input, (rows.len(), width), &device)?;
+        let logits: Vec<Vec<f32>> = model.forward_last(&ids, Some(&mut cache))?.to_vec2()?;
+        input = Vec::with_capacity(rows.len());
+        for (i, (row, last)) in rows.iter_mut().zip(&logits).enumerate() {
+            if row.done.is_some() {
+                input.push(filler);
+                continue;
+            }
+            let next = row.sampler.sample(last, &row.seen);
+            let piece = row.accept(model, tok, next, stop)?;
+            if !piece.is_empty() {
+                on_text(i, &piece);
+            }
+            input.push(next);
+        }
+        width = 1;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Generation { text: r.text, token_ids: r.out, stop_reason: r.done.unwrap_or(StopReason::Length) })
+        .collect())
 }
 
 /// The summed negative log-likelihood (natural log) of `ids[1..]` given the

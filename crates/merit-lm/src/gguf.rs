@@ -65,7 +65,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, TextTokenizer
     let hidden = meta_u64(&content, &k("embedding_length"))? as usize;
     let heads = meta_u64(&content, &k("attention.head_count"))? as usize;
     let kv_heads = meta_u64(&content, &k("attention.head_count_kv")).unwrap_or(heads as u64) as usize;
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !hidden.is_multiple_of(heads) {
         return Err(LmError::Config(format!(
             "GGUF: {heads} heads cannot share {kv_heads} key/value heads over {hidden}"
         )));
@@ -146,7 +146,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(Decoder, TextTokenizer
             .tensor(&mut file, &name, device)
             .map_err(|e| LmError::Weights(format!("GGUF tensor `{name}`: {e}")))?;
         let quantized = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let weight = if quantized && q.rank() == 2 && device.is_cpu() {
+        let weight = if quantized && q.rank() == 2 && device.is_cpu() && std::env::var_os("MERIT_DEQUANTIZE").is_none()
+        {
             Weight::Quant(QWeight::from_qtensor(q)?)
         } else {
             Weight::Dense(q.dequantize(device)?)

@@ -131,8 +131,17 @@ struct Layer {
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     kv: Vec<Option<KvBuf>>,
+    /// Left padding of each batch row, when prompts of different lengths share a batch.
+    pads: Vec<usize>,
     /// How many positions the cache holds.
     pub len: usize,
+}
+
+impl Cache {
+    /// A cache for a batch whose rows are left-padded by `pads` tokens.
+    pub fn padded(pads: Vec<usize>) -> Cache {
+        Cache { pads, ..Cache::default() }
+    }
 }
 
 /// A loaded decoder.
@@ -509,11 +518,11 @@ impl Decoder {
 
     /// cos and sin tables (t × rotary_dim) for positions `[start, start + t)`:
     /// `[f0 … fn, f0 … fn]` for rotate-half, `[f0, f0, f1, f1 …]` when interleaved.
-    fn rope_tables(&self, start: usize, t: usize, interleaved: bool) -> CResult<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[usize], interleaved: bool) -> CResult<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * half * 2);
-        let mut sin = Vec::with_capacity(t * half * 2);
-        for pos in start..start + t {
+        let mut cos = Vec::with_capacity(positions.len() * half * 2);
+        let mut sin = Vec::with_capacity(positions.len() * half * 2);
+        for &pos in positions {
             // Angles rounded to f32 as transformers computes them.
             let angles: Vec<f64> = self.inv_freq.iter().map(|f| (pos as f64 * f) as f32 as f64).collect();
             let order: Vec<f64> = if interleaved {
@@ -527,60 +536,110 @@ impl Decoder {
         let d = half * 2;
         let dtype = self.dtype;
         Ok((
-            Tensor::from_vec(cos, (t, d), &self.device)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, (t, d), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(cos, (positions.len(), d), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (positions.len(), d), &self.device)?.to_dtype(dtype)?,
         ))
     }
 
-    /// Additive attention mask (t × total): causal, and windowed where the family slides.
-    fn mask(&self, start: usize, t: usize) -> CResult<Tensor> {
+    /// Additive attention mask (rows × 1 × t × total; one row when nothing is
+    /// padded): causal, windowed where the family slides, and blind to the
+    /// left padding of each batch row (a padding query sees only itself).
+    fn mask(&self, start: usize, t: usize, pads: &[usize]) -> CResult<Tensor> {
         let total = start + t;
         let window = self.config.sliding_window;
-        let mut m = vec![0f32; t * total];
-        for i in 0..t {
-            let qpos = start + i;
-            for (j, slot) in m[i * total..(i + 1) * total].iter_mut().enumerate() {
-                let future = j > qpos;
-                let too_old = window.is_some_and(|w| j + w <= qpos);
-                if future || too_old {
-                    *slot = f32::NEG_INFINITY;
+        let rows = if pads.iter().all(|&p| p == 0) { &[0][..] } else { pads };
+        let mut m = vec![0f32; rows.len() * t * total];
+        for (r, &pad) in rows.iter().enumerate() {
+            for i in 0..t {
+                let qpos = start + i;
+                let row = &mut m[(r * t + i) * total..(r * t + i + 1) * total];
+                for (j, slot) in row.iter_mut().enumerate() {
+                    let future = j > qpos;
+                    let too_old = window.is_some_and(|w| j + w <= qpos);
+                    let padding = j < pad && j != qpos;
+                    if future || too_old || padding {
+                        *slot = f32::NEG_INFINITY;
+                    }
                 }
             }
         }
-        Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.dtype)
+        Tensor::from_vec(m, (rows.len(), 1, t, total), &self.device)?.to_dtype(self.dtype)
     }
 
     /// Logits (batch × t × vocab) for token ids (batch × t), continuing `cache` if given.
-    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> CResult<Tensor> {
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>) -> CResult<Tensor> {
+        let x = self.hidden(ids, cache)?;
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
+    /// Logits of the last position only (batch × vocab): what generation
+    /// needs, without the LM head's cost for every prompt position.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut Cache>) -> CResult<Tensor> {
+        let x = self.hidden(ids, cache)?;
+        let t = x.dim(1)?;
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
+        self.lm_head.forward(&self.norm.forward(&last)?)
+    }
+
+    /// The last layer's output (batch × t × hidden), before the final norm.
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> CResult<Tensor> {
         use crate::config::Positions;
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let start = cache.as_ref().map_or(0, |c| c.len);
+        let pads: Vec<usize> = match cache.as_ref() {
+            Some(c) if !c.pads.is_empty() => {
+                if c.pads.len() != b {
+                    candle_core::bail!("the cache was padded for {} rows, the batch has {b}", c.pads.len());
+                }
+                c.pads.clone()
+            }
+            _ => vec![0; b],
+        };
+        let padded = pads.iter().any(|&p| p > 0);
+        // Each row's positions, counted from its first real token.
+        let positions: Vec<usize> = if padded {
+            pads.iter().flat_map(|&p| (start..start + t).map(move |i| i.saturating_sub(p))).collect()
+        } else {
+            (start..start + t).collect()
+        };
         let mut x = self.embed_rows(ids)?.reshape((b, t, c.hidden_size))?;
         if let Some(table) = &self.positions {
             if start + t > table.dim(0)? {
                 candle_core::bail!("sequence of {} positions is longer than the model's {}", start + t, table.dim(0)?);
             }
-            x = x.broadcast_add(&table.narrow(0, start, t)?)?;
+            let index = Tensor::from_vec(
+                positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                positions.len(),
+                &self.device,
+            )?;
+            let rows = table.index_select(&index, 0)?;
+            x = x.broadcast_add(&rows.reshape((if padded { b } else { 1 }, t, c.hidden_size))?)?;
         }
         if let Some(n) = &self.embed_norm {
             x = n.forward(&x)?;
         }
         let rope = match c.positions {
             Positions::Rope { rotary_dim, interleaved } => {
-                let (cos, sin) = self.rope_tables(start, t, interleaved)?;
+                let (cos, sin) = self.rope_tables(&positions, interleaved)?;
+                let (cos, sin) = if padded {
+                    (cos.reshape((b, 1, t, rotary_dim))?, sin.reshape((b, 1, t, rotary_dim))?)
+                } else {
+                    (cos, sin)
+                };
                 Some(Rope { cos, sin, rotary_dim, interleaved })
             }
             _ => None,
         };
-        let mut bias = self.mask(start, t)?.unsqueeze(0)?;
+        let mut bias = self.mask(start, t, &pads)?;
         if let Some(slopes) = &self.alibi {
-            let key_pos = Tensor::arange(0u32, (start + t) as u32, &self.device)?.to_dtype(self.dtype)?.reshape((
-                1,
-                1,
-                start + t,
-            ))?;
-            bias = bias.broadcast_add(&slopes.broadcast_mul(&key_pos)?)?;
+            // ALiBi counts key positions from each row's first real token.
+            let rows = if padded { &pads[..] } else { &[0][..] };
+            let key_pos: Vec<f32> =
+                rows.iter().flat_map(|&p| (0..start + t).map(move |j| j.saturating_sub(p) as f32)).collect();
+            let key_pos =
+                Tensor::from_vec(key_pos, (rows.len(), 1, 1, start + t), &self.device)?.to_dtype(self.dtype)?;
+            bias = bias.broadcast_add(&slopes.unsqueeze(0)?.broadcast_mul(&key_pos)?)?;
         }
         if let Some(cache) = cache.as_deref_mut() {
             cache.kv.resize(self.layers.len(), None);
@@ -604,8 +663,7 @@ impl Decoder {
         if let Some(cache) = cache {
             cache.len += t;
         }
-        let x = self.norm.forward(&x)?;
-        self.lm_head.forward(&x)
+        Ok(x)
     }
 
     /// Embedding rows for `ids` (any shape), flattened to (n × hidden).
@@ -669,8 +727,8 @@ impl Decoder {
         // `rep` query heads of a group become extra rows of one product.
         let q = q.reshape((b, nkv, rep * t, d))?;
         if t <= 4 && fused::fast(&q) && fused::fast(&k) && fused::fast(&v) {
-            let bias = bias.broadcast_as((bias.dim(0)?, t, total))?;
-            let out = fused::attention(&q, &k, &v, &bias, t, (1.0 / (d as f64).sqrt()) as f32)?;
+            let bias = bias.broadcast_as((b, nh, t, total))?;
+            let out = fused::attention(&q, &k, &v, &bias, (1.0 / (d as f64).sqrt()) as f32)?;
             let out = out.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
             return a.o.forward(&out);
         }

@@ -4,10 +4,13 @@
 //!
 //! Q4_0, Q4_1 and Q8_0 — the formats llama.cpp users share most, and the
 //! ones candle has no (Q4_1) or only a single-row SIMD dot product for —
-//! run on our own kernels: activations are quantized to 8 bits per block of
-//! 32 with an f32 scale and block sum, and the dot products use AVX2
-//! (`maddubs`) or AVX-512 VNNI (`dpbusd`) chosen at run time, with a scalar
-//! fallback elsewhere. Other block types (K-quants, Q5_*) go through
+//! run on our own kernels: activations are quantized to 16 bits per block
+//! of 32 with an f32 scale and block sum, and the dot products use AVX2
+//! (`madd_epi16`) or AVX-512 VNNI (`dpwssd`) chosen at run time, with a
+//! scalar fallback elsewhere. (llama.cpp quantizes activations to 8 bits;
+//! on SmolLM2 Q4_1 that alone flips its answer to "What is the capital of
+//! France?" from Paris to nonsense. 16 bits keep the result within float
+//! rounding of the dequantized model at the same memory traffic.) Other block types (K-quants, Q5_*) go through
 //! candle's `QMatMul`. Rows of work are spread over candle's CPU pool, so
 //! the thread count is the one candle uses (`CANDLE_NUM_THREADS`).
 
@@ -69,28 +72,28 @@ impl Kernel {
     }
 }
 
-/// An activation block: 32 values as `d · qs[i]`, and `s = d · Σ qs`.
+/// An activation block: 32 values as `d · qs[i]` (16-bit), and `s = d · Σ qs`.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-struct A8 {
+struct A16 {
     d: f32,
     s: f32,
-    qs: [i8; QK],
+    qs: [i16; QK],
 }
 
-impl A8 {
-    const ZERO: A8 = A8 { d: 0.0, s: 0.0, qs: [0; QK] };
+impl A16 {
+    const ZERO: A16 = A16 { d: 0.0, s: 0.0, qs: [0; QK] };
 }
 
-fn quantize_row(x: &[f32], out: &mut [A8]) {
+fn quantize_row(x: &[f32], out: &mut [A16]) {
     for (chunk, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
+        let d = amax / 32767.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in block.qs.iter_mut().zip(chunk) {
             let r = (v * inv).round() as i32;
-            *q = r as i8;
+            *q = r as i16;
             sum += r;
         }
         block.d = d;
@@ -103,7 +106,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// Scalar dot product of one weight row with one activation row.
-fn dot_scalar(kind: Kernel, w: &[u8], a: &[A8]) -> f32 {
+fn dot_scalar(kind: Kernel, w: &[u8], a: &[A16]) -> f32 {
     let bb = kind.block_bytes();
     let mut total = 0f32;
     for (blk, act) in w.chunks_exact(bb).zip(a) {
@@ -112,8 +115,9 @@ fn dot_scalar(kind: Kernel, w: &[u8], a: &[A8]) -> f32 {
             Kernel::Q4_0 | Kernel::Q4_1 => {
                 let qs = &blk[if kind == Kernel::Q4_0 { 2 } else { 4 }..];
                 let mut sum = 0i32;
-                for j in 0..QK / 2 {
-                    sum += (qs[j] & 0x0F) as i32 * act.qs[j] as i32 + (qs[j] >> 4) as i32 * act.qs[j + QK / 2] as i32;
+                let (lo, hi) = act.qs.split_at(QK / 2);
+                for ((q, a), b) in qs[..QK / 2].iter().zip(lo).zip(hi) {
+                    sum += (q & 0x0F) as i32 * *a as i32 + (q >> 4) as i32 * *b as i32;
                 }
                 let m = if kind == Kernel::Q4_0 { -8.0 * d } else { f16_at(blk, 2) };
                 total += d * act.d * sum as f32 + m * act.s;
@@ -129,7 +133,7 @@ fn dot_scalar(kind: Kernel, w: &[u8], a: &[A8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Kernel, A8, PREFETCH, QK};
+    use super::{Kernel, A16, PREFETCH, QK};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -138,9 +142,10 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
-    /// The 32 weights of a block as bytes: unsigned nibbles for Q4_*, signed for Q8_0.
+    /// The 32 weights of a block as two vectors of 16-bit integers:
+    /// unsigned nibbles for Q4_*, signed bytes for Q8_0.
     #[inline(always)]
-    unsafe fn unpack(kind: Kernel, blk: *const u8) -> __m256i {
+    unsafe fn unpack(kind: Kernel, blk: *const u8) -> (__m256i, __m256i) {
         match kind {
             Kernel::Q4_0 | Kernel::Q4_1 => {
                 let off = if kind == Kernel::Q4_0 { 2 } else { 4 };
@@ -148,25 +153,27 @@ mod x86 {
                 let mask = _mm_set1_epi8(0x0F);
                 let lo = _mm_and_si128(q, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-                _mm256_set_m128i(hi, lo)
+                (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
             }
-            Kernel::Q8_0 => _mm256_loadu_si256(blk.add(2) as *const __m256i),
+            Kernel::Q8_0 => {
+                let lo = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let hi = _mm_loadu_si128(blk.add(18) as *const __m128i);
+                (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
+            }
         }
     }
 
     /// Σ w·a over a block, as 8 lane sums (i32 converted to f32).
     #[inline(always)]
-    unsafe fn block_dot<const VNNI: bool>(kind: Kernel, w: __m256i, a: *const i8) -> __m256 {
-        let a = _mm256_loadu_si256(a as *const __m256i);
-        // maddubs/dpbusd take unsigned × signed; Q8_0 weights are signed, so move the sign onto a.
-        let (w, a) = if kind == Kernel::Q8_0 { (_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)) } else { (w, a) };
-        let sum = if VNNI { dpbusd(w, a) } else { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) };
+    unsafe fn block_dot<const VNNI: bool>(w: (__m256i, __m256i), a: *const i16) -> __m256 {
+        let a_lo = _mm256_loadu_si256(a as *const __m256i);
+        let a_hi = _mm256_loadu_si256(a.add(16) as *const __m256i);
+        let sum = if VNNI {
+            _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(_mm256_setzero_si256(), w.0, a_lo), w.1, a_hi)
+        } else {
+            _mm256_add_epi32(_mm256_madd_epi16(w.0, a_lo), _mm256_madd_epi16(w.1, a_hi))
+        };
         _mm256_cvtepi32_ps(sum)
-    }
-
-    #[inline(always)]
-    unsafe fn dpbusd(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
     }
 
     #[inline(always)]
@@ -182,16 +189,16 @@ mod x86 {
     #[inline(always)]
     unsafe fn dot_tile<const W: usize, const R: usize, const VNNI: bool, const KIND: u8>(
         ws: [&[u8]; W],
-        acts: [&[A8]; R],
+        acts: [&[A16]; R],
         nb: usize,
         out: &mut [[f32; R]; W],
     ) {
         let kind = Kernel::from_u8(KIND);
         let bb = kind.block_bytes();
-        let mut acc = [[_mm256_setzero_ps(); R]; W];
-        let mut acc_m = [[0f32; R]; W];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; R]; W];
+        let mut acc_m = [[[0f32; 2]; R]; W];
         for b in 0..nb {
-            let mut wq = [_mm256_setzero_si256(); W];
+            let mut wq = [(_mm256_setzero_si256(), _mm256_setzero_si256()); W];
             let mut d = [0f32; W];
             let mut m = [0f32; W];
             for w in 0..W {
@@ -210,15 +217,18 @@ mod x86 {
             for r in 0..R {
                 let act = acts[r].get_unchecked(b);
                 for w in 0..W {
-                    let p = block_dot::<VNNI>(kind, wq[w], act.qs.as_ptr());
-                    acc[w][r] = _mm256_fmadd_ps(p, _mm256_set1_ps(d[w] * act.d), acc[w][r]);
-                    acc_m[w][r] += m[w] * act.s;
+                    let p = block_dot::<VNNI>(wq[w], act.qs.as_ptr());
+                    // Two accumulator sets, alternating by block, halve the dependency chains.
+                    let slot = b & 1;
+                    acc[w][r][slot] = _mm256_fmadd_ps(p, _mm256_set1_ps(d[w] * act.d), acc[w][r][slot]);
+                    acc_m[w][r][slot] += m[w] * act.s;
                 }
             }
         }
         for w in 0..W {
             for r in 0..R {
-                out[w][r] = hsum(acc[w][r]) + acc_m[w][r];
+                let [a0, a1] = acc[w][r];
+                out[w][r] = hsum(_mm256_add_ps(a0, a1)) + acc_m[w][r][0] + acc_m[w][r][1];
             }
         }
     }
@@ -229,7 +239,7 @@ mod x86 {
             pub(super) unsafe fn $name<const W: usize, const R: usize>(
                 kind: Kernel,
                 ws: [&[u8]; W],
-                acts: [&[A8]; R],
+                acts: [&[A16]; R],
                 nb: usize,
                 out: &mut [[f32; R]; W],
             ) {
@@ -260,17 +270,19 @@ enum Isa {
 fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
-        if std::env::var_os("MERIT_NO_SIMD").is_some() {
+        if std::env::var("MERIT_KERNELS").as_deref() == Ok("scalar") {
             return Isa::Scalar;
         }
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 =
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            // 256-bit VNNI: measured faster here than 512-bit registers.
             if avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
+                && std::env::var("MERIT_KERNELS").as_deref() != Ok("avx2")
             {
                 return Isa::Vnni;
             }
@@ -297,7 +309,7 @@ fn dot_n<const W: usize, const R: usize>(
     isa: Isa,
     kind: Kernel,
     ws: [&[u8]; W],
-    acts: [&[A8]; R],
+    acts: [&[A16]; R],
     nb: usize,
 ) -> [[f32; R]; W] {
     let mut out = [[0f32; R]; W];
@@ -354,7 +366,7 @@ impl QWeight {
     /// The rows `[start, start + n)` as their own weight.
     pub fn narrow_rows(&self, start: usize, n: usize) -> CResult<QWeight> {
         let rb = self.row_bytes();
-        self.from_bytes(self.data[start * rb..(start + n) * rb].to_vec(), n)
+        self.with_rows(self.data[start * rb..(start + n) * rb].to_vec(), n)
     }
 
     /// The rows at `index`, in that order.
@@ -364,10 +376,10 @@ impl QWeight {
         for &i in index {
             bytes.extend_from_slice(&self.data[i * rb..(i + 1) * rb]);
         }
-        self.from_bytes(bytes, index.len())
+        self.with_rows(bytes, index.len())
     }
 
-    fn from_bytes(&self, bytes: Vec<u8>, rows: usize) -> CResult<QWeight> {
+    fn with_rows(&self, bytes: Vec<u8>, rows: usize) -> CResult<QWeight> {
         let q = QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, self.dtype)?, (rows, self.cols))?;
         QWeight::from_qtensor(q)
     }
@@ -415,7 +427,7 @@ impl QWeight {
             return Ok(outs);
         }
         let nb = k / QK;
-        let mut acts = vec![A8::ZERO; m * nb];
+        let mut acts = vec![A16::ZERO; m * nb];
         for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
             quantize_row(row, blocks);
         }
@@ -545,8 +557,10 @@ mod tests {
                 let got = q.forward(&x).unwrap();
                 let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                // 8-bit activations: about 1% of the largest output.
-                assert!(err <= 0.02 * scale, "{dtype:?} m={m}: error {err} vs scale {scale}");
+                // Our kernels (16-bit activations): float rounding. candle's
+                // K-quant kernels quantize activations to 8 bits: about 1%.
+                let tolerance = if Kernel::of(dtype).is_some() { 2e-4 } else { 2e-2 };
+                assert!(err <= tolerance * scale, "{dtype:?} m={m}: error {err} vs scale {scale}");
             }
         }
     }
@@ -561,7 +575,7 @@ mod tests {
             };
             let q = QWeight::quantize(&weights(5, 128, 3), dtype).unwrap();
             let x = weights(1, 128, 4).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut a = vec![A8::ZERO; 4];
+            let mut a = vec![A16::ZERO; 4];
             quantize_row(&x, &mut a);
             let rb = q.row_bytes();
             for j in 0..5 {

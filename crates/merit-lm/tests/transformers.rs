@@ -322,3 +322,29 @@ fn peft_adapters_match_transformers() {
     let err = merit_lm::adapter::load_peft(&mut model, &fixture("qwen3").0.join("adapter")).unwrap_err().to_string();
     assert!(err.contains("gate_proj") || err.contains("missing") || err.contains("shape"), "{err}");
 }
+
+/// Prompts of different lengths in one left-padded batch get exactly the
+/// tokens each gets alone, for every family (padding is masked, positions
+/// — RoPE, learned or ALiBi — count from each prompt's first token).
+#[test]
+fn batched_prompts_of_different_lengths_match_one_by_one() {
+    let families =
+        ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"];
+    for family in families {
+        let (dir, r) = fixture(family);
+        if !dir.exists() {
+            panic!("fixture {family} is missing");
+        }
+        let model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let prompts = vec![prompt.clone(), prompt[..prompt.len() / 2].to_vec(), prompt[prompt.len() - 3..].to_vec()];
+        let params = merit_lm::SamplingParams::default();
+        let batch = merit_lm::generate_batch(&model, &tok, &prompts, &params, 12, &[], |_, _| {}).unwrap();
+        for (p, b) in prompts.iter().zip(&batch) {
+            let alone = merit_lm::generate(&model, &tok, p, &params, 12, &[], |_| {}).unwrap();
+            assert_eq!(b.token_ids, alone.token_ids, "{family}: prompt of {} tokens", p.len());
+            assert_eq!(b.text, alone.text);
+        }
+    }
+}

@@ -208,9 +208,10 @@ enum Command {
         /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
         #[arg(long)]
         adapter: Option<PathBuf>,
-        /// The prompt
-        #[arg(long)]
-        prompt: String,
+        /// The prompt; give it several times to generate for a batch of prompts at once
+        /// (one result per prompt, in order)
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
         /// Wrap the prompt in the model's chat template as one user turn
         #[arg(long)]
         chat: bool,
@@ -654,25 +655,36 @@ async fn run(cli: Cli) -> Result<u8> {
             params.check()?;
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let (m, tok) = model::load(&data_dir, &name, adapter.as_deref())?;
-                let text = if chat {
-                    let messages = [merit_lm::Message { role: "user".into(), content: prompt }];
-                    tok.apply_chat_template(&messages, true)?
-                } else {
-                    prompt
-                };
-                // The template already holds the special tokens it wants.
-                let ids = tok.encode(&text, !chat)?;
+                let mut prompts = Vec::with_capacity(prompt.len());
+                for p in prompt {
+                    let text = if chat {
+                        let messages = [merit_lm::Message { role: "user".into(), content: p }];
+                        tok.apply_chat_template(&messages, true)?
+                    } else {
+                        p
+                    };
+                    // The template already holds the special tokens it wants.
+                    prompts.push(tok.encode(&text, !chat)?);
+                }
+                let single = prompts.len() == 1;
                 let mut out = std::io::stdout();
-                let g = merit_lm::generate(&m, &tok, &ids, &params, max_tokens, &stop, |piece| {
-                    if !json {
+                let gens = merit_lm::generate_batch(&m, &tok, &prompts, &params, max_tokens, &stop, |_, piece| {
+                    if single && !json {
                         let _ = write!(out, "{piece}");
                         let _ = out.flush();
                     }
                 })?;
-                if json {
-                    println!("{}", serde_json::json!({ "text": g.text, "token_ids": g.token_ids }));
-                } else {
-                    println!();
+                for (i, g) in gens.iter().enumerate() {
+                    if json {
+                        println!("{}", serde_json::json!({ "text": g.text, "token_ids": g.token_ids }));
+                    } else if single {
+                        println!();
+                    } else {
+                        if i > 0 {
+                            println!();
+                        }
+                        println!("[{}] {}", i + 1, g.text);
+                    }
                 }
                 Ok(())
             })
@@ -784,13 +796,14 @@ async fn run(cli: Cli) -> Result<u8> {
                     let mut cache = merit_lm::Cache::default();
                     let t0 = std::time::Instant::now();
                     let prompt = merit_lm::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
-                    let logits = m.forward(&prompt, Some(&mut cache))?;
-                    let mut next = logits.squeeze(0)?.get(ids.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+                    let logits = m.forward_last(&prompt, Some(&mut cache))?;
+                    let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
                     best_pp = best_pp.max(ids.len() as f64 / t0.elapsed().as_secs_f64());
                     let t1 = std::time::Instant::now();
                     for _ in 0..new_tokens {
-                        let l = m.forward(&merit_lm::Tensor::new(&[next], &dev)?.unsqueeze(0)?, Some(&mut cache))?;
-                        next = l.squeeze(0)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
+                        let l =
+                            m.forward_last(&merit_lm::Tensor::new(&[next], &dev)?.unsqueeze(0)?, Some(&mut cache))?;
+                        next = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
                     }
                     best_tg = best_tg.max(new_tokens as f64 / t1.elapsed().as_secs_f64());
                 }
