@@ -73,6 +73,14 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Dynamic NTK: past `max_position_embeddings` the base grows with the
+    /// sequence length (recomputed each forward pass, as transformers does).
+    Dynamic {
+        factor: f64,
+        max_position_embeddings: f64,
+    },
+    /// Each frequency divided by its own factor (GGUF's `rope_freqs` tensor).
+    Factors(Vec<f64>),
 }
 
 /// The decoder's shape and options, independent of the family.
@@ -185,6 +193,13 @@ impl DecoderConfig {
                 match kind {
                     "default" => RopeScaling::None,
                     "linear" => RopeScaling::Linear { factor: f64_key(r, "factor", 1.0)? },
+                    "dynamic" => RopeScaling::Dynamic {
+                        factor: f64_key(r, "factor", 1.0)?,
+                        max_position_embeddings: match get(r, "original_max_position_embeddings") {
+                            Some(_) => f64_key(r, "original_max_position_embeddings", 2048.0)?,
+                            None => f64_key(v, "max_position_embeddings", 2048.0)?,
+                        },
+                    },
                     "llama3" => RopeScaling::Llama3 {
                         factor: f64_key(r, "factor", 8.0)?,
                         low_freq_factor: f64_key(r, "low_freq_factor", 1.0)?,
@@ -268,13 +283,35 @@ impl DecoderConfig {
 
     /// Inverse rotary frequencies, one per pair of dimensions, after scaling.
     pub fn inv_freq(&self) -> Vec<f64> {
+        self.inv_freq_at(0)
+    }
+
+    /// Whether the rotary frequencies depend on the sequence length.
+    pub fn rope_is_dynamic(&self) -> bool {
+        matches!(self.rope_scaling, RopeScaling::Dynamic { .. })
+    }
+
+    /// Rotary frequencies for a forward pass over `seq_len` positions
+    /// (the length matters only for dynamic scaling).
+    pub fn inv_freq_at(&self, seq_len: usize) -> Vec<f64> {
         let d = match self.positions {
             Positions::Rope { rotary_dim, .. } => rotary_dim,
             _ => return Vec::new(),
         };
-        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+        let theta = match &self.rope_scaling {
+            RopeScaling::Dynamic { factor, max_position_embeddings } if seq_len as f64 > *max_position_embeddings => {
+                let grow = factor * seq_len as f64 / max_position_embeddings - (factor - 1.0);
+                self.rope_theta * grow.powf(d as f64 / (d as f64 - 2.0))
+            }
+            _ => self.rope_theta,
+        };
+        // As transformers: base ** (arange(0, d, 2) / d) in f32, then 1 / that.
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| (1.0 / (theta as f32).powf((2 * i) as f32 / d as f32)) as f64)
+            .collect();
         match &self.rope_scaling {
-            RopeScaling::None => base,
+            RopeScaling::None | RopeScaling::Dynamic { .. } => base,
+            RopeScaling::Factors(f) => base.iter().zip(f.iter().chain(std::iter::repeat(&1.0))).map(|(b, f)| b / f).collect(),
             RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let low_wavelen = original_max_position_embeddings / low_freq_factor;

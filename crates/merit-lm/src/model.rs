@@ -518,13 +518,13 @@ impl Decoder {
 
     /// cos and sin tables (t × rotary_dim) for positions `[start, start + t)`:
     /// `[f0 … fn, f0 … fn]` for rotate-half, `[f0, f0, f1, f1 …]` when interleaved.
-    fn rope_tables(&self, positions: &[usize], interleaved: bool) -> CResult<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+    fn rope_tables(&self, inv_freq: &[f64], positions: &[usize], interleaved: bool) -> CResult<(Tensor, Tensor)> {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half * 2);
         let mut sin = Vec::with_capacity(positions.len() * half * 2);
         for &pos in positions {
             // Angles rounded to f32 as transformers computes them.
-            let angles: Vec<f64> = self.inv_freq.iter().map(|f| (pos as f64 * f) as f32 as f64).collect();
+            let angles: Vec<f64> = inv_freq.iter().map(|f| (pos as f64 * f) as f32 as f64).collect();
             let order: Vec<f64> = if interleaved {
                 angles.iter().flat_map(|a| [*a, *a]).collect()
             } else {
@@ -621,7 +621,15 @@ impl Decoder {
         }
         let rope = match c.positions {
             Positions::Rope { rotary_dim, interleaved } => {
-                let (cos, sin) = self.rope_tables(&positions, interleaved)?;
+                // Dynamic scaling recomputes the frequencies for the length so far.
+                let dynamic;
+                let inv_freq = if c.rope_is_dynamic() {
+                    dynamic = c.inv_freq_at(start + t);
+                    &dynamic
+                } else {
+                    &self.inv_freq
+                };
+                let (cos, sin) = self.rope_tables(inv_freq, &positions, interleaved)?;
                 let (cos, sin) = if padded {
                     (cos.reshape((b, 1, t, rotary_dim))?, sin.reshape((b, 1, t, rotary_dim))?)
                 } else {

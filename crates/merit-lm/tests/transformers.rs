@@ -348,3 +348,62 @@ fn batched_prompts_of_different_lengths_match_one_by_one() {
         }
     }
 }
+
+/// GGUF files converted from the fixtures (scripts/fixtures/make_gguf.py;
+/// llama.cpp itself agrees with them, see check_gguf_llamacpp.py): the
+/// same logits as transformers, and the tokenizer and chat template rebuilt
+/// from GGUF metadata — byte-level BPE (`gpt2`) and SentencePiece-style
+/// (`llama`, llama2 fixture) — give the same ids and text.
+#[test]
+fn gguf_files_match_transformers() {
+    for family in ["llama2", "qwen2", "qwen3", "gpt2", "bloom"] {
+        let (dir, r) = fixture(family);
+        let (model, tok) = merit_lm::gguf::load_gguf(&dir.join("model.gguf"), &Device::Cpu).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let mut max_diff = 0f32;
+        for (row, want_row) in logits.iter().zip(r["logits"].as_array().unwrap()) {
+            for (a, b) in row.iter().zip(want_row.as_array().unwrap()) {
+                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
+            }
+        }
+        assert!(max_diff <= 1e-4, "{family} GGUF: max |Δ logit| = {max_diff}");
+        let n = r["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(model.greedy(&prompt, n, true).unwrap(), ids(&r["greedy"]["new_token_ids_with_cache"]), "{family}");
+        assert_eq!(tok.encode(r["prompt"].as_str().unwrap(), true).unwrap(), prompt, "{family} GGUF tokenizer");
+        assert_eq!(tok.decode(&prompt, true).unwrap().trim(), r["prompt"].as_str().unwrap().trim(), "{family}");
+        let chat = &r["chat"];
+        let messages: Vec<merit_lm::Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+        let text = tok.apply_chat_template(&messages, chat["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(text, chat["text"].as_str().unwrap(), "{family} GGUF chat template");
+        assert_eq!(tok.encode(&text, false).unwrap(), ids(&chat["token_ids"]), "{family} GGUF chat ids");
+    }
+}
+
+/// Quantized GGUF (Q8_0, Q4_1) on Merit's kernels gives the logits of the
+/// same file expanded to f32 (the kernels keep activations at 16 bits), and
+/// the same greedy tokens.
+#[test]
+fn quantized_gguf_kernels_match_the_dequantized_model() {
+    for file in ["model-q8_0.gguf", "model-q4_1.gguf"] {
+        let (dir, r) = fixture("llama");
+        let path = dir.join(file);
+        let (quant, _) = merit_lm::gguf::load_gguf_as(&path, &Device::Cpu, false).unwrap();
+        let (dense, _) = merit_lm::gguf::load_gguf_as(&path, &Device::Cpu, true).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let a = quant.forward(&input, None).unwrap();
+        let b = dense.forward(&input, None).unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-3 * scale.max(1.0), "{file}: max |Δ logit| {diff} (scale {scale})");
+        assert_eq!(quant.greedy(&prompt, 12, true).unwrap(), dense.greedy(&prompt, 12, true).unwrap(), "{file}");
+    }
+}
+
+/// Dynamic NTK rope scaling, with a prompt longer than max_position_embeddings.
+#[test]
+fn llama_with_dynamic_rope_scaling() {
+    check("llama_dynamic");
+}
