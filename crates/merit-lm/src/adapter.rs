@@ -43,7 +43,7 @@ pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<(), LmError> {
     };
     let vars = model.add_lora(&lora)?;
     let weights = dir.join("adapter_model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+    let mut tensors = candle_core::safetensors::load(&weights, model.device())
         .map_err(|e| bad(dir, format!("adapter_model.safetensors is not readable: {e}")))?;
     for (name, var) in &vars {
         let t = tensors.remove(name).ok_or_else(|| bad(dir, format!("tensor `{name}` is missing")))?;

@@ -306,12 +306,13 @@ impl DecoderConfig {
             _ => self.rope_theta,
         };
         // As transformers: base ** (arange(0, d, 2) / d) in f32, then 1 / that.
-        let base: Vec<f64> = (0..d / 2)
-            .map(|i| (1.0 / (theta as f32).powf((2 * i) as f32 / d as f32)) as f64)
-            .collect();
+        let base: Vec<f64> =
+            (0..d / 2).map(|i| (1.0 / (theta as f32).powf((2 * i) as f32 / d as f32)) as f64).collect();
         match &self.rope_scaling {
             RopeScaling::None | RopeScaling::Dynamic { .. } => base,
-            RopeScaling::Factors(f) => base.iter().zip(f.iter().chain(std::iter::repeat(&1.0))).map(|(b, f)| b / f).collect(),
+            RopeScaling::Factors(f) => {
+                base.iter().zip(f.iter().chain(std::iter::repeat(&1.0))).map(|(b, f)| b / f).collect()
+            }
             RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let low_wavelen = original_max_position_embeddings / low_freq_factor;

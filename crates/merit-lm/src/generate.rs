@@ -240,7 +240,7 @@ pub fn generate_batch(
         })
         .collect();
     let mut cache = Cache::padded(pads.clone());
-    let device = candle_core::Device::Cpu;
+    let device = model.device().clone();
     let mut input: Vec<u32> = prompts
         .iter()
         .zip(&pads)
@@ -280,7 +280,7 @@ pub fn nll(model: &Decoder, ids: &[u32]) -> Result<(f64, usize), LmError> {
     if ids.len() < 2 {
         return Ok((0.0, 0));
     }
-    let input = Tensor::new(ids, &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let logits: Vec<Vec<f32>> = model.forward(&input, None)?.squeeze(0)?.to_vec2()?;
     let mut total = 0.0f64;
     for (row, &next) in logits.iter().zip(&ids[1..]) {

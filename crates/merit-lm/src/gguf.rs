@@ -179,8 +179,9 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
         // BLOOM's fused qkv: GGUF has all q rows, then k, then v; Hugging Face interleaves them per head.
         if family == Family::Bloom && name.contains(".attn_qkv.") {
             let d = head_dim;
-            let rows: Vec<usize> =
-                (0..heads).flat_map(|h| (0..3).flat_map(move |j| (0..d).map(move |i| j * heads * d + h * d + i))).collect();
+            let rows: Vec<usize> = (0..heads)
+                .flat_map(|h| (0..3).flat_map(move |j| (0..d).map(move |i| j * heads * d + h * d + i)))
+                .collect();
             weight = match weight {
                 Weight::Dense(t) if t.rank() == 1 => {
                     let index = candle_core::Tensor::from_vec(

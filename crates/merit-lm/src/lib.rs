@@ -8,16 +8,15 @@
 //! Correctness is measured against Hugging Face `transformers` on tiny random
 //! models (`tests/fixtures`, made by `scripts/fixtures/make_models.py`).
 //!
-//! Status: LLaMA (incl. llama3 rope scaling, SmolLM2), Mistral (sliding
-//! window), Qwen2/2.5, Qwen3, the DeepSeek Qwen/LLaMA distills, GLM and GLM-4
-//! (partial interleaved rotary, fused gate-up, sandwich norms), BLOOM (ALiBi,
-//! fused per-head qkv, LayerNorm, embedding norm) and GPT-2 (learned
-//! positions, Conv1D) load from Hugging Face folders and match transformers.
-//! Tokenizers, chat templates, sampling and streaming, GGUF (LLaMA
-//! architecture, dequantized) and LoRA adapters on every linear layer (with
-//! gradients checked against finite differences) are in; frozen-weight and
-//! quantized backward ops, adapters on disk (PEFT format) and speed work are
-//! next; DeepSeek-V2/V3 (MLA + MoE) later.
+//! Status: LLaMA (incl. llama3 / linear / dynamic rope scaling, SmolLM2),
+//! Mistral (sliding window), Qwen2/2.5, Qwen3, the DeepSeek Qwen/LLaMA
+//! distills, GLM and GLM-4, BLOOM and GPT-2 load from Hugging Face folders and
+//! match transformers; GGUF files of the llama, qwen2, qwen3, gpt2 and bloom
+//! architectures load with their tokenizers and templates and stay quantized
+//! ([`quant`]). Every linear layer can carry LoRA (PEFT names and files,
+//! dropout) with gradients checked against finite differences; frozen base
+//! weights, dense or quantized, get no weight gradient ([`linear`]).
+//! DeepSeek-V2/V3 (MLA + MoE) are not supported yet.
 
 pub mod adapter;
 pub mod config;

@@ -689,6 +689,11 @@ impl Decoder {
         }
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Switches LoRA dropout on (training) or off (evaluation, generation).
     pub fn set_training(&self, on: bool) {
         for layer in &self.layers {

