@@ -178,6 +178,7 @@
 #![allow(clippy::result_large_err)]
 
 pub use merit_core::{Format, Policy, Reason};
+pub use parquet_in::all_rows as parquet_rows;
 
 pub mod bench;
 pub mod export;

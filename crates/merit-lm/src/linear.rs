@@ -161,6 +161,14 @@ impl Dropout {
         }
     }
 
+    /// Restarts the generator from `seed` (a trainer reseeds every step, so a
+    /// resumed run draws the same masks as an uninterrupted one).
+    pub fn reseed(&self, seed: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 = rand::rngs::StdRng::seed_from_u64(seed);
+        }
+    }
+
     fn apply(&self, x: &Tensor) -> CResult<Tensor> {
         let Ok(mut state) = self.state.lock() else { return Ok(x.clone()) };
         if !state.0 || self.p <= 0.0 {

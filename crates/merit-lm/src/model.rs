@@ -694,6 +694,28 @@ impl Decoder {
         &self.device
     }
 
+    /// Reseeds every LoRA dropout: layer `i` of the list draws from `seed + i`.
+    pub fn reseed_dropout(&self, seed: u64) {
+        let mut i = 0u64;
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                if let Some(d) = lin.lora.as_ref().and_then(|l| l.dropout.as_ref()) {
+                    d.reseed(seed.wrapping_add(i));
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// The family-neutral LoRA targets this model has (gate_proj only with a gated MLP).
+    pub fn linear_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"];
+        if self.layers.first().is_some_and(|l| l.mlp.gate.is_some()) {
+            names.insert(4, "gate_proj");
+        }
+        names
+    }
+
     /// Switches LoRA dropout on (training) or off (evaluation, generation).
     pub fn set_training(&self, on: bool) {
         for layer in &self.layers {

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::LmError;
 
+/// A byte range `[start, end)` in a text.
+pub type Span = (usize, usize);
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Message {
@@ -70,6 +73,21 @@ impl TextTokenizer {
         eos_token: Option<String>,
     ) -> TextTokenizer {
         TextTokenizer { inner, chat_template, bos_token, eos_token }
+    }
+
+    /// Token ids of `text` with each token's byte range in `text` (tokens the
+    /// post-processor adds, such as BOS, have an empty range).
+    pub fn encode_with_offsets(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, Vec<Span>), LmError> {
+        let enc =
+            self.inner.encode(text, add_special).map_err(|e| LmError::Tokenizer(format!("encoding failed: {e}")))?;
+        let special = enc.get_special_tokens_mask();
+        let offsets = enc
+            .get_offsets()
+            .iter()
+            .zip(special)
+            .map(|(&(a, b), &s)| if s == 1 && a == b { (a, a) } else { (a, b) })
+            .collect();
+        Ok((enc.get_ids().to_vec(), offsets))
     }
 
     /// Token ids of `text`; `add_special` adds what the post-processor adds (such as BOS).

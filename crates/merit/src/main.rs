@@ -5,6 +5,7 @@
 mod client;
 mod ledger;
 mod model;
+mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -203,6 +204,8 @@ enum Command {
         #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
         data_dir: PathBuf,
     },
+    /// Fine-tune a LoRA / QLoRA adapter on datanet versions or a local file
+    Train(Box<train::TrainArgs>),
     /// Continue a prompt with a model (registered name, Hugging Face folder or GGUF file)
     Generate {
         /// Registered name, Hugging Face folder or GGUF file
@@ -694,6 +697,7 @@ async fn run(cli: Cli) -> Result<u8> {
             })
             .await??;
         }
+        Command::Train(args) => train::run(*args).await?,
         Command::Ledger(cmd) => match cmd {
             LedgerCommand::Key { local, key } => {
                 println!("{}", local.signer(key.ledger_key.as_deref(), &key.origin)?.verifier_key())

@@ -78,6 +78,19 @@ pub fn load(data_dir: &Path, model: &str, adapter: Option<&Path>) -> Result<(Dec
 }
 
 fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
+    load_base_as(data_dir, model, std::env::var_os("MERIT_DEQUANTIZE").is_some())
+}
+
+/// Whether `model` (a registered name or path) is a GGUF file.
+pub fn is_gguf(data_dir: &Path, model: &str) -> Result<bool> {
+    let reg = registry(data_dir)?;
+    let path = reg.get(model).cloned().unwrap_or_else(|| PathBuf::from(model));
+    Ok(matches!(kind_of(&path)?, ModelKind::Gguf(_)))
+}
+
+/// Loads a base model; with `dequantize`, a GGUF file's quantized weights are
+/// expanded to f32 (LoRA on a full-precision base) instead of kept (QLoRA).
+pub fn load_base_as(data_dir: &Path, model: &str, dequantize: bool) -> Result<(Decoder, TextTokenizer)> {
     let reg = registry(data_dir)?;
     let path = match reg.get(model) {
         Some(p) => p.clone(),
@@ -96,7 +109,7 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
     let device = device()?;
     match kind_of(&path)? {
         ModelKind::Gguf(f) => {
-            merit_lm::gguf::load_gguf(&f, &device).with_context(|| format!("loading {}", f.display()))
+            merit_lm::gguf::load_gguf_as(&f, &device, dequantize).with_context(|| format!("loading {}", f.display()))
         }
         ModelKind::HfFolder(d) => {
             let model =

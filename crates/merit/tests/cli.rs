@@ -588,3 +588,60 @@ fn smollm2_answers_paris() {
     assert!(text.contains("Paris"), "{text:?}");
     assert!(v["token_ids"].as_array().unwrap().len() < 64, "did not stop at the end of its turn: {text:?}");
 }
+
+/// `merit train` on a local file: a run killed with SIGKILL mid-way and
+/// resumed with `--resume` ends with the same adapter, bit for bit, as an
+/// uninterrupted run; no checkpoint folder is ever left half-written.
+#[test]
+fn train_killed_and_resumed_matches_an_uninterrupted_run() {
+    let work = tempfile::tempdir().unwrap();
+    let rows = work.path().join("rows.jsonl");
+    let mut text = String::new();
+    for i in 0..24 {
+        let q = format!("What is fact number {i}?");
+        let a = format!("Fact {i} is that the mill wheel turns {} times.", i * 7 % 13);
+        text.push_str(
+            &serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&rows, text).unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
+    let train = |out: &Path| {
+        let mut c = merit();
+        c.args(["train", "--base"]).arg(&base).arg("--data").arg(&rows).arg("--out").arg(out);
+        c.args(["--max-steps", "40", "--batch", "2", "--grad-accum", "2", "--save-every", "5", "--dropout", "0.1"]);
+        c.args(["--lr", "5e-3", "--eval-every", "10", "--json"]);
+        c
+    };
+    let whole = work.path().join("whole");
+    let done = train(&whole).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let steps = String::from_utf8_lossy(&done.stdout).lines().filter(|l| l.contains("\"kind\":\"step\"")).count();
+    assert_eq!(steps, 40);
+
+    let parts = work.path().join("parts");
+    let mut child =
+        train(&parts).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !parts.join("checkpoint-10").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint-10");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!parts.join("checkpoint-40").exists(), "the run finished before it was killed");
+    for e in std::fs::read_dir(&parts).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("checkpoint-") && !name.ends_with(".tmp") {
+            assert!(e.path().join("trainer_state.json").exists(), "{name} is incomplete");
+        }
+    }
+    let resumed = merit().args(["train", "--json", "--resume"]).arg(&parts).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let bytes = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(bytes(&whole), bytes(&parts), "the resumed adapter differs");
+    let metrics = std::fs::read_to_string(parts.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), 40);
+}

@@ -1,0 +1,242 @@
+//! The trainer on the tiny fixture models of merit-lm.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor};
+use merit_train::{data, DataSettings, Event, Scheduler, TrainConfig, Trainer};
+use serde_json::{json, Value};
+
+fn fixture(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures").join(family)
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        base: "tiny".into(),
+        method: "lora".into(),
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        rslora: false,
+        targets: vec!["all".into()],
+        lr: 5e-3,
+        scheduler: Scheduler::Cosine,
+        warmup: 0.1,
+        epochs: 3.0,
+        max_steps: None,
+        batch: 2,
+        grad_accum: 2,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        eval_every: Some(2),
+        save_every: Some(2),
+        seed: 7,
+        data: DataSettings {
+            cutoff_len: 64,
+            packing: false,
+            train_on_prompt: false,
+            last_turn_only: false,
+            eval_split: 0.2,
+        },
+        sources: Vec::new(),
+    }
+}
+
+fn rows() -> Vec<Value> {
+    let facts = [
+        ("Where does the baker live?", "By the old mill on the river."),
+        ("What does the baker bake?", "Rye bread and honey cakes."),
+        ("When do the ovens start?", "Before the sun is up."),
+        ("Who buys the first loaf?", "The ferryman, every morning."),
+        ("What is the baker's name?", "Her name is Wren."),
+    ];
+    let mut out = Vec::new();
+    for (q, a) in facts {
+        out.push(json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}));
+        out.push(json!({"instruction": q, "output": a}));
+    }
+    out.push(json!({"text": "The river runs past the old mill and the bakery."}));
+    out.push(
+        json!({"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hello, I am Wren."}]}),
+    );
+    out
+}
+
+fn load(family: &str) -> (merit_lm::Decoder, merit_lm::TextTokenizer) {
+    let dir = fixture(family);
+    (merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap(), merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap())
+}
+
+/// Chat rows are labelled on the assistant turns only — their text and the
+/// template's end-of-turn token — in every row shape.
+#[test]
+fn chat_rows_train_on_assistant_turns_only() {
+    let (model, tok) = load("smollm");
+    let eos = model.config.eos_token_ids.first().copied();
+    let opts = data::DataOptions { eval_split: 0.0, ..Default::default() };
+    let rows = vec![
+        json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "Name?"},
+               {"role": "assistant", "content": "Wren."}]}),
+        json!({"instruction": "Say hi", "input": "politely", "output": "Good day."}),
+        json!({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey."}]}),
+        json!({"text": "plain text row"}),
+        json!({"messages": [{"role": "user", "content": "no answer"}]}),
+        json!({"prompt": "unknown shape"}),
+        json!({"messages": [{"role": "robot", "content": "x"}]}),
+    ];
+    let ds = data::build(&tok, eos, &rows, &opts);
+    let skipped: Vec<usize> = ds.skipped.iter().map(|s| s.row).collect();
+    assert_eq!(skipped, vec![4, 5, 6], "{:?}", ds.skipped);
+    assert!(ds.skipped[0].reason.contains("no assistant turn"));
+    assert!(ds.skipped[2].reason.contains("robot"));
+    let labelled = |ex: &data::Example| -> String {
+        let ids: Vec<u32> = ex.ids.iter().zip(&ex.labels).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
+        tok.decode(&ids, false).unwrap()
+    };
+    assert_eq!(labelled(&ds.train[0]), "Hello there.<|im_end|>\nWren.<|im_end|>\n");
+    assert_eq!(labelled(&ds.train[1]), "Good day.<|im_end|>\n");
+    assert_eq!(labelled(&ds.train[2]), "Hey.<|im_end|>\n");
+    // Text rows: every token, EOS appended.
+    assert!(ds.train[3].labels.iter().all(|l| *l));
+    assert_eq!(ds.train[3].ids.last().copied(), eos);
+    // Only the last turn; or the prompt too.
+    let last = data::build(&tok, eos, &rows[..1], &data::DataOptions { last_turn_only: true, ..opts.clone() });
+    assert_eq!(labelled(&last.train[0]), "Wren.<|im_end|>\n");
+    let all = data::build(&tok, eos, &rows[..1], &data::DataOptions { train_on_prompt: true, ..opts.clone() });
+    assert!(all.train[0].labels.iter().all(|l| *l));
+    // Cut-off and packing.
+    let cut = data::build(&tok, eos, &rows, &data::DataOptions { cutoff_len: 8, ..opts.clone() });
+    assert!(cut.train.iter().all(|e| e.ids.len() <= 8));
+    let packed = data::build(&tok, eos, &rows[..4], &data::DataOptions { cutoff_len: 16, packing: true, ..opts });
+    assert!(packed.train.iter().all(|e| e.ids.len() <= 16));
+    assert!(packed.train[..packed.train.len() - 1].iter().all(|e| e.ids.len() == 16));
+}
+
+#[test]
+fn eval_split_is_by_seed() {
+    let (model, tok) = load("smollm");
+    let eos = model.config.eos_token_ids.first().copied();
+    let opts = data::DataOptions { eval_split: 0.25, seed: 3, ..Default::default() };
+    let a = data::build(&tok, eos, &rows(), &opts);
+    let b = data::build(&tok, eos, &rows(), &opts);
+    assert_eq!(a.eval.iter().map(|e| e.row).collect::<Vec<_>>(), b.eval.iter().map(|e| e.row).collect::<Vec<_>>());
+    assert_eq!(a.eval.len(), 3);
+    let c = data::build(&tok, eos, &rows(), &data::DataOptions { seed: 4, ..opts });
+    assert_ne!(a.eval.iter().map(|e| e.row).collect::<Vec<_>>(), c.eval.iter().map(|e| e.row).collect::<Vec<_>>());
+}
+
+fn run(
+    family: &str,
+    cfg: &TrainConfig,
+    out: &std::path::Path,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> (merit_train::Summary, Vec<Event>) {
+    let (mut model, tok) = load(family);
+    let eos = model.config.eos_token_ids.first().copied();
+    let ds = data::build(&tok, eos, &rows(), &cfg.data_options());
+    let stop = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let resume_dir = resume.then(|| merit_train::checkpoint::latest(out).unwrap());
+    let mut t = Trainer {
+        model: &mut model,
+        config: cfg.clone(),
+        data: &ds,
+        out: out.to_path_buf(),
+        pad: eos.unwrap_or(0),
+        stop: &stop,
+    };
+    let summary = t
+        .run(resume_dir.as_deref(), None, |e| {
+            if let (Event::Step { step, .. }, Some(n)) = (e, stop_after) {
+                if *step >= n {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            events.push(e.clone());
+        })
+        .unwrap();
+    (summary, events)
+}
+
+/// It learns: the training loss falls; eval loss is reported; the same
+/// seed and data give the same adapter bit for bit.
+#[test]
+fn training_lowers_the_loss_and_is_repeatable() {
+    let cfg = TrainConfig { epochs: 12.0, lr: 1e-2, ..config() };
+    let a = tempfile::tempdir().unwrap();
+    let (summary, events) = run("llama", &cfg, a.path(), false, None);
+    let losses: Vec<f64> =
+        events.iter().filter_map(|e| if let Event::Step { loss, .. } = e { Some(*loss) } else { None }).collect();
+    assert_eq!(losses.len(), summary.total_steps);
+    let first: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let last: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(last < 0.7 * first, "loss {first} → {last}");
+    assert!(events.iter().any(|e| matches!(e, Event::Eval { .. })));
+    let metrics = std::fs::read_to_string(a.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), summary.total_steps);
+    let b = tempfile::tempdir().unwrap();
+    run("llama", &cfg, b.path(), false, None);
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(bytes(a.path()), bytes(b.path()), "same seed and data, different adapter");
+}
+
+/// A run stopped midway and resumed ends with the same adapter as an
+/// uninterrupted one, bit for bit.
+#[test]
+fn resume_gives_the_same_adapter() {
+    let cfg = config();
+    let whole = tempfile::tempdir().unwrap();
+    let (full, _) = run("qwen3", &cfg, whole.path(), false, None);
+    let parts = tempfile::tempdir().unwrap();
+    let (first, _) = run("qwen3", &cfg, parts.path(), false, Some(3));
+    assert!(first.stopped && first.steps == 3, "{first:?}");
+    let (second, _) = run("qwen3", &cfg, parts.path(), true, None);
+    assert_eq!(second.steps, full.steps);
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(bytes(whole.path()), bytes(parts.path()));
+    let metrics = std::fs::read_to_string(parts.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), full.steps);
+}
+
+/// The saved adapter is a PEFT adapter that merit-lm loads back to the
+/// trained model's logits.
+#[test]
+fn saved_adapter_is_peft_and_reloads() {
+    let cfg = TrainConfig { max_steps: Some(3), dropout: 0.0, ..config() };
+    let out = tempfile::tempdir().unwrap();
+    run("llama", &cfg, out.path(), false, None);
+    let conf: Value = serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(conf["peft_type"], "LORA");
+    assert_eq!(conf["task_type"], "CAUSAL_LM");
+    assert_eq!(conf["r"], 4);
+    assert_eq!(conf["lora_alpha"], 8.0);
+    let targets: Vec<&str> = conf["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(targets, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]);
+    let tensors = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let a = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"];
+    assert_eq!(a.dims(), [4, 32]);
+    assert_eq!(b.dims()[1], 4);
+    assert!(b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "B never moved");
+    // Reloaded on a fresh base: a different model than the base, the one the checkpoint holds.
+    let (mut reloaded, _) = load("llama");
+    merit_lm::adapter::load_peft(&mut reloaded, out.path()).unwrap();
+    let (base, _) = load("llama");
+    let ids = Tensor::new(&[5u32, 9, 12, 40], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let diff = (reloaded.forward(&ids, None).unwrap() - base.forward(&ids, None).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 1e-4, "the adapter changes nothing");
+    // A checkpoint folder is complete or absent.
+    for e in std::fs::read_dir(out.path()).unwrap().flatten() {
+        assert!(!e.file_name().to_string_lossy().ends_with(".tmp"), "leftover {:?}", e.file_name());
+    }
+}
