@@ -70,12 +70,11 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
         "qwen3" => Family::Qwen3,
         "gpt2" => Family::Gpt2,
         "bloom" => Family::Bloom,
-        other => {
-            return Err(LmError::Config(format!(
-                "GGUF architecture `{other}` is not supported yet (llama, qwen2, qwen3, gpt2 and bloom are; \
-                 GLM models load from their Hugging Face folders)"
-            )))
-        }
+        "chatglm" => Family::Glm,
+        "glm4" => Family::Glm4,
+        other => return Err(LmError::Config(format!(
+            "GGUF architecture `{other}` is not supported yet (llama, qwen2, qwen3, chatglm, glm4, gpt2 and bloom are)"
+        ))),
     };
     let k = |name: &str| format!("{arch}.{name}");
     let hidden = meta_u64(&content, &k("embedding_length"))? as usize;
@@ -118,11 +117,11 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
     let positions = match family {
         Family::Gpt2 => Positions::Learned { max: meta_u64(&content, &k("context_length"))? as usize },
         Family::Bloom => Positions::Alibi,
-        // llama.cpp permutes LLaMA's q and k rows for pairwise rotary; the Qwen
-        // families keep Hugging Face's rotate-half layout.
+        // llama.cpp permutes LLaMA's q and k rows for pairwise rotary (GLM is
+        // pairwise already); the Qwen families keep Hugging Face's rotate-half layout.
         _ => Positions::Rope {
             rotary_dim: meta_u64(&content, &k("rope.dimension_count")).map_or(head_dim, |d| d as usize),
-            interleaved: family == Family::Llama,
+            interleaved: matches!(family, Family::Llama | Family::Glm | Family::Glm4),
         },
     };
     let config = DecoderConfig {
@@ -141,10 +140,11 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
         norm: if layer_norm { NormKind::Layer } else { NormKind::Rms },
         mlp: if layer_norm { MlpKind::Gelu } else { MlpKind::SwiGlu },
         embed_norm: family == Family::Bloom,
-        sandwich_norms: false,
+        sandwich_norms: content.tensor_infos.contains_key("blk.0.post_attention_norm.weight"),
         qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
-        mlp_bias: content.tensor_infos.contains_key("blk.0.ffn_up.bias"),
+        mlp_bias: content.tensor_infos.contains_key("blk.0.ffn_up.bias")
+            || content.tensor_infos.contains_key("blk.0.ffn_down.bias"),
         qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
         sliding_window: None,
         tie_word_embeddings: !has_output,
@@ -398,6 +398,9 @@ fn hf_name(family: Family, gguf: &str) -> Option<String> {
         (_, "attn_k_norm") => "self_attn.k_norm",
         (_, "ffn_norm") => "post_attention_layernorm",
         (_, "ffn_gate") => "mlp.gate_proj",
+        (Family::Glm | Family::Glm4, "ffn_up") => "mlp.gate_up_proj",
+        (_, "post_attention_norm") => "post_self_attn_layernorm",
+        (_, "post_ffw_norm") => "post_mlp_layernorm",
         (_, "ffn_up") => "mlp.up_proj",
         (_, "ffn_down") => "mlp.down_proj",
         _ => return None,

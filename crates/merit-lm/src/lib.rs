@@ -11,8 +11,8 @@
 //! Status: LLaMA (incl. llama3 / linear / dynamic rope scaling, SmolLM2),
 //! Mistral (sliding window), Qwen2/2.5, Qwen3, the DeepSeek Qwen/LLaMA
 //! distills, GLM and GLM-4, BLOOM and GPT-2 load from Hugging Face folders and
-//! match transformers; GGUF files of the llama, qwen2, qwen3, gpt2 and bloom
-//! architectures load with their tokenizers and templates and stay quantized
+//! match transformers; GGUF files of the llama, qwen2, qwen3, chatglm, glm4, gpt2
+//! and bloom architectures load with their tokenizers and templates and stay quantized
 //! ([`quant`]). Every linear layer can carry LoRA (PEFT names and files,
 //! dropout) with gradients checked against finite differences; frozen base
 //! weights, dense or quantized, get no weight gradient ([`linear`]).
