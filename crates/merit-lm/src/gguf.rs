@@ -72,9 +72,11 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
         "bloom" => Family::Bloom,
         "chatglm" => Family::Glm,
         "glm4" => Family::Glm4,
-        other => return Err(LmError::Config(format!(
+        other => {
+            return Err(LmError::Config(format!(
             "GGUF architecture `{other}` is not supported yet (llama, qwen2, qwen3, chatglm, glm4, gpt2 and bloom are)"
-        ))),
+        )))
+        }
     };
     let k = |name: &str| format!("{arch}.{name}");
     let hidden = meta_u64(&content, &k("embedding_length"))? as usize;

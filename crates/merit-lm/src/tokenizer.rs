@@ -28,6 +28,17 @@ pub struct TextTokenizer {
     eos_token: Option<String>,
 }
 
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .field("chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
 /// `bos_token` / `eos_token` are strings or `{"content": …}` objects.
 fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {

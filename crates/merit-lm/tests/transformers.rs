@@ -120,6 +120,25 @@ fn bad_model_folders_name_the_problem() {
     assert!(err.contains("rwkv"), "{err}");
 }
 
+/// A truncated or foreign GGUF file, or one missing a tensor, is refused
+/// with the file and the missing piece named.
+#[test]
+fn bad_gguf_files_name_the_problem() {
+    let (src, _) = fixture("qwen2");
+    let bytes = std::fs::read(src.join("model.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = merit_lm::gguf::load_gguf(&cut, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("cut.gguf") || err.contains("GGUF"), "{err}");
+    let foreign = dir.path().join("foreign.gguf");
+    std::fs::write(&foreign, b"GGUF but not really").unwrap();
+    let err = merit_lm::gguf::load_gguf(&foreign, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("foreign.gguf") && err.contains("GGUF"), "{err}");
+    let missing = merit_lm::gguf::load_gguf(&dir.path().join("absent.gguf"), &Device::Cpu).unwrap_err().to_string();
+    assert!(missing.contains("absent.gguf"), "{missing}");
+}
+
 #[test]
 fn tokenizers_and_chat_templates_match_transformers() {
     for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "bloom", "glm", "glm4", "gpt2"]
@@ -231,7 +250,8 @@ fn loss(model: &merit_lm::Decoder, ids: &[u32]) -> Tensor {
 #[test]
 fn lora_gradients_match_finite_differences() {
     use candle_core::DType;
-    for family in ["llama", "qwen3", "glm4", "bloom", "gpt2"] {
+    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"]
+    {
         let (dir, r) = fixture(family);
         let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
         let cfg = merit_lm::LoraConfig {
