@@ -29,7 +29,7 @@ pub mod model;
 pub mod quant;
 pub mod tokenizer;
 
-pub use candle_core::{Device, Tensor};
+pub use candle_core::{self, Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{generate, generate_batch, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use linear::{Dropout, Linear, Lora, Weight};

@@ -3,6 +3,7 @@
 //! `merit user`, which works on the local store directly.
 
 mod client;
+mod compare;
 mod ledger;
 mod model;
 mod train;
@@ -206,6 +207,10 @@ enum Command {
     },
     /// Fine-tune a LoRA / QLoRA adapter on datanet versions or a local file
     Train(Box<train::TrainArgs>),
+    /// Answers of the base model and each adapter, side by side, on held-out prompts (greedy)
+    Compare(compare::CompareArgs),
+    /// Merge an adapter into its Hugging Face base and write the merged folder
+    Export(compare::ExportArgs),
     /// Continue a prompt with a model (registered name, Hugging Face folder or GGUF file)
     Generate {
         /// Registered name, Hugging Face folder or GGUF file
@@ -711,6 +716,8 @@ async fn run(cli: Cli) -> Result<u8> {
             .await??;
         }
         Command::Train(args) => train::run(*args).await?,
+        Command::Compare(args) => compare::compare(args).await?,
+        Command::Export(args) => tokio::task::spawn_blocking(move || compare::export(args)).await??,
         Command::Ledger(cmd) => match cmd {
             LedgerCommand::Key { local, key } => {
                 println!("{}", local.signer(key.ledger_key.as_deref(), &key.origin)?.verifier_key())

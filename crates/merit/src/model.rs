@@ -81,16 +81,8 @@ fn load_base(data_dir: &Path, model: &str) -> Result<(Decoder, TextTokenizer)> {
     load_base_as(data_dir, model, std::env::var_os("MERIT_DEQUANTIZE").is_some())
 }
 
-/// Whether `model` (a registered name or path) is a GGUF file.
-pub fn is_gguf(data_dir: &Path, model: &str) -> Result<bool> {
-    let reg = registry(data_dir)?;
-    let path = reg.get(model).cloned().unwrap_or_else(|| PathBuf::from(model));
-    Ok(matches!(kind_of(&path)?, ModelKind::Gguf(_)))
-}
-
-/// Loads a base model; with `dequantize`, a GGUF file's quantized weights are
-/// expanded to f32 (LoRA on a full-precision base) instead of kept (QLoRA).
-pub fn load_base_as(data_dir: &Path, model: &str, dequantize: bool) -> Result<(Decoder, TextTokenizer)> {
+/// The path of a model: a registered name or a path.
+pub fn resolve(data_dir: &Path, model: &str) -> Result<PathBuf> {
     let reg = registry(data_dir)?;
     let path = match reg.get(model) {
         Some(p) => p.clone(),
@@ -106,6 +98,18 @@ pub fn load_base_as(data_dir: &Path, model: &str, dequantize: bool) -> Result<(D
             p
         }
     };
+    Ok(path)
+}
+
+/// Whether `model` (a registered name or path) is a GGUF file.
+pub fn is_gguf(data_dir: &Path, model: &str) -> Result<bool> {
+    Ok(matches!(kind_of(&resolve(data_dir, model)?)?, ModelKind::Gguf(_)))
+}
+
+/// Loads a base model; with `dequantize`, a GGUF file's quantized weights are
+/// expanded to f32 (LoRA on a full-precision base) instead of kept (QLoRA).
+pub fn load_base_as(data_dir: &Path, model: &str, dequantize: bool) -> Result<(Decoder, TextTokenizer)> {
+    let path = resolve(data_dir, model)?;
     let device = device()?;
     match kind_of(&path)? {
         ModelKind::Gguf(f) => {

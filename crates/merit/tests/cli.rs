@@ -645,3 +645,76 @@ fn train_killed_and_resumed_matches_an_uninterrupted_run() {
     let metrics = std::fs::read_to_string(parts.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), 40);
 }
+
+/// `merit export` merges a PEFT adapter into its Hugging Face base: the
+/// merged folder scores like base + adapter; `merit compare` answers with
+/// the base and the adapter side by side.
+#[test]
+fn export_merges_and_compare_answers_side_by_side() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/llama");
+    let adapter = fixture.join("adapter");
+    let work = tempfile::tempdir().unwrap();
+    let rows = work.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"text\": \"The baker lit her ovens before the sun, and the river ran.\"}\n").unwrap();
+    let merged = work.path().join("merged");
+    let out = merit()
+        .arg("export")
+        .arg("--base")
+        .arg(&fixture)
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(merged.join("config.json").exists() && merged.join("tokenizer.json").exists());
+    let eval = |model: &Path, adapter: Option<&Path>| -> f64 {
+        let mut c = merit();
+        c.arg("eval").arg("--model").arg(model).arg("--data").arg(&rows).arg("--json");
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["loss"].as_f64().unwrap()
+    };
+    let with_adapter = eval(&fixture, Some(&adapter));
+    let base = eval(&fixture, None);
+    let merged_loss = eval(&merged, None);
+    assert!((merged_loss - with_adapter).abs() < 1e-5, "merged {merged_loss} vs base + adapter {with_adapter}");
+    assert!((base - with_adapter).abs() > 1e-4, "the adapter changes nothing");
+    // Exporting over an existing folder is refused.
+    let again = merit()
+        .arg("export")
+        .arg("--base")
+        .arg(&fixture)
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let prompts = work.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Who lit the ovens?\"}\nplain text prompt\n").unwrap();
+    let out = merit()
+        .arg("compare")
+        .arg("--base")
+        .arg(&fixture)
+        .arg("--adapter")
+        .arg(&adapter)
+        .args(["--max-tokens", "8", "--json", "--prompts"])
+        .arg(&prompts)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], "Who lit the ovens?");
+    let answers = lines[0]["answers"].as_object().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert!(answers.contains_key("base"));
+}
