@@ -498,6 +498,28 @@ enum BenchCommand {
         #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
         data_dir: PathBuf,
     },
+    /// Training tokens/s and peak memory: LoRA (f32 base) or QLoRA (GGUF base kept quantized), batch 1
+    Train {
+        /// Base model: registered name, Hugging Face folder or GGUF file
+        #[arg(long)]
+        model: String,
+        /// Sequence length
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Timed optimizer steps (after one warm-up step)
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        #[arg(long, default_value = "q_proj,v_proj")]
+        targets: String,
+        /// lora or qlora
+        #[arg(long, default_value = "lora")]
+        method: String,
+        /// Print {"tokens_per_s", "peak_bytes", …} as JSON
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
     /// Ledger appends per second (batched) and inclusion-proof latency, on a scratch database
     Ledger {
         /// Leaves to append
@@ -860,6 +882,10 @@ async fn run(cli: Cli) -> Result<u8> {
                 Ok(())
             })
             .await??;
+        }
+        Command::Bench(BenchCommand::Train { model: name, tokens, steps, targets, method, json, data_dir }) => {
+            tokio::task::spawn_blocking(move || train::bench(&data_dir, &name, tokens, steps, &targets, &method, json))
+                .await??
         }
         Command::Bench(BenchCommand::Ledger { leaves, batch, database_url }) => {
             bench_ledger(leaves, batch, database_url).await?

@@ -296,3 +296,114 @@ pub async fn run(args: TrainArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `merit bench train`: optimizer steps on one synthetic sequence (batch 1),
+/// timed after a warm-up step; prints tokens/s and the process's peak memory.
+pub fn bench(
+    data_dir: &Path,
+    base: &str,
+    tokens: usize,
+    steps: usize,
+    targets: &str,
+    method: &str,
+    json: bool,
+) -> Result<()> {
+    if tokens < 2 || steps == 0 {
+        bail!("--tokens must be at least 2 and --steps at least 1");
+    }
+    let quantized = match method {
+        "lora" => false,
+        "qlora" => true,
+        other => bail!("--method `{other}` is not lora or qlora"),
+    };
+    if quantized && !model::is_gguf(data_dir, base)? {
+        bail!("--method qlora needs a GGUF base");
+    }
+    let (mut m, _tok) = model::load_base_as(data_dir, base, !quantized)?;
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let vocab = m.config.vocab_size as u64;
+    let ids: Vec<u32> = (0..tokens)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (100 + rng % (vocab.saturating_sub(100).max(1))) as u32
+        })
+        .collect();
+    let ex = merit_train::Example { labels: vec![true; ids.len()], ids, row: 0 };
+    let data = merit_train::Dataset { train: vec![ex; steps + 1], eval: Vec::new(), skipped: Vec::new() };
+    let config = TrainConfig {
+        base: base.to_string(),
+        method: method.to_string(),
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: targets.split(',').map(str::to_string).collect(),
+        lr: 2e-4,
+        scheduler: merit_train::Scheduler::Constant,
+        warmup: 0.0,
+        epochs: 1.0,
+        max_steps: Some(steps + 1),
+        batch: 1,
+        grad_accum: 1,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        eval_every: None,
+        save_every: None,
+        seed: 1,
+        data: DataSettings {
+            cutoff_len: tokens,
+            packing: false,
+            train_on_prompt: true,
+            last_turn_only: false,
+            eval_split: 0.0,
+        },
+        sources: Vec::new(),
+    };
+    let out = tempfile::tempdir()?;
+    let stop = AtomicBool::new(false);
+    let mut trainer =
+        Trainer { model: &mut m, config, data: &data, out: out.path().to_path_buf(), pad: 0, stop: &stop };
+    let mut times = Vec::new();
+    let mut last = std::time::Instant::now();
+    trainer.run(None, None, |e| {
+        if let Event::Step { step, .. } = e {
+            let now = std::time::Instant::now();
+            if *step > 1 {
+                times.push((now - last).as_secs_f64());
+            }
+            last = now;
+        }
+    })?;
+    let tokens_per_s = (tokens * times.len()) as f64 / times.iter().sum::<f64>();
+    let peak = peak_rss_bytes();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": base, "method": method, "targets": targets, "tokens": tokens, "steps": times.len(),
+                "tokens_per_s": tokens_per_s, "peak_bytes": peak,
+                "threads": std::env::var("CANDLE_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok()),
+            })
+        );
+    } else {
+        println!(
+            "{base}: {method} r=8 on {targets}, batch 1 x {tokens} tokens: {tokens_per_s:.1} tokens/s, peak memory {:.0} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (Linux; 0 elsewhere).
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
