@@ -22,9 +22,8 @@ pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<(), LmError> {
     if cfg.get("peft_type").and_then(Value::as_str).is_some_and(|t| t != "LORA") {
         return Err(bad(dir, format!("peft_type {} is not LORA", cfg["peft_type"])));
     }
-    if cfg.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-        return Err(bad(dir, "fan_in_fan_out adapters are not supported".into()));
-    }
+    // `fan_in_fan_out` (GPT-2's Conv1D) changes how PEFT merges, not the
+    // shapes of lora_A ([r, in]) and lora_B ([out, r]): nothing to do here.
     let rank = cfg.get("r").and_then(Value::as_u64).ok_or_else(|| bad(dir, "`r` is missing".into()))? as usize;
     let alpha =
         cfg.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad(dir, "`lora_alpha` is missing".into()))?;

@@ -140,6 +140,16 @@ pub struct Lora {
     pub scale: f64,
     /// Dropout on the adapter's input while training (PEFT's `lora_dropout`).
     pub dropout: Option<Dropout>,
+    /// The rows of B this layer uses, when one adapter spans a fused module
+    /// split into several layers (GPT-2's `c_attn`: q, k and v share A and B).
+    pub rows: Option<LoraRows>,
+}
+
+/// A slice of a fused adapter's B rows.
+#[derive(Debug, Clone)]
+pub enum LoraRows {
+    Range(usize, usize),
+    Index(Tensor),
 }
 
 /// Inverted dropout with its own seeded generator, so a training run is
@@ -239,8 +249,12 @@ impl Linear {
                 Some(d) => d.apply(x)?,
                 None => x.clone(),
             };
-            let delta =
-                (input.broadcast_matmul(&l.a.as_tensor().t()?)?.broadcast_matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+            let b = match &l.rows {
+                None => l.b.as_tensor().clone(),
+                Some(LoraRows::Range(start, n)) => l.b.as_tensor().narrow(0, *start, *n)?,
+                Some(LoraRows::Index(ix)) => l.b.as_tensor().index_select(ix, 0)?,
+            };
+            let delta = (input.broadcast_matmul(&l.a.as_tensor().t()?)?.broadcast_matmul(&b.t()?)? * l.scale)?;
             y = (y + delta)?;
         }
         Ok(y)
@@ -257,7 +271,7 @@ mod tests {
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (2, inp), &Device::Cpu).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (out, 2), &Device::Cpu).unwrap()).unwrap();
         let mut l = Linear::plain(weight, None);
-        l.lora = Some(Lora { a: a.clone(), b, scale: 2.0, dropout: None });
+        l.lora = Some(Lora { a: a.clone(), b, scale: 2.0, dropout: None, rows: None });
         (l, a)
     }
 

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::DecoderConfig;
 use crate::fused;
-use crate::linear::{forward_many, Dropout, Linear, Lora, Weight};
+use crate::linear::{forward_many, Dropout, Linear, Lora, LoraRows, Weight};
 use crate::LmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -109,7 +109,63 @@ impl Mlp {
     }
 }
 
+/// One of a layer's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// Which rows of a fused module's B a split layer uses.
+#[derive(Debug, Clone)]
+enum RowSel {
+    All,
+    Range(usize, usize),
+    Index(Vec<usize>),
+}
+
+/// A LoRA module as PEFT names it.
+struct LoraModule {
+    layer: usize,
+    /// Hugging Face module path (`model.layers.0.self_attn.q_proj`).
+    path: String,
+    /// The name in `target_modules`.
+    suffix: &'static str,
+    /// Family-neutral names that select it.
+    neutral: &'static [&'static str],
+    parts: Vec<(Slot, RowSel)>,
+}
+
 impl Layer {
+    fn slot(&self, s: Slot) -> Option<&Linear> {
+        match s {
+            Slot::Q => Some(&self.attn.q),
+            Slot::K => Some(&self.attn.k),
+            Slot::V => Some(&self.attn.v),
+            Slot::O => Some(&self.attn.o),
+            Slot::Gate => self.mlp.gate.as_ref(),
+            Slot::Up => Some(&self.mlp.up),
+            Slot::Down => Some(&self.mlp.down),
+        }
+    }
+
+    fn slot_mut(&mut self, s: Slot) -> Option<&mut Linear> {
+        match s {
+            Slot::Q => Some(&mut self.attn.q),
+            Slot::K => Some(&mut self.attn.k),
+            Slot::V => Some(&mut self.attn.v),
+            Slot::O => Some(&mut self.attn.o),
+            Slot::Gate => self.mlp.gate.as_mut(),
+            Slot::Up => Some(&mut self.mlp.up),
+            Slot::Down => Some(&mut self.mlp.down),
+        }
+    }
+
     fn linears(&self) -> impl Iterator<Item = &Linear> {
         let a = &self.attn;
         [&a.q, &a.k, &a.v, &a.o, &self.mlp.up, &self.mlp.down].into_iter().chain(self.mlp.gate.as_ref())
@@ -459,61 +515,165 @@ impl Decoder {
         })
     }
 
-    /// Attaches LoRA adapters to the linear layers named in `cfg.targets`
-    /// (family-neutral names: q_proj, k_proj, v_proj, o_proj, gate_proj,
-    /// up_proj, down_proj; or "all"). A starts uniform in ±1/√in (PEFT's
-    /// default), B at zero, so the model is unchanged until trained. Returns
-    /// the trainable variables by PEFT name.
-    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>, LmError> {
-        const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-        let targets: Vec<&str> = if cfg.targets.iter().any(|t| t == "all") {
-            ALL.to_vec()
-        } else {
-            cfg.targets.iter().map(String::as_str).collect()
-        };
-        if let Some(bad) = targets.iter().find(|t| !ALL.contains(t)) {
-            return Err(LmError::Config(format!("LoRA target `{bad}` is not one of {} or all", ALL.join(", "))));
+    /// The LoRA modules of this family, as PEFT sees them: one per Hugging
+    /// Face linear layer, fused ones (GPT-2's `c_attn`, BLOOM's
+    /// `query_key_value`, GLM's `gate_up_proj`) covering several of our split
+    /// layers with one A and one B.
+    fn lora_modules(&self) -> Vec<LoraModule> {
+        use crate::config::Family;
+        let c = &self.config;
+        let (h, inter, nh, d) = (c.hidden_size, c.intermediate_size, c.num_heads, c.head_dim);
+        let mut out = Vec::new();
+        for i in 0..self.layers.len() {
+            let m = |path: String, suffix: &'static str, neutral: &'static [&'static str], parts: Vec<(Slot, RowSel)>| {
+                LoraModule { layer: i, path, suffix, neutral, parts }
+            };
+            match c.family {
+                Family::Gpt2 => {
+                    let p = format!("transformer.h.{i}");
+                    out.push(m(format!("{p}.attn.c_attn"), "attn.c_attn", &["q_proj", "k_proj", "v_proj"], vec![
+                        (Slot::Q, RowSel::Range(0, h)),
+                        (Slot::K, RowSel::Range(h, h)),
+                        (Slot::V, RowSel::Range(2 * h, h)),
+                    ]));
+                    out.push(m(format!("{p}.attn.c_proj"), "attn.c_proj", &["o_proj"], vec![(Slot::O, RowSel::All)]));
+                    out.push(m(format!("{p}.mlp.c_fc"), "mlp.c_fc", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
+                    out.push(m(format!("{p}.mlp.c_proj"), "mlp.c_proj", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                }
+                Family::Bloom => {
+                    let p = format!("transformer.h.{i}");
+                    // query_key_value rows: [head][q|k|v][head_dim].
+                    let rows = |j: usize| -> RowSel {
+                        RowSel::Index((0..nh).flat_map(|hd| (0..d).map(move |x| (hd * 3 + j) * d + x)).collect())
+                    };
+                    out.push(m(
+                        format!("{p}.self_attention.query_key_value"),
+                        "query_key_value",
+                        &["q_proj", "k_proj", "v_proj"],
+                        vec![(Slot::Q, rows(0)), (Slot::K, rows(1)), (Slot::V, rows(2))],
+                    ));
+                    out.push(m(format!("{p}.self_attention.dense"), "self_attention.dense", &["o_proj"], vec![(Slot::O, RowSel::All)]));
+                    out.push(m(format!("{p}.mlp.dense_h_to_4h"), "dense_h_to_4h", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
+                    out.push(m(format!("{p}.mlp.dense_4h_to_h"), "dense_4h_to_h", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                }
+                family => {
+                    let p = format!("model.layers.{i}");
+                    let attn = |name: &'static str, slot: Slot, neutral: &'static [&'static str]| {
+                        m(format!("{p}.self_attn.{name}"), name, neutral, vec![(slot, RowSel::All)])
+                    };
+                    out.push(attn("q_proj", Slot::Q, &["q_proj"]));
+                    out.push(attn("k_proj", Slot::K, &["k_proj"]));
+                    out.push(attn("v_proj", Slot::V, &["v_proj"]));
+                    out.push(attn("o_proj", Slot::O, &["o_proj"]));
+                    if matches!(family, Family::Glm | Family::Glm4) {
+                        out.push(m(format!("{p}.mlp.gate_up_proj"), "gate_up_proj", &["gate_proj", "up_proj"], vec![
+                            (Slot::Gate, RowSel::Range(0, inter)),
+                            (Slot::Up, RowSel::Range(inter, inter)),
+                        ]));
+                    } else {
+                        out.push(m(format!("{p}.mlp.gate_proj"), "gate_proj", &["gate_proj"], vec![(Slot::Gate, RowSel::All)]));
+                        out.push(m(format!("{p}.mlp.up_proj"), "up_proj", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
+                    }
+                    out.push(m(format!("{p}.mlp.down_proj"), "down_proj", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                }
+            }
         }
+        out
+    }
+
+    /// Attaches LoRA adapters to the layers named in `cfg.targets`:
+    /// family-neutral names (q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj — on a fused module, any of its parts selects the
+    /// whole module), the family's own PEFT module names (`c_attn`,
+    /// `query_key_value`, `gate_up_proj`, `attn.c_proj`, …), or "all". A
+    /// starts uniform in ±1/√in (PEFT's default), B at zero, so the model is
+    /// unchanged until trained. Returns the trainable variables by PEFT name.
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>, LmError> {
         if cfg.rank == 0 {
             return Err(LmError::Config("LoRA rank must be at least 1".into()));
         }
-        let scale = if cfg.rslora { cfg.alpha / (cfg.rank as f64).sqrt() } else { cfg.alpha / cfg.rank as f64 };
         if !(0.0..1.0).contains(&cfg.dropout) {
             return Err(LmError::Config(format!("LoRA dropout {} is not in [0, 1)", cfg.dropout)));
         }
+        let modules = self.lora_modules();
+        let all = cfg.targets.iter().any(|t| t == "all");
+        let matches = |m: &LoraModule, t: &str| {
+            m.neutral.contains(&t) || m.suffix == t || m.path.ends_with(&format!(".{t}"))
+        };
+        if let Some(bad) = cfg.targets.iter().find(|t| *t != "all" && !modules.iter().any(|m| matches(m, t))) {
+            return Err(LmError::Config(format!(
+                "LoRA target `{bad}` is not a layer of this model (use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, {} or all)",
+                self.lora_target_names().join(", ")
+            )));
+        }
+        let scale = if cfg.rslora { cfg.alpha / (cfg.rank as f64).sqrt() } else { cfg.alpha / cfg.rank as f64 };
         let dtype = self.dtype;
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut vars = Vec::new();
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let mlp_gate = layer.mlp.gate.as_mut();
-            let mut slots: Vec<(&str, &str, &mut Linear)> = vec![
-                ("self_attn", "q_proj", &mut layer.attn.q),
-                ("self_attn", "k_proj", &mut layer.attn.k),
-                ("self_attn", "v_proj", &mut layer.attn.v),
-                ("self_attn", "o_proj", &mut layer.attn.o),
-                ("mlp", "up_proj", &mut layer.mlp.up),
-                ("mlp", "down_proj", &mut layer.mlp.down),
-            ];
-            if let Some(g) = mlp_gate {
-                slots.push(("mlp", "gate_proj", g));
+        for module in &modules {
+            if !all && !cfg.targets.iter().any(|t| matches(module, t)) {
+                continue;
             }
-            for (block, name, lin) in slots {
-                if !targets.contains(&name) {
-                    continue;
+            let layer = &mut self.layers[module.layer];
+            let in_dim = layer.slot(module.parts[0].0).map(|l| l.weight.dims2()).transpose()?.map_or(0, |d| d.1);
+            let out_dim: usize = module
+                .parts
+                .iter()
+                .map(|(slot, sel)| match sel {
+                    RowSel::All => layer.slot(*slot).map_or(Ok(0), |l| l.weight.dims2().map(|d| d.0)),
+                    RowSel::Range(_, n) => Ok(*n),
+                    RowSel::Index(ix) => Ok(ix.len()),
+                })
+                .sum::<CResult<usize>>()?;
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f64> = (0..cfg.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.rank, in_dim), &self.device)?.to_dtype(dtype)?)?;
+            let b = Var::from_tensor(&Tensor::zeros((out_dim, cfg.rank), dtype, &self.device)?)?;
+            let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout, rng.random()));
+            for (slot, sel) in &module.parts {
+                let rows = match sel {
+                    RowSel::All => None,
+                    RowSel::Range(start, n) => Some(LoraRows::Range(*start, *n)),
+                    RowSel::Index(ix) => Some(LoraRows::Index(Tensor::from_vec(
+                        ix.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                        ix.len(),
+                        &self.device,
+                    )?)),
+                };
+                if let Some(lin) = layer.slot_mut(*slot) {
+                    lin.lora = Some(Lora { a: a.clone(), b: b.clone(), scale, dropout: dropout.clone(), rows });
                 }
-                let (out_dim, in_dim) = lin.weight.dims2()?;
-                let bound = 1.0 / (in_dim as f64).sqrt();
-                let a: Vec<f64> = (0..cfg.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
-                let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.rank, in_dim), &self.device)?.to_dtype(dtype)?)?;
-                let b = Var::from_tensor(&Tensor::zeros((out_dim, cfg.rank), dtype, &self.device)?)?;
-                let prefix = format!("base_model.model.model.layers.{i}.{block}.{name}");
-                vars.push((format!("{prefix}.lora_A.weight"), a.clone()));
-                vars.push((format!("{prefix}.lora_B.weight"), b.clone()));
-                let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout, rng.random()));
-                lin.lora = Some(Lora { a, b, scale, dropout });
             }
+            let prefix = format!("base_model.model.{}", module.path);
+            vars.push((format!("{prefix}.lora_A.weight"), a));
+            vars.push((format!("{prefix}.lora_B.weight"), b));
         }
         Ok(vars)
+    }
+
+    /// PEFT `target_modules` for every LoRA module of this family.
+    pub fn lora_target_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for m in self.lora_modules() {
+            if !names.contains(&m.suffix) {
+                names.push(m.suffix);
+            }
+        }
+        names
+    }
+
+    /// PEFT `target_modules` for the given targets (family-neutral or native names, or "all").
+    pub fn lora_targets_for(&self, targets: &[String]) -> Vec<&'static str> {
+        let all = targets.iter().any(|t| t == "all");
+        let mut names: Vec<&'static str> = Vec::new();
+        for m in self.lora_modules() {
+            let hit = all
+                || targets.iter().any(|t| m.neutral.contains(&t.as_str()) || m.suffix == t || m.path.ends_with(&format!(".{t}")));
+            if hit && !names.contains(&m.suffix) {
+                names.push(m.suffix);
+            }
+        }
+        names
     }
 
     /// cos and sin tables (t × rotary_dim) for positions `[start, start + t)`:
@@ -705,15 +865,6 @@ impl Decoder {
                 }
             }
         }
-    }
-
-    /// The family-neutral LoRA targets this model has (gate_proj only with a gated MLP).
-    pub fn linear_names(&self) -> Vec<&'static str> {
-        let mut names = vec!["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"];
-        if self.layers.first().is_some_and(|l| l.mlp.gate.is_some()) {
-            names.insert(4, "gate_proj");
-        }
-        names
     }
 
     /// Switches LoRA dropout on (training) or off (evaluation, generation).

@@ -310,7 +310,7 @@ fn lora_gradients_match_finite_differences() {
 
 #[test]
 fn peft_adapters_match_transformers() {
-    for family in ["llama", "qwen3"] {
+    for family in ["llama", "qwen3", "gpt2", "bloom", "glm", "glm4", "qwen2", "mistral"] {
         let (dir, _) = fixture(family);
         let r: Value = serde_json::from_slice(&std::fs::read(dir.join("adapter/reference.json")).unwrap()).unwrap();
         let mut model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();

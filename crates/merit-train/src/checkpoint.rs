@@ -26,7 +26,7 @@ pub struct TrainerState {
 }
 
 /// The PEFT module names of the family-neutral targets.
-pub fn peft_config(cfg: &TrainConfig, targets: &[String]) -> serde_json::Value {
+pub fn peft_config(cfg: &TrainConfig, targets: &[String], fan_in_fan_out: bool) -> serde_json::Value {
     serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -35,7 +35,7 @@ pub fn peft_config(cfg: &TrainConfig, targets: &[String]) -> serde_json::Value {
         "lora_dropout": cfg.dropout,
         "target_modules": targets,
         "use_rslora": cfg.rslora,
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": fan_in_fan_out,
         "bias": "none",
         "base_model_name_or_path": cfg.base,
         "inference_mode": true,
@@ -66,6 +66,8 @@ fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), Tr
 pub struct Snapshot<'a> {
     pub vars: &'a [(String, Var)],
     pub targets: &'a [String],
+    /// GPT-2: its linear layers are Conv1D, stored in × out.
+    pub fan_in_fan_out: bool,
     pub m: &'a [Tensor],
     pub v: &'a [Tensor],
     pub adam_t: u64,
@@ -88,7 +90,7 @@ pub fn save(dir: &Path, snap: &Snapshot) -> Result<(), TrainError> {
     }
     moments.insert("adam_t".into(), Tensor::new(&[snap.adam_t as f64], &candle_core::Device::Cpu)?);
     save_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
-    let peft = serde_json::to_vec_pretty(&peft_config(&snap.state.config, snap.targets))?;
+    let peft = serde_json::to_vec_pretty(&peft_config(&snap.state.config, snap.targets, snap.fan_in_fan_out))?;
     write_synced(&tmp.join("adapter_config.json"), &peft)?;
     write_synced(&tmp.join("trainer_state.json"), &serde_json::to_vec_pretty(snap.state)?)?;
     if dir.exists() {

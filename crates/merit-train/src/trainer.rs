@@ -199,11 +199,8 @@ impl Trainer<'_> {
             return Err(TrainError::Config("the LoRA targets match no layer of this model".into()));
         }
         let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-        let targets: Vec<String> = if cfg.targets.iter().any(|t| t == "all") {
-            self.model.linear_names().iter().map(|s| s.to_string()).collect()
-        } else {
-            cfg.targets.clone()
-        };
+        let targets: Vec<String> = self.model.lora_targets_for(&cfg.targets).iter().map(|s| s.to_string()).collect();
+        let fan_in_fan_out = self.model.config.family == merit_lm::Family::Gpt2;
         let mut opt = AdamW::new(&plain, cfg.weight_decay)?;
         let total = self.total_steps();
         let fp = fingerprint(self.data);
@@ -271,7 +268,15 @@ impl Trainer<'_> {
             let state = state_at(step);
             checkpoint::save(
                 dir,
-                &Snapshot { vars: &vars, targets: &targets, m: &opt.m, v: &opt.v, adam_t: opt.t, state: &state },
+                &Snapshot {
+                    vars: &vars,
+                    targets: &targets,
+                    fan_in_fan_out,
+                    m: &opt.m,
+                    v: &opt.v,
+                    adam_t: opt.t,
+                    state: &state,
+                },
             )
         };
         let mut step = start;
