@@ -429,3 +429,40 @@ fn quantized_gguf_kernels_match_the_dequantized_model() {
 fn llama_with_dynamic_rope_scaling() {
     check("llama_dynamic");
 }
+
+/// The other direction: adapters trained by `merit train`, loaded by Python
+/// PEFT on the transformers base (scripts/fixtures/make_merit_adapters.py),
+/// give the logits Merit gives with the same folder — every family.
+#[test]
+fn merit_adapters_match_peft() {
+    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"] {
+        let (dir, _) = fixture(family);
+        let adapter = dir.join("merit-adapter");
+        let r: Value = serde_json::from_slice(&std::fs::read(adapter.join("reference.json")).unwrap()).unwrap();
+        let mut model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        merit_lm::adapter::load_peft(&mut model, &adapter).unwrap();
+        let prompt = ids(&r["prompt_token_ids"]);
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let mut max_diff = 0f32;
+        for (row, want) in logits.iter().zip(r["logits"].as_array().unwrap()) {
+            for (a, b) in row.iter().zip(want.as_array().unwrap()) {
+                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
+            }
+        }
+        assert!(max_diff <= 1e-4, "{family}: Merit's adapter read by PEFT differs by {max_diff}");
+        let base = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        let moved = (base.forward(&input, None).unwrap().squeeze(0).unwrap()
+            - Tensor::new(logits.clone(), &Device::Cpu).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(moved > 1e-3, "{family}: the trained adapter changes nothing ({moved})");
+        let cfg: Value = serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["fan_in_fan_out"], family == "gpt2", "{family}");
+    }
+}
