@@ -525,20 +525,31 @@ impl Decoder {
         let (h, inter, nh, d) = (c.hidden_size, c.intermediate_size, c.num_heads, c.head_dim);
         let mut out = Vec::new();
         for i in 0..self.layers.len() {
-            let m = |path: String, suffix: &'static str, neutral: &'static [&'static str], parts: Vec<(Slot, RowSel)>| {
-                LoraModule { layer: i, path, suffix, neutral, parts }
-            };
+            let m =
+                |path: String, suffix: &'static str, neutral: &'static [&'static str], parts: Vec<(Slot, RowSel)>| {
+                    LoraModule { layer: i, path, suffix, neutral, parts }
+                };
             match c.family {
                 Family::Gpt2 => {
                     let p = format!("transformer.h.{i}");
-                    out.push(m(format!("{p}.attn.c_attn"), "attn.c_attn", &["q_proj", "k_proj", "v_proj"], vec![
-                        (Slot::Q, RowSel::Range(0, h)),
-                        (Slot::K, RowSel::Range(h, h)),
-                        (Slot::V, RowSel::Range(2 * h, h)),
-                    ]));
+                    out.push(m(
+                        format!("{p}.attn.c_attn"),
+                        "attn.c_attn",
+                        &["q_proj", "k_proj", "v_proj"],
+                        vec![
+                            (Slot::Q, RowSel::Range(0, h)),
+                            (Slot::K, RowSel::Range(h, h)),
+                            (Slot::V, RowSel::Range(2 * h, h)),
+                        ],
+                    ));
                     out.push(m(format!("{p}.attn.c_proj"), "attn.c_proj", &["o_proj"], vec![(Slot::O, RowSel::All)]));
                     out.push(m(format!("{p}.mlp.c_fc"), "mlp.c_fc", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
-                    out.push(m(format!("{p}.mlp.c_proj"), "mlp.c_proj", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                    out.push(m(
+                        format!("{p}.mlp.c_proj"),
+                        "mlp.c_proj",
+                        &["down_proj"],
+                        vec![(Slot::Down, RowSel::All)],
+                    ));
                 }
                 Family::Bloom => {
                     let p = format!("transformer.h.{i}");
@@ -552,9 +563,24 @@ impl Decoder {
                         &["q_proj", "k_proj", "v_proj"],
                         vec![(Slot::Q, rows(0)), (Slot::K, rows(1)), (Slot::V, rows(2))],
                     ));
-                    out.push(m(format!("{p}.self_attention.dense"), "self_attention.dense", &["o_proj"], vec![(Slot::O, RowSel::All)]));
-                    out.push(m(format!("{p}.mlp.dense_h_to_4h"), "dense_h_to_4h", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
-                    out.push(m(format!("{p}.mlp.dense_4h_to_h"), "dense_4h_to_h", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                    out.push(m(
+                        format!("{p}.self_attention.dense"),
+                        "self_attention.dense",
+                        &["o_proj"],
+                        vec![(Slot::O, RowSel::All)],
+                    ));
+                    out.push(m(
+                        format!("{p}.mlp.dense_h_to_4h"),
+                        "dense_h_to_4h",
+                        &["up_proj"],
+                        vec![(Slot::Up, RowSel::All)],
+                    ));
+                    out.push(m(
+                        format!("{p}.mlp.dense_4h_to_h"),
+                        "dense_4h_to_h",
+                        &["down_proj"],
+                        vec![(Slot::Down, RowSel::All)],
+                    ));
                 }
                 family => {
                     let p = format!("model.layers.{i}");
@@ -566,15 +592,27 @@ impl Decoder {
                     out.push(attn("v_proj", Slot::V, &["v_proj"]));
                     out.push(attn("o_proj", Slot::O, &["o_proj"]));
                     if matches!(family, Family::Glm | Family::Glm4) {
-                        out.push(m(format!("{p}.mlp.gate_up_proj"), "gate_up_proj", &["gate_proj", "up_proj"], vec![
-                            (Slot::Gate, RowSel::Range(0, inter)),
-                            (Slot::Up, RowSel::Range(inter, inter)),
-                        ]));
+                        out.push(m(
+                            format!("{p}.mlp.gate_up_proj"),
+                            "gate_up_proj",
+                            &["gate_proj", "up_proj"],
+                            vec![(Slot::Gate, RowSel::Range(0, inter)), (Slot::Up, RowSel::Range(inter, inter))],
+                        ));
                     } else {
-                        out.push(m(format!("{p}.mlp.gate_proj"), "gate_proj", &["gate_proj"], vec![(Slot::Gate, RowSel::All)]));
+                        out.push(m(
+                            format!("{p}.mlp.gate_proj"),
+                            "gate_proj",
+                            &["gate_proj"],
+                            vec![(Slot::Gate, RowSel::All)],
+                        ));
                         out.push(m(format!("{p}.mlp.up_proj"), "up_proj", &["up_proj"], vec![(Slot::Up, RowSel::All)]));
                     }
-                    out.push(m(format!("{p}.mlp.down_proj"), "down_proj", &["down_proj"], vec![(Slot::Down, RowSel::All)]));
+                    out.push(m(
+                        format!("{p}.mlp.down_proj"),
+                        "down_proj",
+                        &["down_proj"],
+                        vec![(Slot::Down, RowSel::All)],
+                    ));
                 }
             }
         }
@@ -597,9 +635,8 @@ impl Decoder {
         }
         let modules = self.lora_modules();
         let all = cfg.targets.iter().any(|t| t == "all");
-        let matches = |m: &LoraModule, t: &str| {
-            m.neutral.contains(&t) || m.suffix == t || m.path.ends_with(&format!(".{t}"))
-        };
+        let matches =
+            |m: &LoraModule, t: &str| m.neutral.contains(&t) || m.suffix == t || m.path.ends_with(&format!(".{t}"));
         if let Some(bad) = cfg.targets.iter().find(|t| *t != "all" && !modules.iter().any(|m| matches(m, t))) {
             return Err(LmError::Config(format!(
                 "LoRA target `{bad}` is not a layer of this model (use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, {} or all)",
@@ -668,7 +705,9 @@ impl Decoder {
         let mut names: Vec<&'static str> = Vec::new();
         for m in self.lora_modules() {
             let hit = all
-                || targets.iter().any(|t| m.neutral.contains(&t.as_str()) || m.suffix == t || m.path.ends_with(&format!(".{t}")));
+                || targets
+                    .iter()
+                    .any(|t| m.neutral.contains(&t.as_str()) || m.suffix == t || m.path.ends_with(&format!(".{t}")));
             if hit && !names.contains(&m.suffix) {
                 names.push(m.suffix);
             }

@@ -435,7 +435,8 @@ fn llama_with_dynamic_rope_scaling() {
 /// give the logits Merit gives with the same folder — every family.
 #[test]
 fn merit_adapters_match_peft() {
-    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"] {
+    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"]
+    {
         let (dir, _) = fixture(family);
         let adapter = dir.join("merit-adapter");
         let r: Value = serde_json::from_slice(&std::fs::read(adapter.join("reference.json")).unwrap()).unwrap();

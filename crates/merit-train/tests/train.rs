@@ -240,3 +240,45 @@ fn saved_adapter_is_peft_and_reloads() {
         assert!(!e.file_name().to_string_lossy().ends_with(".tmp"), "leftover {:?}", e.file_name());
     }
 }
+
+/// `--from`: a fork starts from an existing adapter's weights. With a
+/// vanishing learning rate, one step leaves them (almost) as they were;
+/// a rank that does not match is refused.
+#[test]
+fn fork_starts_from_the_adapter() {
+    let first = tempfile::tempdir().unwrap();
+    run("llama", &TrainConfig { max_steps: Some(4), dropout: 0.0, ..config() }, first.path(), false, None);
+    let fork_cfg =
+        TrainConfig { max_steps: Some(1), lr: 1e-12, warmup: 0.0, dropout: 0.0, weight_decay: 0.0, ..config() };
+    let fork = tempfile::tempdir().unwrap();
+    let (mut model, tok) = load("llama");
+    let eos = model.config.eos_token_ids.first().copied();
+    let ds = data::build(&tok, eos, &rows(), &fork_cfg.data_options());
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer {
+        model: &mut model,
+        config: fork_cfg.clone(),
+        data: &ds,
+        out: fork.path().to_path_buf(),
+        pad: eos.unwrap_or(0),
+        stop: &stop,
+    };
+    t.run(None, Some(first.path()), |_| {}).unwrap();
+    let load_t = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (a, b) = (load_t(first.path()), load_t(fork.path()));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let diff = (ta - &b[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{name} moved by {diff}");
+    }
+    // A different rank cannot start from it.
+    let (mut model, _) = load("llama");
+    let other = TrainConfig { rank: 2, ..fork_cfg };
+    let out = tempfile::tempdir().unwrap();
+    let mut t =
+        Trainer { model: &mut model, config: other, data: &ds, out: out.path().to_path_buf(), pad: 0, stop: &stop };
+    let err = t.run(None, Some(first.path()), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("shape"), "{err}");
+}
