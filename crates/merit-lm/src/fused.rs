@@ -16,6 +16,11 @@ pub fn fast(x: &Tensor) -> bool {
     !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// Whether `x` can take an op of [`train`]: f32 or f64 on the CPU.
+pub fn cpu_float(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
 /// Runs `f` on the values of `t` (made contiguous) as one f32 slice.
 pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
     let t = t.contiguous()?;
@@ -216,4 +221,403 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// Token cross-entropy as one op with its own backward, so training keeps
+/// no vocabulary-sized intermediates besides the logits:
+/// `nll[r] = weight[r] · (logsumexp(logits[r]) − logits[r][target[r]])`.
+/// `logits`: rows × vocab (any leading shape, contiguous last dimension);
+/// returns one value per row. Backward: `(softmax − onehot) · weight · grad`.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32], weights: &[f32]) -> CResult<Tensor> {
+    let vocab = logits.dim(candle_core::D::Minus1)?;
+    let rows = logits.elem_count() / vocab.max(1);
+    if targets.len() != rows || weights.len() != rows {
+        candle_core::bail!("cross_entropy: {rows} rows, {} targets, {} weights", targets.len(), weights.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {t} is outside the vocabulary of {vocab}");
+    }
+    let mut shape = logits.dims().to_vec();
+    shape.pop();
+    let op = CrossEntropy { targets: targets.to_vec(), weights: weights.to_vec(), vocab };
+    logits.contiguous()?.apply_op1(op)?.reshape(shape)
+}
+
+struct CrossEntropy {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    vocab: usize,
+}
+
+/// Runs `f(row, logits_row)` over rows of a contiguous f32 or f64 storage, as f64.
+fn ce_rows<T: candle_core::WithDType + Into<f64>>(xs: &[T], vocab: usize, mut f: impl FnMut(usize, &[T])) {
+    for (r, row) in xs.chunks_exact(vocab).enumerate() {
+        f(r, row);
+    }
+}
+
+fn logsumexp<T: Copy + Into<f64>>(row: &[T]) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max((*v).into()));
+    max + row.iter().map(|v| ((*v).into() - max).exp()).sum::<f64>().ln()
+}
+
+impl candle_core::CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> CResult<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (a, b) =
+            layout.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("cross_entropy: not contiguous"))?;
+        let rows = (b - a) / self.vocab.max(1);
+        let mut out = vec![0f64; rows];
+        macro_rules! go {
+            ($xs:expr) => {
+                ce_rows(&$xs[a..b], self.vocab, |r, row| {
+                    let w = self.weights[r] as f64;
+                    if w != 0.0 {
+                        let picked: f64 = row[self.targets[r] as usize].into();
+                        out[r] = w * (logsumexp(row) - picked);
+                    }
+                })
+            };
+        }
+        let storage = match storage {
+            CpuStorage::F32(xs) => {
+                go!(xs);
+                CpuStorage::F32(out.iter().map(|v| *v as f32).collect())
+            }
+            CpuStorage::F64(xs) => {
+                go!(xs);
+                CpuStorage::F64(out)
+            }
+            _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
+        };
+        Ok((storage, candle_core::Shape::from(rows)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
+        let g: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let logits = arg.contiguous()?;
+        let grad = match logits.dtype() {
+            DType::F64 => {
+                let xs: Vec<f64> = logits.flatten_all()?.to_vec1()?;
+                let mut out = vec![0f64; xs.len()];
+                self.grad_rows(&xs, &g, |i, val| out[i] = val);
+                Tensor::from_vec(out, logits.shape(), logits.device())?
+            }
+            _ => {
+                let xs: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let mut out = vec![0f32; xs.len()];
+                self.grad_rows(&xs, &g, |i, val| out[i] = val as f32);
+                Tensor::from_vec(out, logits.shape(), logits.device())?.to_dtype(logits.dtype())?
+            }
+        };
+        Ok(Some(grad))
+    }
+}
+
+impl CrossEntropy {
+    fn grad_rows<T: Copy + Into<f64>>(&self, xs: &[T], g: &[f64], mut set: impl FnMut(usize, f64)) {
+        let v = self.vocab;
+        for (r, row) in xs.chunks_exact(v).enumerate() {
+            let scale = self.weights[r] as f64 * g[r];
+            if scale == 0.0 {
+                continue;
+            }
+            let lse = logsumexp(row);
+            for (j, x) in row.iter().enumerate() {
+                let p = ((*x).into() - lse).exp();
+                let onehot = if j == self.targets[r] as usize { 1.0 } else { 0.0 };
+                set(r * v + j, (p - onehot) * scale);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// The fused cross-entropy against log-softmax from primitives: values
+    /// and gradients, masked rows contributing nothing.
+    #[test]
+    fn cross_entropy_matches_log_softmax() {
+        let x = Var::from_tensor(&Tensor::randn(0f64, 2.0, (2, 3, 11), &Device::Cpu).unwrap()).unwrap();
+        let targets = [3u32, 0, 10, 7, 7, 1];
+        let weights = [1f32, 0.0, 1.0, 1.0, 0.5, 1.0];
+        let fused = cross_entropy(x.as_tensor(), &targets, &weights).unwrap();
+        let loss = fused.sum_all().unwrap();
+        let g1 = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let lse = x.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap();
+        let t = Tensor::new(&targets, &Device::Cpu).unwrap().reshape((2, 3, 1)).unwrap();
+        let picked = x.gather(&t, D::Minus1).unwrap();
+        let w = Tensor::new(&weights, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap().reshape((2, 3, 1)).unwrap();
+        let reference = ((lse - picked).unwrap() * w).unwrap();
+        let r = reference.sum_all().unwrap();
+        let g2 = r.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let dv = (fused.flatten_all().unwrap() - reference.flatten_all().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(dv.to_scalar::<f64>().unwrap() < 1e-12);
+        let dg = (g1 - g2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(dg < 1e-12, "{dg}");
+        assert!(cross_entropy(x.as_tensor(), &[11, 0, 0, 0, 0, 0], &weights).is_err());
+    }
+}
+
+/// Ops with their own backward for the training path (CPU, f32 or f64): one
+/// graph node each instead of five to eight, so a training step keeps far
+/// fewer intermediates alive and walks memory fewer times. Forward and
+/// backward compute in f64 and store in the input's dtype.
+pub mod train {
+    use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+
+    type CResult<T> = candle_core::Result<T>;
+
+    fn read(storage: &CpuStorage, layout: &Layout) -> CResult<(Vec<f64>, DType)> {
+        let (a, b) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("fused op: not contiguous"))?;
+        Ok(match storage {
+            CpuStorage::F32(v) => (v[a..b].iter().map(|x| *x as f64).collect(), DType::F32),
+            CpuStorage::F64(v) => (v[a..b].to_vec(), DType::F64),
+            _ => candle_core::bail!("fused op: f32 or f64 only"),
+        })
+    }
+
+    fn write(v: Vec<f64>, dtype: DType) -> CpuStorage {
+        match dtype {
+            DType::F64 => CpuStorage::F64(v),
+            _ => CpuStorage::F32(v.into_iter().map(|x| x as f32).collect()),
+        }
+    }
+
+    fn values(t: &Tensor) -> CResult<Vec<f64>> {
+        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()
+    }
+
+    fn tensor_like(v: Vec<f64>, like: &Tensor) -> CResult<Tensor> {
+        Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())
+    }
+
+    /// RMS norm or LayerNorm over the last dimension with a frozen weight
+    /// (and bias); the backward gives the input gradient only.
+    pub fn norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, layer_norm: bool, eps: f64) -> CResult<Tensor> {
+        let op = Norm { w: values(weight)?, b: bias.map(values).transpose()?, layer_norm, eps };
+        x.contiguous()?.apply_op1(op)
+    }
+
+    struct Norm {
+        w: Vec<f64>,
+        b: Option<Vec<f64>>,
+        layer_norm: bool,
+        eps: f64,
+    }
+
+    impl Norm {
+        /// (mean, 1/σ) of a row.
+        fn stats(&self, row: &[f64]) -> (f64, f64) {
+            let n = row.len() as f64;
+            let mean = if self.layer_norm { row.iter().sum::<f64>() / n } else { 0.0 };
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            (mean, 1.0 / (var + self.eps).sqrt())
+        }
+    }
+
+    impl CustomOp1 for Norm {
+        fn name(&self) -> &'static str {
+            "norm"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+            let (xs, dtype) = read(s, l)?;
+            let d = self.w.len();
+            let mut out = vec![0f64; xs.len()];
+            for (row, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                let (mean, inv) = self.stats(row);
+                for i in 0..d {
+                    o[i] = (row[i] - mean) * inv * self.w[i] + self.b.as_ref().map_or(0.0, |b| b[i]);
+                }
+            }
+            Ok((write(out, dtype), l.shape().clone()))
+        }
+
+        fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+            let (xs, gs) = (values(arg)?, values(grad)?);
+            let d = self.w.len();
+            let n = d as f64;
+            let mut out = vec![0f64; xs.len()];
+            for ((row, g), o) in xs.chunks_exact(d).zip(gs.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
+                let (mean, inv) = self.stats(row);
+                let (mut sum_gy, mut sum_gy_xhat) = (0f64, 0f64);
+                for i in 0..d {
+                    let gy = g[i] * self.w[i];
+                    sum_gy += gy;
+                    sum_gy_xhat += gy * (row[i] - mean) * inv;
+                }
+                let (mean_gy, mean_gy_xhat) = (sum_gy / n, sum_gy_xhat / n);
+                for i in 0..d {
+                    let xhat = (row[i] - mean) * inv;
+                    let gy = g[i] * self.w[i];
+                    let centred = if self.layer_norm { gy - mean_gy } else { gy };
+                    o[i] = inv * (centred - xhat * mean_gy_xhat);
+                }
+            }
+            Ok(Some(tensor_like(out, arg)?))
+        }
+    }
+
+    /// `silu(gate) · up` with both gradients.
+    pub fn silu_mul(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
+        gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+    }
+
+    struct SiluMul;
+
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    impl CustomOp2 for SiluMul {
+        fn name(&self) -> &'static str {
+            "silu-mul"
+        }
+
+        fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+            let ((g, dtype), (u, _)) = (read(s1, l1)?, read(s2, l2)?);
+            if g.len() != u.len() {
+                candle_core::bail!("silu_mul: {} vs {} values", g.len(), u.len());
+            }
+            let out = g.iter().zip(&u).map(|(g, u)| g * sigmoid(*g) * u).collect();
+            Ok((write(out, dtype), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            a: &Tensor,
+            b: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+            let (g, u, dy) = (values(a)?, values(b)?, values(grad)?);
+            let mut dg = vec![0f64; g.len()];
+            let mut du = vec![0f64; g.len()];
+            for i in 0..g.len() {
+                let s = sigmoid(g[i]);
+                du[i] = dy[i] * g[i] * s;
+                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+            Ok((Some(tensor_like(dg, a)?), Some(tensor_like(du, b)?)))
+        }
+    }
+
+    /// Softmax over the last dimension; −∞ entries get zero weight.
+    pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+        let d = x.dim(candle_core::D::Minus1)?;
+        x.contiguous()?.apply_op1(Softmax(d))
+    }
+
+    struct Softmax(usize);
+
+    impl CustomOp1 for Softmax {
+        fn name(&self) -> &'static str {
+            "softmax"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+            let (xs, dtype) = read(s, l)?;
+            let mut out = vec![0f64; xs.len()];
+            for (row, o) in xs.chunks_exact(self.0).zip(out.chunks_exact_mut(self.0)) {
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
+                let mut sum = 0.0;
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                o.iter_mut().for_each(|v| *v /= sum);
+            }
+            Ok((write(out, dtype), l.shape().clone()))
+        }
+
+        fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+            let (ys, gs) = (values(res)?, values(grad)?);
+            let mut out = vec![0f64; ys.len()];
+            for ((y, g), o) in ys.chunks_exact(self.0).zip(gs.chunks_exact(self.0)).zip(out.chunks_exact_mut(self.0)) {
+                let dot: f64 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                for i in 0..self.0 {
+                    o[i] = y[i] * (g[i] - dot);
+                }
+            }
+            Ok(Some(tensor_like(out, res)?))
+        }
+    }
+    /// Rotary embedding (as [`super::rope`]) whose backward rotates the
+    /// gradient back by the same angles.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, interleaved: bool) -> CResult<Tensor> {
+        let (_, heads, t, d) = x.dims4()?;
+        let op = Rope {
+            cos: values(cos)?,
+            sin: values(sin)?,
+            r: rotary_dim,
+            interleaved,
+            per_row: cos.rank() == 4,
+            heads,
+            t,
+            d,
+        };
+        x.contiguous()?.apply_op1(op)
+    }
+
+    struct Rope {
+        cos: Vec<f64>,
+        sin: Vec<f64>,
+        r: usize,
+        interleaved: bool,
+        per_row: bool,
+        heads: usize,
+        t: usize,
+        d: usize,
+    }
+
+    impl Rope {
+        /// Rotates every row by +θ (`sign` 1) or −θ (`sign` −1).
+        fn rotate(&self, xs: &[f64], sign: f64) -> Vec<f64> {
+            let (r, half, t) = (self.r, self.r / 2, self.t);
+            let mut out = xs.to_vec();
+            for (row, (src, dst)) in xs.chunks_exact(self.d).zip(out.chunks_exact_mut(self.d)).enumerate() {
+                let pos = if self.per_row { (row / (self.heads * t)) * t + row % t } else { row % t };
+                let (c, s) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
+                for j in 0..half {
+                    let (i0, i1) = if self.interleaved { (2 * j, 2 * j + 1) } else { (j, j + half) };
+                    let (a, b) = (src[i0], src[i1]);
+                    dst[i0] = a * c[i0] - sign * b * s[i0];
+                    dst[i1] = b * c[i1] + sign * a * s[i1];
+                }
+            }
+            out
+        }
+    }
+
+    impl CustomOp1 for Rope {
+        fn name(&self) -> &'static str {
+            "rope"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+            let (xs, dtype) = read(s, l)?;
+            Ok((write(self.rotate(&xs, 1.0), dtype), l.shape().clone()))
+        }
+
+        fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+            Ok(Some(tensor_like(self.rotate(&values(grad)?, -1.0), arg)?))
+        }
+    }
 }

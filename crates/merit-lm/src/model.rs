@@ -45,6 +45,9 @@ impl Norm {
         if fused::fast(x) {
             return fused::norm(x, &self.weight, self.bias.as_ref(), self.layer_norm, self.eps);
         }
+        if fused::cpu_float(x) {
+            return fused::train::norm(x, &self.weight, self.bias.as_ref(), self.layer_norm, self.eps);
+        }
         let x = if self.layer_norm { x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)? } else { x.clone() };
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)?;
@@ -92,6 +95,8 @@ impl Mlp {
                 let [g, u] = forward_many([gate, &self.up], x)?;
                 if fused::fast(&g) && fused::fast(&u) {
                     fused::silu_mul(&g, &u)?
+                } else if fused::cpu_float(&g) && fused::cpu_float(&u) {
+                    fused::train::silu_mul(&g, &u)?
                 } else {
                     silu(&g)?.mul(&u)?
                 }
@@ -1037,6 +1042,9 @@ impl Rope {
         if fused::fast(x) {
             return fused::rope(x, &self.cos, &self.sin, self.rotary_dim, self.interleaved);
         }
+        if fused::cpu_float(x) {
+            return fused::train::rope(x, &self.cos, &self.sin, self.rotary_dim, self.interleaved);
+        }
         let d = x.dim(D::Minus1)?;
         let r = self.rotary_dim;
         let (rot, pass) =
@@ -1068,6 +1076,9 @@ impl Rope {
 fn softmax_last(x: &Tensor) -> CResult<Tensor> {
     if fused::fast(x) {
         return fused::softmax_last(x);
+    }
+    if fused::cpu_float(x) {
+        return fused::train::softmax_last(x);
     }
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;

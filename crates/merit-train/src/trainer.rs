@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 use merit_lm::{Decoder, LoraConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -110,13 +110,8 @@ pub fn batch_nll(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<(Tens
     let dev = model.device();
     let ids = Tensor::from_vec(ids, (b, t), dev)?;
     let logits = model.forward(&ids, None)?.narrow(1, 0, t - 1)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let targets = Tensor::from_vec(targets, (b, t - 1, 1), dev)?;
-    let picked = shifted.gather(&targets, D::Minus1)?.broadcast_sub(&log_z)?.squeeze(D::Minus1)?;
-    let mask = Tensor::from_vec(mask, (b, t - 1), dev)?.to_dtype(picked.dtype())?;
-    let nll = (picked * mask)?.sum_all()?.neg()?;
+    // One op with its own backward: no vocabulary-sized intermediates.
+    let nll = merit_lm::fused::cross_entropy(&logits, &targets, &mask)?.sum_all()?;
     Ok((nll, n_targets, n_tokens))
 }
 
