@@ -256,6 +256,13 @@ fn ce_rows<T: candle_core::WithDType + Into<f64>>(xs: &[T], vocab: usize, mut f:
     }
 }
 
+/// log Σ exp over f32 values: f32 exponentials summed in f64.
+fn lse32(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let sum: f64 = row.iter().map(|v| (v - max).exp() as f64).sum();
+    max as f64 + sum.ln()
+}
+
 fn logsumexp<T: Copy + Into<f64>>(row: &[T]) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max((*v).into()));
     max + row.iter().map(|v| ((*v).into() - max).exp()).sum::<f64>().ln()
@@ -289,8 +296,26 @@ impl candle_core::CustomOp1 for CrossEntropy {
         }
         let storage = match storage {
             CpuStorage::F32(xs) => {
-                go!(xs);
-                CpuStorage::F32(out.iter().map(|v| *v as f32).collect())
+                // f32 logits: rows in parallel, f32 exponentials, f64 sums.
+                let xs = &xs[a..b];
+                let mut out32 = vec![0f32; rows];
+                let ptr = crate::quant::SendPtr(out32.as_mut_ptr());
+                let v = self.vocab;
+                candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+                    let ptr = &ptr;
+                    for r in range {
+                        let w = self.weights[r];
+                        if w == 0.0 {
+                            continue;
+                        }
+                        let row = &xs[r * v..(r + 1) * v];
+                        let nll = w as f64 * (lse32(row) - row[self.targets[r] as usize] as f64);
+                        // SAFETY: each row writes its own element.
+                        unsafe { *ptr.0.add(r) = nll as f32 };
+                    }
+                });
+                let _ = &mut out;
+                CpuStorage::F32(out32)
             }
             CpuStorage::F64(xs) => {
                 go!(xs);
@@ -313,8 +338,27 @@ impl candle_core::CustomOp1 for CrossEntropy {
             }
             _ => {
                 let xs: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let v = self.vocab;
+                let rows = xs.len() / v.max(1);
                 let mut out = vec![0f32; xs.len()];
-                self.grad_rows(&xs, &g, |i, val| out[i] = val as f32);
+                let ptr = crate::quant::SendPtr(out.as_mut_ptr());
+                candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+                    let ptr = &ptr;
+                    for r in range {
+                        let scale = (self.weights[r] as f64 * g[r]) as f32;
+                        if scale == 0.0 {
+                            continue;
+                        }
+                        let row = &xs[r * v..(r + 1) * v];
+                        let lse = lse32(row) as f32;
+                        // SAFETY: each row writes its own slice.
+                        let o = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * v), v) };
+                        for (o, x) in o.iter_mut().zip(row) {
+                            *o = (x - lse).exp() * scale;
+                        }
+                        o[self.targets[r] as usize] -= scale;
+                    }
+                });
                 Tensor::from_vec(out, logits.shape(), logits.device())?.to_dtype(logits.dtype())?
             }
         };
@@ -362,6 +406,7 @@ mod tests {
         let reference = ((lse - picked).unwrap() * w).unwrap();
         let r = reference.sum_all().unwrap();
         let g2 = r.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let g1_keep = g1.clone();
         let dv = (fused.flatten_all().unwrap() - reference.flatten_all().unwrap())
             .unwrap()
             .abs()
@@ -371,47 +416,171 @@ mod tests {
         assert!(dv.to_scalar::<f64>().unwrap() < 1e-12);
         let dg = (g1 - g2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(dg < 1e-12, "{dg}");
+        let g1 = g1_keep;
         assert!(cross_entropy(x.as_tensor(), &[11, 0, 0, 0, 0, 0], &weights).is_err());
+        // The f32 path (parallel rows, f32 exponentials) agrees.
+        let x32 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+        let f32_loss = cross_entropy(x32.as_tensor(), &targets, &weights).unwrap().sum_all().unwrap();
+        let g32 = f32_loss.backward().unwrap().get(x32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+        let dl = (f32_loss.to_dtype(DType::F64).unwrap() - r).unwrap().abs().unwrap().to_scalar::<f64>().unwrap();
+        assert!(dl < 1e-4, "{dl}");
+        let dg = (g32 - g1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(dg < 1e-5, "{dg}");
+    }
+
+    /// Each training op in f32 (parallel rows, native precision) agrees
+    /// with its f64 run, forward and backward.
+    #[test]
+    fn training_ops_agree_in_f32_and_f64() {
+        use super::train;
+        let dev = Device::Cpu;
+        let x64 = Tensor::randn(0f64, 1.0, (2, 3, 40, 16), &dev).unwrap();
+        let w64 = Tensor::randn(0f64, 1.0, (2, 3, 40, 16), &dev).unwrap();
+        let norm_w = Tensor::randn(1f64, 0.2, 16, &dev).unwrap();
+        let cos = Tensor::randn(0f64, 1.0, (40, 16), &dev).unwrap();
+        let sin = Tensor::randn(0f64, 1.0, (40, 16), &dev).unwrap();
+        type Op<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+        let ops: Vec<(&str, Op)> = vec![
+            ("norm", Box::new(|x: &Tensor| train::norm(x, &norm_w, None, false, 1e-5).unwrap())),
+            ("layer_norm", Box::new(|x: &Tensor| train::norm(x, &norm_w, Some(&norm_w), true, 1e-5).unwrap())),
+            ("softmax", Box::new(|x: &Tensor| train::softmax_last(x).unwrap())),
+            ("silu_mul", Box::new(|x: &Tensor| train::silu_mul(x, &(x * 0.5).unwrap()).unwrap())),
+            ("rope", Box::new(|x: &Tensor| train::rope(x, &cos, &sin, 16, false).unwrap())),
+            ("rope_interleaved", Box::new(|x: &Tensor| train::rope(x, &cos, &sin, 8, true).unwrap())),
+        ];
+        for (name, op) in ops {
+            let run = |dtype: DType| -> (Tensor, Tensor) {
+                let x = Var::from_tensor(&x64.to_dtype(dtype).unwrap()).unwrap();
+                let y = op(x.as_tensor());
+                let loss = (y.clone() * w64.to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+                (y.to_dtype(DType::F64).unwrap(), g.to_dtype(DType::F64).unwrap())
+            };
+            let (y32, g32) = run(DType::F32);
+            let (y64, g64) = run(DType::F64);
+            let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(max((y32 - y64).unwrap()) < 1e-4, "{name} forward");
+            assert!(max((g32 - g64).unwrap()) < 1e-3, "{name} backward");
+        }
     }
 }
 
 /// Ops with their own backward for the training path (CPU, f32 or f64): one
 /// graph node each instead of five to eight, so a training step keeps far
-/// fewer intermediates alive and walks memory fewer times. Forward and
-/// backward compute in f64 and store in the input's dtype.
+/// fewer intermediates alive and walks memory fewer times. Rows run in
+/// parallel on candle's CPU pool, in the input's own precision.
 pub mod train {
-    use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+    use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
     type CResult<T> = candle_core::Result<T>;
 
-    fn read(storage: &CpuStorage, layout: &Layout) -> CResult<(Vec<f64>, DType)> {
-        let (a, b) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("fused op: not contiguous"))?;
-        Ok(match storage {
-            CpuStorage::F32(v) => (v[a..b].iter().map(|x| *x as f64).collect(), DType::F32),
-            CpuStorage::F64(v) => (v[a..b].to_vec(), DType::F64),
-            _ => candle_core::bail!("fused op: f32 or f64 only"),
-        })
+    /// f32 or f64.
+    pub trait Float:
+        Copy
+        + Send
+        + Sync
+        + PartialOrd
+        + std::ops::Add<Output = Self>
+        + std::ops::Sub<Output = Self>
+        + std::ops::Mul<Output = Self>
+        + std::ops::Div<Output = Self>
+        + std::ops::Neg<Output = Self>
+        + std::ops::MulAssign
+        + candle_core::WithDType
+    {
+        fn exp(self) -> Self;
+        fn sqrt(self) -> Self;
+        fn of(x: f64) -> Self;
+        fn slice(s: &CpuStorage) -> Option<&[Self]>;
+        fn storage(v: Vec<Self>) -> CpuStorage;
     }
 
-    fn write(v: Vec<f64>, dtype: DType) -> CpuStorage {
-        match dtype {
-            DType::F64 => CpuStorage::F64(v),
-            _ => CpuStorage::F32(v.into_iter().map(|x| x as f32).collect()),
+    macro_rules! float {
+        ($t:ty, $variant:ident) => {
+            impl Float for $t {
+                fn exp(self) -> Self {
+                    <$t>::exp(self)
+                }
+                fn sqrt(self) -> Self {
+                    <$t>::sqrt(self)
+                }
+                fn of(x: f64) -> Self {
+                    x as $t
+                }
+                fn slice(s: &CpuStorage) -> Option<&[Self]> {
+                    match s {
+                        CpuStorage::$variant(v) => Some(v),
+                        _ => None,
+                    }
+                }
+                fn storage(v: Vec<Self>) -> CpuStorage {
+                    CpuStorage::$variant(v)
+                }
+            }
+        };
+    }
+    float!(f32, F32);
+    float!(f64, F64);
+
+    /// Applies `f(row_index, out_row)` to every row of an output of `n` rows × `d`, rows in parallel.
+    fn par_rows<T: Float>(n: usize, d: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+        let mut out = vec![T::of(0.0); n * d];
+        let ptr = Ptr(out.as_mut_ptr());
+        let work = |range: std::ops::Range<usize>| {
+            let ptr = &ptr;
+            for r in range {
+                // SAFETY: each row owns its slice of the output.
+                f(r, unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * d), d) });
+            }
+        };
+        if n * d < 1 << 14 {
+            work(0..n);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(n, work);
         }
+        out
     }
 
-    fn values(t: &Tensor) -> CResult<Vec<f64>> {
-        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()
+    struct Ptr<T>(*mut T);
+    // SAFETY: workers write disjoint rows; the buffer outlives the pool call.
+    unsafe impl<T> Sync for Ptr<T> {}
+    unsafe impl<T> Send for Ptr<T> {}
+
+    fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [T]> {
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("fused op: not contiguous"))?;
+        Ok(&T::slice(s).ok_or_else(|| candle_core::Error::msg("fused op: dtype mismatch"))?[a..b])
     }
 
-    fn tensor_like(v: Vec<f64>, like: &Tensor) -> CResult<Tensor> {
-        Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())
+    /// Runs `f` on a tensor's values as `&[T]` with T its dtype (f32 or f64).
+    macro_rules! dispatch {
+        ($t:expr, |$xs:ident: $ty:ident| $body:expr) => {{
+            let t = $t.contiguous()?;
+            let (storage, layout) = t.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("fused op: CPU only") };
+            match cpu {
+                CpuStorage::F32(_) => {
+                    type $ty = f32;
+                    let $xs: &[$ty] = contiguous(cpu, layout)?;
+                    $body
+                }
+                CpuStorage::F64(_) => {
+                    type $ty = f64;
+                    let $xs: &[$ty] = contiguous(cpu, layout)?;
+                    $body
+                }
+                _ => candle_core::bail!("fused op: f32 or f64 only"),
+            }
+        }};
+    }
+
+    fn vec_f64(t: &Tensor) -> CResult<Vec<f64>> {
+        t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()
     }
 
     /// RMS norm or LayerNorm over the last dimension with a frozen weight
     /// (and bias); the backward gives the input gradient only.
     pub fn norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, layer_norm: bool, eps: f64) -> CResult<Tensor> {
-        let op = Norm { w: values(weight)?, b: bias.map(values).transpose()?, layer_norm, eps };
+        let op = Norm { w: vec_f64(weight)?, b: bias.map(vec_f64).transpose()?, layer_norm, eps };
         x.contiguous()?.apply_op1(op)
     }
 
@@ -424,11 +593,45 @@ pub mod train {
 
     impl Norm {
         /// (mean, 1/σ) of a row.
-        fn stats(&self, row: &[f64]) -> (f64, f64) {
+        fn stats<T: Float>(&self, row: &[T]) -> (T, T) {
             let n = row.len() as f64;
-            let mean = if self.layer_norm { row.iter().sum::<f64>() / n } else { 0.0 };
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-            (mean, 1.0 / (var + self.eps).sqrt())
+            let mean = if self.layer_norm { row.iter().map(|v| v.to_f64()).sum::<f64>() / n } else { 0.0 };
+            let var = row.iter().map(|v| (v.to_f64() - mean) * (v.to_f64() - mean)).sum::<f64>() / n;
+            (T::of(mean), T::of(1.0 / (var + self.eps).sqrt()))
+        }
+
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+            let d = self.w.len();
+            let w: Vec<T> = self.w.iter().map(|v| T::of(*v)).collect();
+            let b: Option<Vec<T>> = self.b.as_ref().map(|b| b.iter().map(|v| T::of(*v)).collect());
+            par_rows(xs.len() / d, d, |r, o| {
+                let row = &xs[r * d..(r + 1) * d];
+                let (mean, inv) = self.stats(row);
+                for i in 0..d {
+                    o[i] = (row[i] - mean) * inv * w[i] + b.as_ref().map_or(T::of(0.0), |b| b[i]);
+                }
+            })
+        }
+
+        fn bwd<T: Float>(&self, xs: &[T], gs: &[T]) -> Vec<T> {
+            let d = self.w.len();
+            let w: Vec<T> = self.w.iter().map(|v| T::of(*v)).collect();
+            par_rows(xs.len() / d, d, |r, o| {
+                let (row, g) = (&xs[r * d..(r + 1) * d], &gs[r * d..(r + 1) * d]);
+                let (mean, inv) = self.stats(row);
+                let (mut sum_gy, mut sum_gy_xhat) = (0f64, 0f64);
+                for i in 0..d {
+                    let gy = (g[i] * w[i]).to_f64();
+                    sum_gy += gy;
+                    sum_gy_xhat += gy * ((row[i] - mean) * inv).to_f64();
+                }
+                let mean_gy = T::of(if self.layer_norm { sum_gy / d as f64 } else { 0.0 });
+                let mean_gy_xhat = T::of(sum_gy_xhat / d as f64);
+                for i in 0..d {
+                    let xhat = (row[i] - mean) * inv;
+                    o[i] = inv * (g[i] * w[i] - mean_gy - xhat * mean_gy_xhat);
+                }
+            })
         }
     }
 
@@ -438,40 +641,20 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let (xs, dtype) = read(s, l)?;
-            let d = self.w.len();
-            let mut out = vec![0f64; xs.len()];
-            for (row, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-                let (mean, inv) = self.stats(row);
-                for i in 0..d {
-                    o[i] = (row[i] - mean) * inv * self.w[i] + self.b.as_ref().map_or(0.0, |b| b[i]);
-                }
-            }
-            Ok((write(out, dtype), l.shape().clone()))
+            let out = match s {
+                CpuStorage::F32(_) => f32::storage(self.fwd(contiguous::<f32>(s, l)?)),
+                _ => f64::storage(self.fwd(contiguous::<f64>(s, l)?)),
+            };
+            Ok((out, l.shape().clone()))
         }
 
         fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-            let (xs, gs) = (values(arg)?, values(grad)?);
-            let d = self.w.len();
-            let n = d as f64;
-            let mut out = vec![0f64; xs.len()];
-            for ((row, g), o) in xs.chunks_exact(d).zip(gs.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
-                let (mean, inv) = self.stats(row);
-                let (mut sum_gy, mut sum_gy_xhat) = (0f64, 0f64);
-                for i in 0..d {
-                    let gy = g[i] * self.w[i];
-                    sum_gy += gy;
-                    sum_gy_xhat += gy * (row[i] - mean) * inv;
-                }
-                let (mean_gy, mean_gy_xhat) = (sum_gy / n, sum_gy_xhat / n);
-                for i in 0..d {
-                    let xhat = (row[i] - mean) * inv;
-                    let gy = g[i] * self.w[i];
-                    let centred = if self.layer_norm { gy - mean_gy } else { gy };
-                    o[i] = inv * (centred - xhat * mean_gy_xhat);
-                }
-            }
-            Ok(Some(tensor_like(out, arg)?))
+            let g = grad.to_dtype(arg.dtype())?.contiguous()?;
+            let out = dispatch!(arg, |xs: T| {
+                let gs: Vec<T> = g.flatten_all()?.to_vec1()?;
+                Tensor::from_vec(self.bwd(xs, &gs), arg.shape(), arg.device())?
+            });
+            Ok(Some(out))
         }
     }
 
@@ -482,8 +665,8 @@ pub mod train {
 
     struct SiluMul;
 
-    fn sigmoid(x: f64) -> f64 {
-        1.0 / (1.0 + (-x).exp())
+    fn sigmoid<T: Float>(x: T) -> T {
+        T::of(1.0) / (T::of(1.0) + (-x).exp())
     }
 
     impl CustomOp2 for SiluMul {
@@ -492,12 +675,14 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let ((g, dtype), (u, _)) = (read(s1, l1)?, read(s2, l2)?);
-            if g.len() != u.len() {
-                candle_core::bail!("silu_mul: {} vs {} values", g.len(), u.len());
+            fn go<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
+                g.iter().zip(u).map(|(g, u)| *g * sigmoid(*g) * *u).collect()
             }
-            let out = g.iter().zip(&u).map(|(g, u)| g * sigmoid(*g) * u).collect();
-            Ok((write(out, dtype), l1.shape().clone()))
+            let out = match s1 {
+                CpuStorage::F32(_) => f32::storage(go(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?)),
+                _ => f64::storage(go(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?)),
+            };
+            Ok((out, l1.shape().clone()))
         }
 
         fn bwd(
@@ -507,15 +692,21 @@ pub mod train {
             _res: &Tensor,
             grad: &Tensor,
         ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-            let (g, u, dy) = (values(a)?, values(b)?, values(grad)?);
-            let mut dg = vec![0f64; g.len()];
-            let mut du = vec![0f64; g.len()];
-            for i in 0..g.len() {
-                let s = sigmoid(g[i]);
-                du[i] = dy[i] * g[i] * s;
-                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
-            Ok((Some(tensor_like(dg, a)?), Some(tensor_like(du, b)?)))
+            let u = b.to_dtype(a.dtype())?.contiguous()?;
+            let dy = grad.to_dtype(a.dtype())?.contiguous()?;
+            let (dg, du) = dispatch!(a, |g: T| {
+                let u: Vec<T> = u.flatten_all()?.to_vec1()?;
+                let dy: Vec<T> = dy.flatten_all()?.to_vec1()?;
+                let mut dg = vec![T::of(0.0); g.len()];
+                let mut du = vec![T::of(0.0); g.len()];
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    du[i] = dy[i] * g[i] * s;
+                    dg[i] = dy[i] * u[i] * s * (T::of(1.0) + g[i] * (T::of(1.0) - s));
+                }
+                (Tensor::from_vec(dg, a.shape(), a.device())?, Tensor::from_vec(du, a.shape(), a.device())?)
+            });
+            Ok((Some(dg), Some(du.to_dtype(b.dtype())?)))
         }
     }
 
@@ -527,45 +718,64 @@ pub mod train {
 
     struct Softmax(usize);
 
+    impl Softmax {
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+            let d = self.0;
+            par_rows(xs.len() / d, d, |r, o| {
+                let row = &xs[r * d..(r + 1) * d];
+                let max = row.iter().fold(T::of(f64::NEG_INFINITY), |m, v| if *v > m { *v } else { m });
+                let mut sum = 0f64;
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = (*v - max).exp();
+                    sum += o.to_f64();
+                }
+                let inv = T::of(1.0 / sum);
+                o.iter_mut().for_each(|v| *v *= inv);
+            })
+        }
+
+        fn bwd<T: Float>(&self, ys: &[T], gs: &[T]) -> Vec<T> {
+            let d = self.0;
+            par_rows(ys.len() / d, d, |r, o| {
+                let (y, g) = (&ys[r * d..(r + 1) * d], &gs[r * d..(r + 1) * d]);
+                let dot = T::of(y.iter().zip(g).map(|(a, b)| (*a * *b).to_f64()).sum::<f64>());
+                for i in 0..d {
+                    o[i] = y[i] * (g[i] - dot);
+                }
+            })
+        }
+    }
+
     impl CustomOp1 for Softmax {
         fn name(&self) -> &'static str {
             "softmax"
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let (xs, dtype) = read(s, l)?;
-            let mut out = vec![0f64; xs.len()];
-            for (row, o) in xs.chunks_exact(self.0).zip(out.chunks_exact_mut(self.0)) {
-                let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v));
-                let mut sum = 0.0;
-                for (o, v) in o.iter_mut().zip(row) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                o.iter_mut().for_each(|v| *v /= sum);
-            }
-            Ok((write(out, dtype), l.shape().clone()))
+            let out = match s {
+                CpuStorage::F32(_) => f32::storage(self.fwd(contiguous::<f32>(s, l)?)),
+                _ => f64::storage(self.fwd(contiguous::<f64>(s, l)?)),
+            };
+            Ok((out, l.shape().clone()))
         }
 
         fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-            let (ys, gs) = (values(res)?, values(grad)?);
-            let mut out = vec![0f64; ys.len()];
-            for ((y, g), o) in ys.chunks_exact(self.0).zip(gs.chunks_exact(self.0)).zip(out.chunks_exact_mut(self.0)) {
-                let dot: f64 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-                for i in 0..self.0 {
-                    o[i] = y[i] * (g[i] - dot);
-                }
-            }
-            Ok(Some(tensor_like(out, res)?))
+            let g = grad.to_dtype(res.dtype())?.contiguous()?;
+            let out = dispatch!(res, |ys: T| {
+                let gs: Vec<T> = g.flatten_all()?.to_vec1()?;
+                Tensor::from_vec(self.bwd(ys, &gs), res.shape(), res.device())?
+            });
+            Ok(Some(out))
         }
     }
+
     /// Rotary embedding (as [`super::rope`]) whose backward rotates the
     /// gradient back by the same angles.
     pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, interleaved: bool) -> CResult<Tensor> {
         let (_, heads, t, d) = x.dims4()?;
         let op = Rope {
-            cos: values(cos)?,
-            sin: values(sin)?,
+            cos: vec_f64(cos)?,
+            sin: vec_f64(sin)?,
             r: rotary_dim,
             interleaved,
             per_row: cos.rank() == 4,
@@ -589,20 +799,22 @@ pub mod train {
 
     impl Rope {
         /// Rotates every row by +θ (`sign` 1) or −θ (`sign` −1).
-        fn rotate(&self, xs: &[f64], sign: f64) -> Vec<f64> {
-            let (r, half, t) = (self.r, self.r / 2, self.t);
-            let mut out = xs.to_vec();
-            for (row, (src, dst)) in xs.chunks_exact(self.d).zip(out.chunks_exact_mut(self.d)).enumerate() {
+        fn rotate<T: Float>(&self, xs: &[T], sign: f64) -> Vec<T> {
+            let (r, half, t, d) = (self.r, self.r / 2, self.t, self.d);
+            let cos: Vec<T> = self.cos.iter().map(|v| T::of(*v)).collect();
+            let sin: Vec<T> = self.sin.iter().map(|v| T::of(*v * sign)).collect();
+            par_rows(xs.len() / d, d, |row, dst| {
+                let src = &xs[row * d..(row + 1) * d];
+                dst.copy_from_slice(src);
                 let pos = if self.per_row { (row / (self.heads * t)) * t + row % t } else { row % t };
-                let (c, s) = (&self.cos[pos * r..(pos + 1) * r], &self.sin[pos * r..(pos + 1) * r]);
+                let (c, s) = (&cos[pos * r..(pos + 1) * r], &sin[pos * r..(pos + 1) * r]);
                 for j in 0..half {
                     let (i0, i1) = if self.interleaved { (2 * j, 2 * j + 1) } else { (j, j + half) };
                     let (a, b) = (src[i0], src[i1]);
-                    dst[i0] = a * c[i0] - sign * b * s[i0];
-                    dst[i1] = b * c[i1] + sign * a * s[i1];
+                    dst[i0] = a * c[i0] - b * s[i0];
+                    dst[i1] = b * c[i1] + a * s[i1];
                 }
-            }
-            out
+            })
         }
     }
 
@@ -612,12 +824,17 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let (xs, dtype) = read(s, l)?;
-            Ok((write(self.rotate(&xs, 1.0), dtype), l.shape().clone()))
+            let out = match s {
+                CpuStorage::F32(_) => f32::storage(self.rotate(contiguous::<f32>(s, l)?, 1.0)),
+                _ => f64::storage(self.rotate(contiguous::<f64>(s, l)?, 1.0)),
+            };
+            Ok((out, l.shape().clone()))
         }
 
         fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-            Ok(Some(tensor_like(self.rotate(&values(grad)?, -1.0), arg)?))
+            let g = grad.to_dtype(arg.dtype())?;
+            let out = dispatch!(g, |gs: T| Tensor::from_vec(self.rotate(gs, -1.0), arg.shape(), arg.device())?);
+            Ok(Some(out))
         }
     }
 }
