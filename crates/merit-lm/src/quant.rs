@@ -105,6 +105,30 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
+/// One row of blocks to f32.
+fn dequantize_row(kind: Kernel, w: &[u8], out: &mut [f32]) {
+    let bb = kind.block_bytes();
+    for (blk, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+        let d = f16_at(blk, 0);
+        match kind {
+            Kernel::Q4_0 | Kernel::Q4_1 => {
+                let (qs, m) =
+                    if kind == Kernel::Q4_0 { (&blk[2..18], -8.0 * d) } else { (&blk[4..20], f16_at(blk, 2)) };
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for ((q, l), h) in qs.iter().zip(lo.iter_mut()).zip(hi.iter_mut()) {
+                    *l = (q & 0x0F) as f32 * d + m;
+                    *h = (q >> 4) as f32 * d + m;
+                }
+            }
+            Kernel::Q8_0 => {
+                for (q, x) in blk[2..34].iter().zip(o.iter_mut()) {
+                    *x = (*q as i8) as f32 * d;
+                }
+            }
+        }
+    }
+}
+
 /// Scalar dot product of one weight row with one activation row.
 fn dot_scalar(kind: Kernel, w: &[u8], a: &[A16]) -> f32 {
     let bb = kind.block_bytes();
@@ -388,6 +412,26 @@ impl QWeight {
     pub fn dequantize_rows(&self, start: usize, n: usize) -> CResult<Tensor> {
         let rb = self.row_bytes();
         let bytes = &self.data[start * rb..(start + n) * rb];
+        if let (Some(kind), None) = (Kernel::of(self.dtype), &self.fallback) {
+            // Our block types: a plain loop the compiler vectorizes, rows in parallel.
+            let mut out = vec![0f32; n * self.cols];
+            let ptr = SendPtr(out.as_mut_ptr());
+            let cols = self.cols;
+            let work = |range: std::ops::Range<usize>| {
+                let ptr = &ptr;
+                for r in range {
+                    // SAFETY: each row writes its own slice.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * cols), cols) };
+                    dequantize_row(kind, &bytes[r * rb..(r + 1) * rb], dst);
+                }
+            };
+            if n * cols < 1 << 16 {
+                work(0..n);
+            } else {
+                candle_core::utils::barrier_pool().execute_chunked(n, work);
+            }
+            return Tensor::from_vec(out, (n, self.cols), &Device::Cpu);
+        }
         let q = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?, (n, self.cols))?;
         q.dequantize(&Device::Cpu)
     }
@@ -503,7 +547,9 @@ impl QWeight {
     pub fn backward_input(&self, g: &Tensor) -> CResult<Tensor> {
         let dims = g.dims().to_vec();
         let g2 = g.reshape(((), self.rows))?.to_dtype(candle_core::DType::F32)?;
-        let chunk = (65_536 / self.cols.max(1)).clamp(1, self.rows);
+        // 4 MiB of f32 rows at a time: large enough for efficient products,
+        // a small fraction of the base.
+        let chunk = ((4 << 20) / (4 * self.cols.max(1))).clamp(1, self.rows);
         let mut acc: Option<Tensor> = None;
         let mut start = 0;
         while start < self.rows {
@@ -584,6 +630,22 @@ mod tests {
                 let v = dot_n::<1, 1>(isa(), kind, [w], [&a], 4)[0][0];
                 assert!((s - v).abs() <= 1e-4 * s.abs().max(1.0), "{kind:?} row {j}: {s} vs {v}");
             }
+        }
+    }
+
+    #[test]
+    fn own_dequantization_matches_candle() {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QWeight::quantize(&weights(300, 128, 9), dtype).unwrap();
+            let ours = q.dequantize_rows(5, 290).unwrap();
+            let rb = q.row_bytes();
+            let bytes = q.data[5 * rb..295 * rb].to_vec();
+            let candle = QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype).unwrap(), (290, 128))
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let diff = (ours - candle).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-6, "{dtype:?}: {diff}");
         }
     }
 
