@@ -12,6 +12,17 @@ fn fixture(family: &str) -> (PathBuf, Value) {
     (dir, reference)
 }
 
+/// Largest |Δ| between logits rows and reference rows (JSON numbers).
+fn max_logit_diff(logits: &[Vec<f32>], want: &Value) -> f32 {
+    let mut max_diff = 0f32;
+    for (row, want_row) in logits.iter().zip(want.as_array().unwrap()) {
+        for (a, b) in row.iter().zip(want_row.as_array().unwrap()) {
+            max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
+        }
+    }
+    max_diff
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -22,14 +33,8 @@ fn check(family: &str) {
     let prompt = ids(&r["prompt_token_ids"]);
     let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-    let want = r["logits"].as_array().unwrap();
-    assert_eq!(logits.len(), want.len());
-    let mut max_diff = 0f32;
-    for (row, want_row) in logits.iter().zip(want) {
-        for (a, b) in row.iter().zip(want_row.as_array().unwrap()) {
-            max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
-        }
-    }
+    assert_eq!(logits.len(), r["logits"].as_array().unwrap().len());
+    let max_diff = max_logit_diff(&logits, &r["logits"]);
     assert!(max_diff <= 1e-4, "{family}: max |Δ logit| = {max_diff}");
     let greedy = &r["greedy"];
     let n = greedy["max_new_tokens"].as_u64().unwrap() as usize;
@@ -318,12 +323,7 @@ fn peft_adapters_match_transformers() {
         let prompt = ids(&r["prompt_token_ids"]);
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        let mut max_diff = 0f32;
-        for (row, want) in logits.iter().zip(r["logits"].as_array().unwrap()) {
-            for (a, b) in row.iter().zip(want.as_array().unwrap()) {
-                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
-            }
-        }
+        let max_diff = max_logit_diff(&logits, &r["logits"]);
         assert!(max_diff <= 1e-4, "{family} with adapter: max |Δ logit| = {max_diff}");
         // The adapter matters: the base model's logits differ.
         let base: Vec<Vec<f32>> = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu)
@@ -382,12 +382,7 @@ fn gguf_files_match_transformers() {
         let prompt = ids(&r["prompt_token_ids"]);
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        let mut max_diff = 0f32;
-        for (row, want_row) in logits.iter().zip(r["logits"].as_array().unwrap()) {
-            for (a, b) in row.iter().zip(want_row.as_array().unwrap()) {
-                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
-            }
-        }
+        let max_diff = max_logit_diff(&logits, &r["logits"]);
         assert!(max_diff <= 1e-4, "{family} GGUF: max |Δ logit| = {max_diff}");
         let n = r["greedy"]["max_new_tokens"].as_u64().unwrap() as usize;
         assert_eq!(model.greedy(&prompt, n, true).unwrap(), ids(&r["greedy"]["new_token_ids_with_cache"]), "{family}");
@@ -445,12 +440,7 @@ fn merit_adapters_match_peft() {
         let prompt = ids(&r["prompt_token_ids"]);
         let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let logits: Vec<Vec<f32>> = model.forward(&input, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        let mut max_diff = 0f32;
-        for (row, want) in logits.iter().zip(r["logits"].as_array().unwrap()) {
-            for (a, b) in row.iter().zip(want.as_array().unwrap()) {
-                max_diff = max_diff.max((a - b.as_f64().unwrap() as f32).abs());
-            }
-        }
+        let max_diff = max_logit_diff(&logits, &r["logits"]);
         assert!(max_diff <= 1e-4, "{family}: Merit's adapter read by PEFT differs by {max_diff}");
         let base = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
         let moved = (base.forward(&input, None).unwrap().squeeze(0).unwrap()
