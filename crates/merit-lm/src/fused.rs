@@ -282,14 +282,13 @@ impl candle_core::CustomOp1 for CrossEntropy {
         let (a, b) =
             layout.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("cross_entropy: not contiguous"))?;
         let rows = (b - a) / self.vocab.max(1);
-        let mut out = vec![0f64; rows];
         macro_rules! go {
-            ($xs:expr) => {
+            ($xs:expr, $out:expr) => {
                 ce_rows(&$xs[a..b], self.vocab, |r, row| {
                     let w = self.weights[r] as f64;
                     if w != 0.0 {
                         let picked: f64 = row[self.targets[r] as usize].into();
-                        out[r] = w * (logsumexp(row) - picked);
+                        $out[r] = w * (logsumexp(row) - picked);
                     }
                 })
             };
@@ -314,11 +313,11 @@ impl candle_core::CustomOp1 for CrossEntropy {
                         unsafe { *ptr.0.add(r) = nll as f32 };
                     }
                 });
-                let _ = &mut out;
                 CpuStorage::F32(out32)
             }
             CpuStorage::F64(xs) => {
-                go!(xs);
+                let mut out = vec![0f64; rows];
+                go!(xs, out);
                 CpuStorage::F64(out)
             }
             _ => candle_core::bail!("cross_entropy: f32 or f64 logits"),
