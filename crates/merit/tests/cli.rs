@@ -225,6 +225,27 @@ async fn journeys_one_and_two_through_the_cli() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
+    // Journey 3 starts: train on the accepted rows of version 1 (read from the store).
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/llama");
+    let run_dir = srv.dir.path().join("run");
+    let train = |spec: &str| {
+        merit()
+            .args(["train", "--base", s(&base), "--datanet", spec, "--max-steps", "2", "--batch", "1"])
+            .args(["--grad-accum", "1", "--eval-split", "0", "--cutoff-len", "64", "--json", "--out", s(&run_dir)])
+            .args(["--data-dir", s(srv.dir.path())])
+            .args(&srv.db)
+            .output()
+            .unwrap()
+    };
+    let out = train("qa@9");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no version 9"));
+    let out = train("qa");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run_dir.join("adapter_model.safetensors").exists());
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("checkpoint-2/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["config"]["sources"], serde_json::json!(["datanet:qa@1"]), "the newest version is recorded");
+
     // A token that is not valid is refused.
     let out = srv.run("mrt_wrong", &["datanet", "show", "qa"]);
     assert!(!out.status.success());
