@@ -543,6 +543,9 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        // Model work runs on worker threads; their own arenas cannot hold
+        // blocks this large and would fall back to mmap. One arena.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
