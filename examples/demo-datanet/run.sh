@@ -23,7 +23,8 @@ for line, e in zip(sys.stdin, expected):
     adapter = next(v for k, v in answers.items() if k != "base")
     tuned += fact in adapter
     base += fact in answers["base"]
-    print(f"{e[\"fact\"]:10} adapter: {adapter}")
+    name = e["fact"]
+    print(f"{name:10} adapter: {adapter}")
 print(f"taught facts in the answers: adapter {tuned}/{len(expected)}, base model {base}/{len(expected)}")
 sys.exit(0 if tuned == len(expected) and base == 0 else 1)
 '

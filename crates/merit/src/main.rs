@@ -556,6 +556,16 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command whose output is piped into something that stops reading
+        // (`merit compare … | head`) ends quietly, as other command-line
+        // tools do; the server keeps ignoring SIGPIPE (closed sockets).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     std::env::set_var("MERIT_DEVICE", &cli.device);
     if let Err(e) = configure_threads(cli.threads) {
         eprintln!("error: {e}");
