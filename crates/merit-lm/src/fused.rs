@@ -572,6 +572,38 @@ pub mod train {
         }};
     }
 
+    /// The forward computation of a one-input op, in either precision.
+    trait Forward {
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T>;
+    }
+
+    impl Forward for Norm {
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+            self.norm_fwd(xs)
+        }
+    }
+
+    impl Forward for Softmax {
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+            self.softmax_fwd(xs)
+        }
+    }
+
+    impl Forward for Rope {
+        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+            self.rotate(xs, 1.0)
+        }
+    }
+
+    /// `CustomOp1::cpu_fwd` for a [`Forward`] op: f32 or f64 in, same out.
+    fn cpu_forward<O: Forward>(op: &O, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(_) => f32::storage(op.fwd(contiguous::<f32>(s, l)?)),
+            _ => f64::storage(op.fwd(contiguous::<f64>(s, l)?)),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
     fn vec_f64(t: &Tensor) -> CResult<Vec<f64>> {
         t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()
     }
@@ -599,7 +631,7 @@ pub mod train {
             (T::of(mean), T::of(1.0 / (var + self.eps).sqrt()))
         }
 
-        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+        fn norm_fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
             let d = self.w.len();
             let w: Vec<T> = self.w.iter().map(|v| T::of(*v)).collect();
             let b: Option<Vec<T>> = self.b.as_ref().map(|b| b.iter().map(|v| T::of(*v)).collect());
@@ -640,11 +672,7 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let out = match s {
-                CpuStorage::F32(_) => f32::storage(self.fwd(contiguous::<f32>(s, l)?)),
-                _ => f64::storage(self.fwd(contiguous::<f64>(s, l)?)),
-            };
-            Ok((out, l.shape().clone()))
+            cpu_forward(self, s, l)
         }
 
         fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
@@ -718,7 +746,7 @@ pub mod train {
     struct Softmax(usize);
 
     impl Softmax {
-        fn fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
+        fn softmax_fwd<T: Float>(&self, xs: &[T]) -> Vec<T> {
             let d = self.0;
             par_rows(xs.len() / d, d, |r, o| {
                 let row = &xs[r * d..(r + 1) * d];
@@ -751,11 +779,7 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let out = match s {
-                CpuStorage::F32(_) => f32::storage(self.fwd(contiguous::<f32>(s, l)?)),
-                _ => f64::storage(self.fwd(contiguous::<f64>(s, l)?)),
-            };
-            Ok((out, l.shape().clone()))
+            cpu_forward(self, s, l)
         }
 
         fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
@@ -823,11 +847,7 @@ pub mod train {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-            let out = match s {
-                CpuStorage::F32(_) => f32::storage(self.rotate(contiguous::<f32>(s, l)?, 1.0)),
-                _ => f64::storage(self.rotate(contiguous::<f64>(s, l)?, 1.0)),
-            };
-            Ok((out, l.shape().clone()))
+            cpu_forward(self, s, l)
         }
 
         fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {

@@ -523,15 +523,18 @@ fn eval_prints_loss_and_perplexity() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/qwen3");
     let file = data.path().join("eval.jsonl");
     std::fs::write(&file, "{\"text\": \"The baker lit her ovens before the sun.\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hello there\"}, {\"role\": \"assistant\", \"content\": \"Hi.\"}]}\n").unwrap();
-    let out = merit()
-        .args(["eval", "--model"])
-        .arg(&fixture)
-        .args(["--data"])
-        .arg(&file)
-        .args(["--json", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let eval = || {
+        merit()
+            .args(["eval", "--json", "--model"])
+            .arg(&fixture)
+            .args(["--data"])
+            .arg(&file)
+            .args(["--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let out = eval();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
@@ -539,15 +542,7 @@ fn eval_prints_loss_and_perplexity() {
     let (loss, ppl) = (v["loss"].as_f64().unwrap(), v["perplexity"].as_f64().unwrap());
     assert!(v["tokens"].as_u64().unwrap() > 10 && loss > 0.0 && (ppl - loss.exp()).abs() < 1e-6 * ppl);
     std::fs::write(&file, "{\"oops\": 1}\n").unwrap();
-    let out = merit()
-        .args(["eval", "--model"])
-        .arg(&fixture)
-        .args(["--data"])
-        .arg(&file)
-        .args(["--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = eval();
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: a row needs `text` or `messages`"));
 }
 
