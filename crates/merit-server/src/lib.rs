@@ -9,11 +9,15 @@
 //! Architecture invariant: handlers hold no SQL; they check roles, call
 //! `merit-gate` for verdicts and `merit-store` for state.
 
+// The OpenAPI document is one large `json!`.
+#![recursion_limit = "256"]
+
 pub mod error;
 mod extract;
 pub mod openapi;
 pub mod ratelimit;
 mod routes;
+pub mod runs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use merit_ledger::checkpoint::NoteSigner;
 use merit_store::Store;
 
 pub use ratelimit::RateLimit;
+pub use runs::{start_worker, RunHost, RunTrainer};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -33,12 +38,27 @@ pub struct AppState {
     pub rate_limit: RateLimit,
     /// Signs ledger checkpoints.
     pub signer: Arc<NoteSigner>,
+    /// Training runs; `None` on a server without a trainer (runs answer 503).
+    pub runs: Option<Arc<RunHost>>,
     buckets: Arc<ratelimit::Buckets>,
 }
 
 impl AppState {
     pub fn new(store: Store, rate_limit: RateLimit, signer: NoteSigner) -> AppState {
-        AppState { store, rate_limit, signer: Arc::new(signer), buckets: Arc::new(ratelimit::Buckets::default()) }
+        AppState {
+            store,
+            rate_limit,
+            signer: Arc::new(signer),
+            runs: None,
+            buckets: Arc::new(ratelimit::Buckets::default()),
+        }
+    }
+
+    /// Adds training runs: `trainer` trains them in folders under `runs_dir`
+    /// (the worker itself starts with [`start_worker`]).
+    pub fn with_trainer(mut self, trainer: Arc<dyn RunTrainer>, runs_dir: std::path::PathBuf) -> AppState {
+        self.runs = Some(Arc::new(RunHost::new(trainer, runs_dir)));
+        self
     }
 }
 

@@ -50,6 +50,12 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { method: "get", path: "/datanets/{name}/contributions/{id}/file", summary: "The contributed file (kept when accepted or pending)", auth: "optional", query: &[], body: "", ok: (200, "") },
     Operation { method: "post", path: "/datanets/{name}/contributions/{id}/approve", summary: "Approve a pending contribution (owner or curator, not your own)", auth: "required", query: &[], body: "", ok: (200, "Verdict") },
     Operation { method: "post", path: "/datanets/{name}/contributions/{id}/reject", summary: "Reject a pending contribution with a reason (owner or curator, not your own)", auth: "required", query: &[], body: "json:Rejection", ok: (200, "Verdict") },
+    Operation { method: "post", path: "/runs", summary: "Queue a training run (LoRA / QLoRA) on datanet versions you can read or on rows you send; the server's worker trains it", auth: "required", query: &[], body: "json:NewRun", ok: (201, "Run") },
+    Operation { method: "get", path: "/runs", summary: "Your training runs, newest first", auth: "required", query: &[("offset", "integer", "skip"), ("limit", "integer", "1 to 1000, default 100"), ("all", "boolean", "administrators: everybody's runs")], body: "", ok: (200, "RunList") },
+    Operation { method: "get", path: "/runs/{id}", summary: "One run: status, settings, summary", auth: "required", query: &[], body: "", ok: (200, "Run") },
+    Operation { method: "post", path: "/runs/{id}/stop", summary: "Stop a run: a queued one at once (200), a running one after its step with a final checkpoint (202)", auth: "required", query: &[], body: "", ok: (202, "Run") },
+    Operation { method: "get", path: "/runs/{id}/events", summary: "Live metrics as server-sent events: `step`, `eval`, `checkpoint` (id = line of metrics.jsonl, data = the line), `status` on every change, a last `end` with the run. Reconnect with Last-Event-ID", auth: "required", query: &[("after", "integer", "skip the first N metric lines")], body: "", ok: (200, "sse") },
+    Operation { method: "get", path: "/runs/{id}/files/{name}", summary: "A file of the run: adapter_config.json, adapter_model.safetensors (the newest adapter, PEFT format) or metrics.jsonl", auth: "required", query: &[], body: "", ok: (200, "") },
 ];
 
 fn schemas() -> Value {
@@ -143,6 +149,23 @@ fn schemas() -> Value {
             "policy": s("string"), "json_schema": s("string") } },
         "RoleChange": { "type": "object", "properties": { "datanet": s("string"), "user": s("string"), "role": s("string") } },
                 "Rejection": { "type": "object", "required": ["reason"], "properties": { "reason": s("string") } },
+        "NewRun": { "type": "object", "required": ["base"], "description": "merit train's settings under their flag names with `_` for `-`; all but base have the CLI's defaults", "properties": {
+            "base": { "type": "string", "description": "a model registered on the server, a folder or a GGUF file there" },
+            "datanets": { "type": "array", "items": s("string"), "description": "NAME or NAME@VERSION" },
+            "rows": { "type": "array", "items": s("object"), "description": "rows in text, alpaca, sharegpt or messages form" },
+            "method": { "type": "string", "enum": ["lora", "qlora"] }, "rank": s("integer"), "alpha": s("number"),
+            "dropout": s("number"), "rslora": s("boolean"), "targets": { "type": "array", "items": s("string") },
+            "lr": s("number"), "scheduler": { "type": "string", "enum": ["constant", "linear", "cosine"] },
+            "warmup": s("number"), "epochs": s("number"), "max_steps": s("integer"), "batch": s("integer"),
+            "grad_accum": s("integer"), "weight_decay": s("number"), "max_grad_norm": s("number"),
+            "eval_every": s("integer"), "save_every": s("integer"), "seed": s("integer"),
+            "data": { "type": "object", "properties": { "cutoff_len": s("integer"), "packing": s("boolean"),
+                "train_on_prompt": s("boolean"), "last_turn_only": s("boolean"), "eval_split": s("number") } } } },
+        "Run": { "type": "object", "properties": { "id": s("integer"), "owner": s("string"),
+            "status": { "type": "string", "enum": ["queued", "running", "done", "stopped", "failed", "interrupted"] },
+            "config": s("object"), "stop_requested": s("boolean"), "summary": s("object"), "error": s("string"),
+            "created_at": s("integer"), "started_at": s("integer"), "finished_at": s("integer") } },
+        "RunList": { "type": "array", "items": { "$ref": "#/components/schemas/Run" } },
         "LedgerKey": { "type": "object", "properties": { "origin": s("string"), "vkey": s("string") } },
         "LedgerEntry": { "type": "object", "properties": { "index": s("integer"), "leaf": { "type": "string", "format": "byte" },
             "leaf_hash": s("string"), "event": s("object") } },
@@ -168,6 +191,8 @@ pub fn document() -> Value {
         parameters.extend(op.query.iter().map(|(name, ty, desc)| json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": { "type": ty } })));
         let ok_content = if op.ok.1.is_empty() {
             json!({ "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } })
+        } else if op.ok.1 == "sse" {
+            json!({ "text/event-stream": { "schema": { "type": "string" } } })
         } else {
             json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{}", op.ok.1) } } })
         };

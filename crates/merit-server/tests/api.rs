@@ -435,3 +435,184 @@ async fn ledger_is_served_as_tiles_and_json() {
     app.upload("t", Some(&ann), &[("b.txt", prose(2).as_bytes())], true).await;
     assert_eq!(app.call("GET", "/api/v1/ledger/entries", None, None).await.json()["size"], 5);
 }
+
+/// A trainer that writes `steps` step lines, 20 ms apart, and an adapter.
+struct FakeTrainer;
+
+impl merit_server::RunTrainer for FakeTrainer {
+    fn prepare(&self, mut config: Value) -> Result<Value, String> {
+        if !config["base"].is_string() {
+            return Err("`base` is required: the base model".into());
+        }
+        if config["rank"] == json!(0) {
+            return Err("--rank must be at least 1".into());
+        }
+        config["rank"] = config.get("rank").cloned().unwrap_or(json!(8));
+        Ok(config)
+    }
+
+    fn run(
+        &self,
+        config: &Value,
+        dir: &std::path::Path,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Value, String> {
+        use std::io::Write;
+        let steps = config["max_steps"].as_u64().unwrap_or(5);
+        let mut f = std::fs::File::create(dir.join("metrics.jsonl")).map_err(|e| e.to_string())?;
+        for step in 1..=steps {
+            writeln!(f, "{}", json!({ "kind": "step", "step": step, "loss": 1.0 / step as f64 })).unwrap();
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "{}", json!({ "kind": "checkpoint", "step": step })).unwrap();
+                std::fs::write(dir.join("adapter_config.json"), b"{\"r\":8}").unwrap();
+                return Ok(json!({ "stopped": true, "steps": step }));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if config["fail"] == json!(true) {
+            return Err("the base model ran out of memory".into());
+        }
+        std::fs::write(dir.join("adapter_config.json"), b"{\"r\":8}").unwrap();
+        Ok(json!({ "stopped": false, "steps": steps }))
+    }
+}
+
+/// The events of a stream, read to its end, as (event, data).
+fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = String::from("message");
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                event = e.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                data.push_str(d);
+            }
+        }
+        if !data.is_empty() {
+            out.push((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn training_runs_are_jobs_with_live_events_and_stop() {
+    let app = common::App::with_trainer(std::sync::Arc::new(FakeTrainer)).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    assert_eq!(app.datanet(&ann, "qa", "", true).await.status, StatusCode::CREATED);
+    let r = app.upload("qa", Some(&ann), &[("a.txt", prose(1).as_bytes())], false).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+
+    // Bad requests name what is wrong and queue nothing.
+    let post = |token: Option<String>, body: Value| {
+        let app = &app;
+        async move { app.call("POST", "/api/v1/runs", token.as_deref(), Some(body)).await }
+    };
+    assert_eq!(post(None, json!({ "base": "m", "datanets": ["qa"] })).await.status, StatusCode::UNAUTHORIZED);
+    let r = post(Some(ann.clone()), json!({ "base": "m" })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("datanets"));
+    let r = post(Some(ann.clone()), json!({ "base": "m", "datanets": ["qa"], "rank": 0 })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("--rank"));
+    assert_eq!(
+        post(Some(ann.clone()), json!({ "base": "m", "datanets": ["nope"] })).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post(Some(ann.clone()), json!({ "base": "m", "datanets": ["qa@7"] })).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = post(Some(ann.clone()), json!({ "base": "m", "datanets": ["qa@x"] })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        post(Some(ann.clone()), json!({ "base": "m", "rows": [] })).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(post(Some(ann.clone()), json!(["base"])).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.call("GET", "/api/v1/runs", Some(&ann), None).await.json(), json!([]));
+
+    // A run on a datanet: the version is resolved now; the stream ends with the run.
+    let r = post(Some(ann.clone()), json!({ "base": "m", "datanets": ["qa"], "max_steps": 4 })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json();
+    assert_eq!(run["config"]["sources"], json!(["datanet:qa@1"]));
+    assert_eq!(run["config"]["rank"], 8, "prepared by the trainer");
+    let id = run["id"].as_i64().unwrap();
+    assert_eq!(app.call("GET", &format!("/api/v1/runs/{id}"), Some(&bob), None).await.status, StatusCode::NOT_FOUND);
+    let events = app.call("GET", &format!("/api/v1/runs/{id}/events"), Some(&ann), None).await;
+    assert_eq!(events.status, StatusCode::OK);
+    assert!(events.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let ev = sse_events(&events.body);
+    let steps: Vec<i64> = ev.iter().filter(|(e, _)| e == "step").map(|(_, d)| d["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    let (last, end) = ev.last().unwrap();
+    assert_eq!((last.as_str(), end["status"].as_str()), ("end", Some("done")));
+    assert_eq!(end["summary"]["steps"], 4);
+    // Reconnecting after line 2 replays only the rest.
+    let req = axum::http::Request::builder()
+        .uri(format!("/api/v1/runs/{id}/events"))
+        .header("authorization", format!("Bearer {ann}"))
+        .header("last-event-id", "2")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let again = sse_events(&app.send(req).await.body);
+    assert_eq!(again.iter().filter(|(e, _)| e == "step").count(), 2);
+    let f = app.call("GET", &format!("/api/v1/runs/{id}/files/adapter_config.json"), Some(&ann), None).await;
+    assert_eq!((f.status, f.body.as_slice()), (StatusCode::OK, b"{\"r\":8}".as_slice()));
+    let f = app.call("GET", &format!("/api/v1/runs/{id}/files/..%2Fmerit.db"), Some(&ann), None).await;
+    assert_eq!(f.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call("POST", &format!("/api/v1/runs/{id}/stop"), Some(&ann), None).await.status,
+        StatusCode::CONFLICT
+    );
+
+    // A long run on sent rows, stopped while it trains: a final checkpoint, status stopped.
+    let r = post(Some(ann.clone()), json!({ "base": "m", "rows": [{ "text": "hi" }], "max_steps": 10_000 })).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let run = r.json();
+    assert!(run["config"]["sources"][0].as_str().unwrap().starts_with("blob:"));
+    let id = run["id"].as_i64().unwrap();
+    for _ in 0..200 {
+        let r = app.call("GET", &format!("/api/v1/runs/{id}"), Some(&ann), None).await.json();
+        if r["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.call("POST", &format!("/api/v1/runs/{id}/stop"), Some(&bob), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app.call("POST", &format!("/api/v1/runs/{id}/stop"), Some(&ann), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let ev = sse_events(&app.call("GET", &format!("/api/v1/runs/{id}/events"), Some(&ann), None).await.body);
+    assert!(ev.iter().any(|(e, _)| e == "checkpoint"));
+    let end = &ev.last().unwrap().1;
+    assert_eq!((end["status"].as_str(), end["summary"]["stopped"].as_bool()), (Some("stopped"), Some(true)));
+    assert!(end["summary"]["steps"].as_i64().unwrap() < 10_000);
+
+    // A failing run says why.
+    let r =
+        post(Some(ann.clone()), json!({ "base": "m", "rows": [{ "text": "hi" }], "max_steps": 1, "fail": true })).await;
+    let id = r.json()["id"].as_i64().unwrap();
+    let ev = sse_events(&app.call("GET", &format!("/api/v1/runs/{id}/events"), Some(&ann), None).await.body);
+    let end = &ev.last().unwrap().1;
+    assert_eq!(end["status"], "failed");
+    assert!(end["error"].as_str().unwrap().contains("out of memory"));
+    assert_eq!(app.call("GET", "/api/v1/runs", Some(&ann), None).await.json().as_array().unwrap().len(), 3);
+    assert_eq!(app.call("GET", "/api/v1/runs", Some(&bob), None).await.json(), json!([]));
+}
+
+#[tokio::test]
+async fn runs_answer_503_without_a_trainer() {
+    let app = App::new().await;
+    let ann = app.user("ann").await;
+    let r = app.call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "m", "rows": [{ "text": "x" }] }))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "no_trainer");
+}

@@ -26,6 +26,7 @@ mod datanets;
 pub mod keys;
 mod ledger;
 mod migrate;
+mod runs;
 mod users;
 
 use std::path::Path;
@@ -37,6 +38,7 @@ use sqlx::AnyPool;
 pub use blobs::Blobs;
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};
+pub use runs::Run;
 pub use users::User;
 
 /// What went wrong in the store.

@@ -6,8 +6,11 @@
 
 use crate::{Backend, Store, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_datanets.sql")), (2, include_str!("migrations/0002_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_datanets.sql")),
+    (2, include_str!("migrations/0002_ledger.sql")),
+    (3, include_str!("migrations/0003_runs.sql")),
+];
 
 fn dialect(sql: &str, backend: Backend) -> String {
     match backend {

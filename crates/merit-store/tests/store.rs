@@ -263,3 +263,45 @@ async fn batched_appends_match_the_reference_tree() {
         }
     }
 }
+
+#[tokio::test]
+async fn runs_queue_claims_each_run_once_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let (ann, _) = store.create_user("ann", false).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(store.create_run(&ann, &serde_json::json!({ "rank": i })).await.unwrap().id);
+    }
+    let r = store.run(ids[0]).await.unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.owner.as_str(), r.config["rank"].as_i64()), ("queued", "ann", Some(0)));
+    // Six workers race for five runs (one is stopped before anybody claims it).
+    let stopped = store.request_stop(ids[5]).await.unwrap();
+    assert_eq!(stopped.status, "stopped");
+    assert!(matches!(store.request_stop(ids[5]).await, Err(StoreError::Conflict(_))));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.claim_run(&format!("host:{w}")).await.unwrap() }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        if let Some(r) = t.await.unwrap() {
+            assert_eq!(r.status, "running");
+            claimed.push(r.id);
+        }
+    }
+    claimed.sort();
+    assert_eq!(claimed, ids[..5].to_vec(), "every queued run claimed exactly once");
+    // A running run is flagged; its worker ends it.
+    let r = store.request_stop(ids[0]).await.unwrap();
+    assert!(r.stop_requested && r.status == "running");
+    store.finish_run(ids[0], "stopped", Some(&serde_json::json!({ "steps": 3 })), None).await.unwrap();
+    let r = store.run(ids[0]).await.unwrap().unwrap();
+    assert!(r.ended() && r.summary.unwrap()["steps"] == 3 && r.finished_at.is_some());
+    // A restarted machine marks what it left running as interrupted.
+    assert_eq!(store.interrupt_runs("host:").await.unwrap(), 4);
+    assert!(matches!(store.request_stop(999).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.runs(Some(&ann), 0, 100).await.unwrap().len(), 6);
+    assert_eq!(store.runs(None, 0, 2).await.unwrap()[0].id, ids[5]);
+}

@@ -17,8 +17,10 @@ pub use trainer::{Event, Summary, Trainer};
 
 use serde::{Deserialize, Serialize};
 
-/// A run's settings (the CLI's flags; stored with every checkpoint).
+/// A run's settings (the CLI's flags; stored with every checkpoint). Missing
+/// fields take `merit train`'s defaults; unknown ones are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// The base model as the user named it (`base_model_name_or_path`).
     pub base: String,
@@ -44,13 +46,14 @@ pub struct TrainConfig {
     pub save_every: Option<usize>,
     pub seed: u64,
     pub data: DataSettings,
-    /// Where the rows came from (`file:PATH`, `datanet:NAME@VERSION`), so a resume reads the same.
-    #[serde(default)]
+    /// Where the rows came from (`file:PATH`, `datanet:NAME@VERSION`,
+    /// `blob:SHA256` for rows sent to the server), so a resume reads the same.
     pub sources: Vec<String>,
 }
 
 /// The data half of the settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSettings {
     pub cutoff_len: usize,
     pub packing: bool,
@@ -59,10 +62,54 @@ pub struct DataSettings {
     pub eval_split: f64,
 }
 
+impl Default for DataSettings {
+    fn default() -> DataSettings {
+        DataSettings {
+            cutoff_len: 1024,
+            packing: false,
+            train_on_prompt: false,
+            last_turn_only: false,
+            eval_split: 0.1,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    /// `merit train`'s defaults.
+    fn default() -> TrainConfig {
+        TrainConfig {
+            base: String::new(),
+            method: "lora".into(),
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            rslora: false,
+            targets: vec!["all".into()],
+            lr: 2e-4,
+            scheduler: Scheduler::Cosine,
+            warmup: 0.03,
+            epochs: 3.0,
+            max_steps: None,
+            batch: 2,
+            grad_accum: 8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            eval_every: None,
+            save_every: None,
+            seed: 42,
+            data: DataSettings::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
 impl TrainConfig {
     /// Checks every setting; the error names the flag.
     pub fn check(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
+        if self.base.trim().is_empty() {
+            return bad("--base is required: the base model".into());
+        }
         if self.method != "lora" && self.method != "qlora" {
             return bad(format!("--method `{}` is not lora or qlora", self.method));
         }

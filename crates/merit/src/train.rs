@@ -92,7 +92,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["base", "data", "datanets", "from"])]
     resume: Option<PathBuf>,
     /// Output folder: the adapter, checkpoint-N folders and metrics.jsonl
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "server"])]
     out: Option<PathBuf>,
     /// Print every step and eval as a JSON line instead of the progress bar
     #[arg(long)]
@@ -101,6 +101,13 @@ pub struct TrainArgs {
     data_dir: PathBuf,
     #[arg(long, env = "MERIT_DATABASE_URL")]
     database_url: Option<String>,
+    /// Run on this `merit serve` instead (its worker trains; --base names a model there);
+    /// the live metrics are shown here, Ctrl-C stops the run, --out receives the adapter
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// API token for --server (from `merit user add`)
+    #[arg(long, env = "MERIT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Where rows come from, as recorded in the run's settings.
@@ -113,16 +120,13 @@ fn describe_sources(args: &TrainArgs, resolved: &[(String, i64)]) -> Result<Vec<
     Ok(out)
 }
 
-async fn datanet_rows(args_db: (&Path, Option<&str>), spec: &str) -> Result<(Vec<Value>, (String, i64))> {
+/// The accepted rows of a datanet version (`NAME` for the newest, or
+/// `NAME@VERSION`) and the exact version read.
+async fn datanet_rows(store: &merit_store::Store, spec: &str) -> Result<(Vec<Value>, (String, i64))> {
     let (name, version) = match spec.split_once('@') {
         Some((n, v)) => (n, Some(v.parse::<i64>().with_context(|| format!("--datanet {spec}: bad version"))?)),
         None => (spec, None),
     };
-    let store = match args_db.1 {
-        Some(url) => merit_store::Store::open(url, args_db.0).await,
-        None => merit_store::Store::open_local(args_db.0).await,
-    }
-    .with_context(|| format!("opening the store in {}", args_db.0.display()))?;
     let d = store.datanet(name).await?.with_context(|| format!("no datanet `{name}`"))?;
     let v = match version {
         Some(n) => store.version(&d, n).await?.with_context(|| format!("datanet `{name}` has no version {n}"))?,
@@ -143,14 +147,31 @@ async fn datanet_rows(args_db: (&Path, Option<&str>), spec: &str) -> Result<(Vec
     Ok((rows, (name.to_string(), v.number)))
 }
 
-/// Reads the rows of every source.
-async fn read_sources(sources: &[String], data_dir: &Path, db: Option<&str>) -> Result<Vec<Value>> {
+async fn open_store(data_dir: &Path, db: Option<&str>) -> Result<merit_store::Store> {
+    match db {
+        Some(url) => merit_store::Store::open(url, data_dir).await,
+        None => merit_store::Store::open_local(data_dir).await,
+    }
+    .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// Reads the rows of every source: `file:PATH`, `datanet:NAME@VERSION`
+/// (from `store`) or `blob:SHA256` (rows sent to the server, in its blob store).
+async fn read_sources(sources: &[String], data_dir: &Path, store: Option<&merit_store::Store>) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
     for s in sources {
         if let Some(f) = s.strip_prefix("file:") {
             rows.extend(merit_train::data::read_rows(Path::new(f)).map_err(anyhow::Error::msg)?);
         } else if let Some(d) = s.strip_prefix("datanet:") {
-            rows.extend(datanet_rows((data_dir, db), d).await?.0);
+            let store = store.context("datanet rows need the store")?;
+            rows.extend(datanet_rows(store, d).await?.0);
+        } else if let Some(sha) = s.strip_prefix("blob:") {
+            let blobs = merit_store::Blobs::open(&data_dir.join("blobs"))?;
+            let bytes = blobs.get(sha)?.with_context(|| format!("the sent rows (blob {sha}) are missing"))?;
+            let text = String::from_utf8(bytes).context("the sent rows are not UTF-8")?;
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                rows.push(serde_json::from_str(line).with_context(|| format!("sent row {i}"))?);
+            }
         } else {
             bail!("unknown data source `{s}`");
         }
@@ -158,7 +179,159 @@ async fn read_sources(sources: &[String], data_dir: &Path, db: Option<&str>) -> 
     Ok(rows)
 }
 
+/// Checks that the base can be trained with the run's method.
+fn check_base(data_dir: &Path, config: &TrainConfig) -> Result<()> {
+    model::resolve(data_dir, &config.base)?;
+    if config.method == "qlora" && !model::is_gguf(data_dir, &config.base)? {
+        bail!(
+            "--method qlora keeps the base quantized as stored, which needs a GGUF base; \
+             NF4 quantization of Hugging Face bases is not there yet (use --method lora)"
+        );
+    }
+    Ok(())
+}
+
+/// Loads the base, builds the examples and trains: what `merit train` and
+/// the server's worker share. `note` gets the lines about the data.
+#[allow(clippy::too_many_arguments)]
+fn train_rows(
+    config: &TrainConfig,
+    rows: &[Value],
+    data_dir: &Path,
+    out: &Path,
+    resume: Option<&Path>,
+    from: Option<&Path>,
+    stop: &AtomicBool,
+    note: &mut dyn FnMut(String),
+    on_event: impl FnMut(&Event),
+) -> Result<merit_train::Summary> {
+    check_base(data_dir, config)?;
+    let (mut m, tok) = model::load_base_as(data_dir, &config.base, config.method != "qlora")?;
+    let eos = m.config.eos_token_ids.first().copied();
+    let ds = merit_train::data::build(&tok, eos, rows, &config.data_options());
+    for s in ds.skipped.iter().take(20) {
+        note(format!("skipped row {}: {}", s.row, s.reason));
+    }
+    if ds.skipped.len() > 20 {
+        note(format!("… {} rows skipped in all", ds.skipped.len()));
+    }
+    note(format!(
+        "{} training and {} held-out examples from {} rows; base {} ({}), LoRA r={} α={} on {}",
+        ds.train.len(),
+        ds.eval.len(),
+        rows.len(),
+        config.base,
+        config.method,
+        config.rank,
+        config.alpha,
+        config.targets.join(",")
+    ));
+    let mut trainer = Trainer {
+        model: &mut m,
+        config: config.clone(),
+        data: &ds,
+        out: out.to_path_buf(),
+        pad: eos.unwrap_or(0),
+        stop,
+    };
+    Ok(trainer.run(resume, from, on_event)?)
+}
+
+/// The settings the flags give (sources apart).
+fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        base: args.base.clone().unwrap_or_default(),
+        method: args.method.clone(),
+        rank: args.rank,
+        alpha: args.alpha,
+        dropout: args.dropout,
+        rslora: args.rslora,
+        targets: args.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        lr: args.lr,
+        scheduler: args.scheduler.parse().map_err(anyhow::Error::msg).context("--scheduler")?,
+        warmup: args.warmup,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        batch: args.batch,
+        grad_accum: args.grad_accum,
+        weight_decay: args.weight_decay,
+        max_grad_norm: args.max_grad_norm,
+        eval_every: args.eval_every,
+        save_every: args.save_every,
+        seed: args.seed,
+        data: DataSettings {
+            cutoff_len: args.cutoff_len,
+            packing: args.packing,
+            train_on_prompt: args.train_on_prompt,
+            last_turn_only: args.last_turn_only,
+            eval_split: args.eval_split,
+        },
+        sources: Vec::new(),
+    })
+}
+
+/// Shows training events: a progress bar (made at the first step, when the
+/// total is known) or JSON lines.
+struct Progress {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(json: bool) -> Progress {
+        Progress { json, bar: None }
+    }
+
+    fn show(&mut self, e: &Event) {
+        if self.json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            return;
+        }
+        match e {
+            Event::Step { step, total_steps, loss, lr, tokens_per_s, .. } => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(*total_steps as u64);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    b
+                });
+                bar.set_position(*step as u64);
+                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s"));
+            }
+            Event::Eval { step, eval_loss, eval_perplexity, .. } => {
+                let line = format!("step {step}: eval loss {eval_loss:.4} (perplexity {eval_perplexity:.2})");
+                match &self.bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            Event::Checkpoint { .. } => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn print_summary(stopped: bool, steps: u64, total: u64, out: &str, eval_loss: Option<f64>) {
+    eprintln!(
+        "{} after {steps} of {total} steps; adapter in {out}{}",
+        if stopped { "stopped" } else { "done" },
+        eval_loss.map(|l| format!(", eval loss {l:.4}")).unwrap_or_default()
+    );
+}
+
 pub async fn run(args: TrainArgs) -> Result<()> {
+    if let Some(server) = args.server.clone() {
+        return remote::run(&server, args).await;
+    }
     let db = args.database_url.clone();
     let (config, out, resume_dir) = match &args.resume {
         Some(dir) => {
@@ -171,46 +344,27 @@ pub async fn run(args: TrainArgs) -> Result<()> {
             if args.data.is_none() && args.datanets.is_empty() {
                 bail!("give the training rows: --data FILE or --datanet NAME[@VERSION]");
             }
+            let mut config = config_from_args(&args)?;
             let mut resolved = Vec::new();
-            for spec in &args.datanets {
-                // Resolve "newest" to a number now, so the run names exact versions.
-                resolved.push(datanet_rows((&args.data_dir, db.as_deref()), spec).await?.1);
+            if !args.datanets.is_empty() {
+                let store = open_store(&args.data_dir, db.as_deref()).await?;
+                for spec in &args.datanets {
+                    // Resolve "newest" to a number now, so the run names exact versions.
+                    resolved.push(datanet_rows(&store, spec).await?.1);
+                }
             }
-            let config = TrainConfig {
-                base: args.base.clone().unwrap_or_default(),
-                method: args.method.clone(),
-                rank: args.rank,
-                alpha: args.alpha,
-                dropout: args.dropout,
-                rslora: args.rslora,
-                targets: args.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
-                lr: args.lr,
-                scheduler: args.scheduler.parse().map_err(anyhow::Error::msg).context("--scheduler")?,
-                warmup: args.warmup,
-                epochs: args.epochs,
-                max_steps: args.max_steps,
-                batch: args.batch,
-                grad_accum: args.grad_accum,
-                weight_decay: args.weight_decay,
-                max_grad_norm: args.max_grad_norm,
-                eval_every: args.eval_every,
-                save_every: args.save_every,
-                seed: args.seed,
-                data: DataSettings {
-                    cutoff_len: args.cutoff_len,
-                    packing: args.packing,
-                    train_on_prompt: args.train_on_prompt,
-                    last_turn_only: args.last_turn_only,
-                    eval_split: args.eval_split,
-                },
-                sources: describe_sources(&args, &resolved)?,
-            };
+            config.sources = describe_sources(&args, &resolved)?;
             let out = args.out.clone().context("--out is required")?;
             (config, out, None)
         }
     };
     config.check()?;
-    let rows = read_sources(&config.sources, &args.data_dir, db.as_deref()).await?;
+    let store = if config.sources.iter().any(|s| s.starts_with("datanet:")) {
+        Some(open_store(&args.data_dir, db.as_deref()).await?)
+    } else {
+        None
+    };
+    let rows = read_sources(&config.sources, &args.data_dir, store.as_ref()).await?;
     let data_dir = args.data_dir.clone();
     let from = args.from.clone();
     let json = args.json;
@@ -223,78 +377,220 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         }
     });
     let summary = tokio::task::spawn_blocking(move || -> Result<merit_train::Summary> {
-        let quantized = config.method == "qlora";
-        if quantized && !model::is_gguf(&data_dir, &config.base)? {
-            bail!(
-                "--method qlora keeps the base quantized as stored, which needs a GGUF base; \
-                 NF4 quantization of Hugging Face bases is not there yet (use --method lora)"
-            );
-        }
-        let (mut m, tok) = model::load_base_as(&data_dir, &config.base, !quantized)?;
-        let eos = m.config.eos_token_ids.first().copied();
-        let ds = merit_train::data::build(&tok, eos, &rows, &config.data_options());
-        for s in ds.skipped.iter().take(20) {
-            eprintln!("skipped row {}: {}", s.row, s.reason);
-        }
-        if ds.skipped.len() > 20 {
-            eprintln!("… {} rows skipped in all", ds.skipped.len());
-        }
-        eprintln!(
-            "{} training and {} held-out examples from {} rows; base {} ({}), LoRA r={} α={} on {}",
-            ds.train.len(),
-            ds.eval.len(),
-            rows.len(),
-            config.base,
-            config.method,
-            config.rank,
-            config.alpha,
-            config.targets.join(",")
-        );
-        let mut trainer = Trainer {
-            model: &mut m,
-            config: config.clone(),
-            data: &ds,
-            out: out.clone(),
-            pad: eos.unwrap_or(0),
-            stop: &stop,
-        };
-        let total = trainer.total_steps() as u64;
-        let bar = (!json).then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        let summary = trainer.run(resume_dir.as_deref(), from.as_deref(), |e| match (&bar, e) {
-            (Some(b), Event::Step { step, loss, lr, tokens_per_s, .. }) => {
-                b.set_position(*step as u64);
-                b.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s"));
-            }
-            (Some(b), Event::Eval { step, eval_loss, eval_perplexity, .. }) => {
-                b.println(format!("step {step}: eval loss {eval_loss:.4} (perplexity {eval_perplexity:.2})"));
-            }
-            (Some(_), Event::Checkpoint { .. }) => {}
-            (None, e) => println!("{}", serde_json::to_string(e).unwrap_or_default()),
-        })?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        let mut progress = Progress::new(json);
+        let summary = train_rows(
+            &config,
+            &rows,
+            &data_dir,
+            &out,
+            resume_dir.as_deref(),
+            from.as_deref(),
+            &stop,
+            &mut |line| eprintln!("{line}"),
+            |e| progress.show(e),
+        )?;
+        progress.finish();
         Ok(summary)
     })
     .await??;
-    eprintln!(
-        "{} after {} of {} steps; adapter in {}{}",
-        if summary.stopped { "stopped" } else { "done" },
-        summary.steps,
-        summary.total_steps,
-        summary.out.display(),
-        summary.eval_loss.map(|l| format!(", eval loss {l:.4}")).unwrap_or_default()
+    print_summary(
+        summary.stopped,
+        summary.steps as u64,
+        summary.total_steps as u64,
+        &summary.out.display().to_string(),
+        summary.eval_loss,
     );
     Ok(())
+}
+
+/// The trainer of `merit serve`'s worker: runs jobs with the same code as `merit train`.
+pub struct ServeTrainer {
+    pub data_dir: PathBuf,
+    pub store: merit_store::Store,
+}
+
+impl merit_server::RunTrainer for ServeTrainer {
+    fn prepare(&self, config: Value) -> std::result::Result<Value, String> {
+        let config: TrainConfig =
+            serde_json::from_value(config).map_err(|e| format!("the run's settings do not fit: {e}"))?;
+        config.check().map_err(|e| e.to_string())?;
+        check_base(&self.data_dir, &config).map_err(|e| format!("{e:#}"))?;
+        serde_json::to_value(&config).map_err(|e| e.to_string())
+    }
+
+    fn run(&self, config: &Value, dir: &Path, stop: &AtomicBool) -> std::result::Result<Value, String> {
+        let go = || -> Result<Value> {
+            let config: TrainConfig = serde_json::from_value(config.clone()).context("the run's settings")?;
+            let rows = tokio::runtime::Handle::current().block_on(read_sources(
+                &config.sources,
+                &self.data_dir,
+                Some(&self.store),
+            ))?;
+            let summary = train_rows(
+                &config,
+                &rows,
+                &self.data_dir,
+                dir,
+                None,
+                None,
+                stop,
+                &mut |line| tracing::info!("{line}"),
+                |_| {},
+            )?;
+            Ok(serde_json::to_value(&summary)?)
+        };
+        go().map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// `merit train --server URL`: the run as a job of a running `merit serve`.
+mod remote {
+    use super::*;
+    use crate::client::Client;
+    use reqwest::Method;
+
+    pub async fn run(server: &str, args: TrainArgs) -> Result<()> {
+        if args.resume.is_some() || args.from.is_some() {
+            bail!("--resume and --from work on local folders; they cannot be sent with --server");
+        }
+        if args.data.is_none() && args.datanets.is_empty() {
+            bail!("give the training rows: --data FILE or --datanet NAME[@VERSION]");
+        }
+        let client = Client::new(server, args.token.clone().filter(|t| !t.is_empty()))?;
+        let config = config_from_args(&args)?;
+        config.check()?;
+        let mut body = serde_json::to_value(&config)?;
+        body.as_object_mut().map(|o| o.remove("sources"));
+        if !args.datanets.is_empty() {
+            body["datanets"] = serde_json::json!(args.datanets);
+        }
+        if let Some(f) = &args.data {
+            let rows = merit_train::data::read_rows(f).map_err(anyhow::Error::msg)?;
+            body["rows"] = Value::Array(rows);
+        }
+        let run = client.json(client.request(Method::POST, "/runs").json(&body)).await?;
+        let id = run["id"].as_i64().context("the server's answer has no run id")?;
+        eprintln!("run {id} queued on {server} (status {})", run["status"].as_str().unwrap_or("?"));
+        // Ctrl-C asks the server to stop the run; the stream goes on to its end.
+        let stopper = {
+            let client = Client::new(server, args.token.clone().filter(|t| !t.is_empty()))?;
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping run {id} after this step (a checkpoint is written)…");
+                    if let Err(e) = client.send(client.request(Method::POST, &format!("/runs/{id}/stop"))).await {
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            })
+        };
+        let end = follow(&client, id, args.json).await;
+        stopper.abort();
+        let end = end?;
+        match end["status"].as_str() {
+            Some("done") | Some("stopped") => {}
+            Some(other) => {
+                bail!("run {id} {other}{}", end["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default())
+            }
+            None => bail!("run {id} ended without a status"),
+        }
+        let summary = &end["summary"];
+        let mut where_ = format!("run {id} on the server");
+        if let Some(out) = &args.out {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            for name in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl"] {
+                let resp = client.send(client.request(Method::GET, &format!("/runs/{id}/files/{name}"))).await?;
+                let bytes = resp.bytes().await.with_context(|| format!("downloading {name}"))?;
+                let tmp = out.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, out.join(name)).with_context(|| format!("writing {name}"))?;
+            }
+            where_ = out.display().to_string();
+        }
+        print_summary(
+            summary["stopped"].as_bool().unwrap_or(false),
+            summary["steps"].as_u64().unwrap_or(0),
+            summary["total_steps"].as_u64().unwrap_or(0),
+            &where_,
+            summary["eval_loss"].as_f64(),
+        );
+        Ok(())
+    }
+
+    /// Follows the run's events to its end (reconnecting where it left off);
+    /// returns the run as the `end` event gives it.
+    async fn follow(client: &Client, id: i64, json: bool) -> Result<Value> {
+        let mut progress = Progress::new(json);
+        let mut last_id: Option<String> = None;
+        let mut failures = 0;
+        loop {
+            let mut req = client.request(Method::GET, &format!("/runs/{id}/events"));
+            if let Some(l) = &last_id {
+                req = req.header("last-event-id", l.as_str());
+            }
+            let mut resp = match client.send(req).await {
+                Ok(r) => r,
+                Err(e) if failures < 5 => {
+                    failures += 1;
+                    eprintln!("warning: {e:#}; reconnecting");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut buf = String::new();
+            let (mut event, mut data, mut eid) = (String::new(), String::new(), None::<String>);
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) | Err(_) => break,
+                };
+                failures = 0;
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(nl) = buf.find('\n') {
+                    let line = buf[..nl].trim_end_matches('\r').to_string();
+                    buf.drain(..=nl);
+                    if line.is_empty() {
+                        // One event is complete.
+                        if let Some(i) = eid.take() {
+                            last_id = Some(i);
+                        }
+                        let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                        match event.as_str() {
+                            "end" => {
+                                progress.finish();
+                                return Ok(value);
+                            }
+                            "status" if !json => {
+                                if let Some(s) = value["status"].as_str() {
+                                    if s != "running" || progress.bar.is_none() {
+                                        eprintln!("run {id}: {s}");
+                                    }
+                                }
+                            }
+                            _ => {
+                                if let Ok(e) = serde_json::from_value::<Event>(value) {
+                                    progress.show(&e);
+                                }
+                            }
+                        }
+                        event.clear();
+                        data.clear();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        eid = Some(v.trim().to_string());
+                    }
+                }
+            }
+            failures += 1;
+            if failures > 5 {
+                bail!("lost the event stream of run {id}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// `merit bench train`: optimizer steps on one synthetic sequence (batch 1),

@@ -734,3 +734,68 @@ fn export_merges_and_compare_answers_side_by_side() {
     assert_eq!(answers.len(), 2);
     assert!(answers.contains_key("base"));
 }
+
+/// `merit train --server`: the same run as a job of `merit serve` gives the
+/// same adapter as a local run; Ctrl-C on the client stops the job cleanly
+/// with a final checkpoint.
+#[tokio::test]
+async fn train_on_the_server_streams_metrics_and_stops() {
+    let server = Server::start().await;
+    let ann = server.user("ann");
+    let mut text = String::new();
+    for i in 0..12 {
+        let row =
+            serde_json::json!({"instruction": format!("Name fact {i}."), "output": format!("Fact {i} is {}.", i * 3)});
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    let rows = server.file("rows.jsonl", text.as_bytes());
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
+    let work = tempfile::tempdir().unwrap();
+    let args = |out: &Path, steps: &str| -> Vec<String> {
+        ["train", "--base", s(&base), "--data", s(&rows), "--out", s(out), "--max-steps", steps, "--batch", "2"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(["--grad-accum", "1", "--lr", "5e-3", "--eval-every", "5", "--json"].map(str::to_string))
+            .collect()
+    };
+    let local = work.path().join("local");
+    let a = args(&local, "10");
+    let out = merit().args(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let remote = work.path().join("remote");
+    let mut a = args(&remote, "10");
+    a.extend(["--server".to_string(), server.url.clone(), "--token".to_string(), ann.clone()]);
+    let out = merit().args(&a).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), 10, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("\"kind\":\"eval\"")).count(), 2, "{stdout}");
+    let bytes = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(bytes(&local), bytes(&remote), "the server's adapter differs from the local run's");
+
+    // Ctrl-C on the client: the server stops the run after a step and checkpoints it.
+    let stopped = work.path().join("stopped");
+    let mut a = args(&stopped, "100000");
+    a.extend(["--server".to_string(), server.url.clone(), "--token".to_string(), ann.clone()]);
+    let mut child = merit().args(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"kind\":\"step\""), "{first}");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped after"), "{stderr}");
+    assert!(rest.iter().any(|l| l.contains("\"kind\":\"checkpoint\"")), "no final checkpoint: {rest:?}");
+    assert!(stopped.join("adapter_model.safetensors").exists());
+    let http = reqwest::Client::new();
+    let list: Value =
+        http.get(format!("{}/api/v1/runs", server.url)).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
+    let statuses: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["stopped", "done"]);
+    assert!(list[0]["summary"]["steps"].as_u64().unwrap() < 100000);
+}

@@ -238,7 +238,7 @@ pub async fn versions_list(
     Ok(Json(state.store.versions(&a.datanet).await?))
 }
 
-async fn version_or_latest(state: &AppState, d: &Datanet, number: Option<i64>) -> ApiResult<Version> {
+pub(crate) async fn version_or_latest(state: &AppState, d: &Datanet, number: Option<i64>) -> ApiResult<Version> {
     match number {
         Some(n) => state
             .store

@@ -3,6 +3,7 @@
 mod contributions;
 mod datanets;
 mod ledger;
+mod runs;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -51,6 +52,11 @@ pub fn api() -> Router<AppState> {
         .route("/datanets/{name}/contributions/{id}/file", get(contributions::contributions_file))
         .route("/datanets/{name}/contributions/{id}/approve", post(contributions::contributions_approve))
         .route("/datanets/{name}/contributions/{id}/reject", post(contributions::contributions_reject))
+        .route("/runs", get(runs::runs_list).post(runs::runs_create).layer(DefaultBodyLimit::max(256 * 1024 * 1024)))
+        .route("/runs/{id}", get(runs::runs_show))
+        .route("/runs/{id}/stop", post(runs::runs_stop))
+        .route("/runs/{id}/events", get(runs::runs_events))
+        .route("/runs/{id}/files/{name}", get(runs::runs_file))
 }
 
 /// What a caller may do with a datanet.

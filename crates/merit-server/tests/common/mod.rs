@@ -35,10 +35,24 @@ impl App {
     }
 
     pub async fn with_rate(rate: RateLimit) -> App {
+        App::build(rate, None).await
+    }
+
+    /// An app whose worker trains with `trainer`.
+    pub async fn with_trainer(trainer: std::sync::Arc<dyn merit_server::RunTrainer>) -> App {
+        App::build(RateLimit { per_second: 10_000.0, burst: 10_000.0 }, Some(trainer)).await
+    }
+
+    async fn build(rate: RateLimit, trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;
         let signer = merit_ledger::checkpoint::NoteSigner::from_seed("merit.test/ledger", &[1; 32]).unwrap();
-        let router = router(AppState::new(store.clone(), rate, signer));
+        let mut state = AppState::new(store.clone(), rate, signer);
+        if let Some(t) = trainer {
+            state = state.with_trainer(t, dir.path().join("runs"));
+            merit_server::start_worker(&state);
+        }
+        let router = router(state);
         App { router, store, _dir: dir }
     }
 

@@ -1,0 +1,302 @@
+//! `/runs`: training runs as jobs (see `crate::runs`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::runs::{run_json, RunHost};
+use crate::AppState;
+use merit_store::Run;
+
+fn host(state: &AppState) -> ApiResult<Arc<RunHost>> {
+    state.runs.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_trainer", "this server does not train (it has no worker)")
+    })
+}
+
+/// A run the caller may see: their own, or any for an administrator (others: 404).
+async fn visible_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Run> {
+    let user = caller.user()?;
+    let id = super::parse_id("run id", id)?;
+    match state.store.run(id).await? {
+        Some(r) if r.owner_id == user.id || user.admin => Ok(r),
+        _ => Err(ApiError::not_found(format!("run {id}"))),
+    }
+}
+
+/// `POST /runs`: the run's settings (merit-train's, every one optional but
+/// `base`), plus where the rows come from: `datanets` (`NAME` or
+/// `NAME@VERSION`, resolved now to exact versions the caller may read) and/or
+/// `rows` (the rows themselves, stored as a blob).
+pub async fn runs_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let user = caller.user()?.clone();
+    let host = host(&state)?;
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::unprocessable("the body must be a JSON object of run settings"));
+    };
+    let mut sources = Vec::new();
+    match body.remove("datanets") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for spec in list {
+                let Some(spec) = spec.as_str() else {
+                    return Err(ApiError::unprocessable("`datanets` must be a list of \"NAME[@VERSION]\" strings"));
+                };
+                let (name, number) = match spec.split_once('@') {
+                    Some((n, v)) => (
+                        n,
+                        Some(v.parse::<i64>().map_err(|_| {
+                            ApiError::unprocessable(format!("`datanets`: `{spec}` has a bad version (a whole number)"))
+                        })?),
+                    ),
+                    None => (spec, None),
+                };
+                let access = super::access(&state, &caller, name).await?;
+                let v = super::datanets::version_or_latest(&state, &access.datanet, number).await?;
+                sources.push(Value::String(format!("datanet:{name}@{}", v.number)));
+            }
+        }
+        Some(_) => return Err(ApiError::unprocessable("`datanets` must be a list of \"NAME[@VERSION]\" strings")),
+    }
+    match body.remove("rows") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(rows)) if !rows.is_empty() => {
+            let mut jsonl = Vec::new();
+            for r in &rows {
+                serde_json::to_writer(&mut jsonl, r).map_err(|_| ApiError::internal())?;
+                jsonl.push(b'\n');
+            }
+            let blobs = state.store.blobs().clone();
+            let sha = tokio::task::spawn_blocking(move || blobs.put(&jsonl))
+                .await
+                .map_err(|_| ApiError::internal())?
+                .map_err(merit_store::StoreError::from)?;
+            sources.push(Value::String(format!("blob:{sha}")));
+        }
+        Some(_) => return Err(ApiError::unprocessable("`rows` must be a non-empty list of rows")),
+    }
+    if body.contains_key("sources") {
+        return Err(ApiError::unprocessable("give rows with `datanets` or `rows`, not `sources`"));
+    }
+    if sources.is_empty() {
+        return Err(ApiError::unprocessable("a run needs rows: `datanets` (NAME[@VERSION]) or `rows`"));
+    }
+    body.insert("sources".into(), Value::Array(sources));
+    let trainer = host.trainer.clone();
+    let config = tokio::task::spawn_blocking(move || trainer.prepare(Value::Object(body)))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(ApiError::unprocessable)?;
+    let run = state.store.create_run(&user, &config).await?;
+    host.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(run_json(&run))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    offset: i64,
+    limit: Option<i64>,
+    /// Administrators: `all=true` lists everybody's runs.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /runs`: the caller's runs, newest first.
+pub async fn runs_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let user = caller.user()?;
+    let limit = super::page_limit(q.limit, q.offset)?;
+    let owner = if q.all && user.admin { None } else { Some(user) };
+    let runs = state.store.runs(owner, q.offset, limit).await?;
+    Ok(Json(Value::Array(runs.iter().map(run_json).collect())))
+}
+
+pub async fn runs_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(run_json(&visible_run(&state, &caller, &id).await?)))
+}
+
+/// `POST /runs/{id}/stop`: a queued run is stopped at once; a running one
+/// stops after its current step and writes a final checkpoint (202).
+pub async fn runs_stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let run = visible_run(&state, &caller, &id).await?;
+    let run = state.store.request_stop(run.id).await?;
+    let code = if run.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((code, Json(run_json(&run))))
+}
+
+/// The files of a run that can be fetched.
+const FILES: &[(&str, &str)] = &[
+    ("adapter_config.json", "application/json"),
+    ("adapter_model.safetensors", "application/octet-stream"),
+    ("metrics.jsonl", "application/x-ndjson"),
+];
+
+/// `GET /runs/{id}/files/{name}`: the adapter (newest complete one) and metrics.
+pub async fn runs_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let run = visible_run(&state, &caller, &id).await?;
+    let host = host(&state)?;
+    let Some((_, mime)) = FILES.iter().find(|(n, _)| *n == name) else {
+        return Err(ApiError::not_found(format!(
+            "file `{name}` (a run has {})",
+            FILES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let path = host.run_dir(run.id).join(&name);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(([(header::CONTENT_TYPE, *mime)], bytes).into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiError::not_found(format!("`{name}` of run {} (not written yet)", run.id)))
+        }
+        Err(e) => {
+            tracing::error!("reading {}: {e}", path.display());
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// Where an event stream is: the bytes of `metrics.jsonl` read so far, the
+/// lines sent, the last status sent.
+struct Tail {
+    state: AppState,
+    host: Arc<RunHost>,
+    id: i64,
+    offset: u64,
+    line: u64,
+    skip: u64,
+    status: String,
+    done: bool,
+}
+
+impl Tail {
+    /// The complete lines added to `metrics.jsonl` since the last call.
+    async fn new_lines(&mut self) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.host.run_dir(self.id).join("metrics.jsonl");
+        let Ok(mut f) = tokio::fs::File::open(&path).await else {
+            return Vec::new();
+        };
+        if f.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).await.is_err() {
+            return Vec::new();
+        }
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        self.offset += end as u64 + 1;
+        String::from_utf8_lossy(&buf[..end]).lines().map(str::to_string).collect()
+    }
+
+    /// The new metric lines as events named by their `kind`.
+    async fn metric_events(&mut self, out: &mut Vec<Event>) {
+        for line in self.new_lines().await {
+            self.line += 1;
+            if self.line <= self.skip {
+                continue;
+            }
+            let kind = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["kind"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "metric".into());
+            out.push(Event::default().id(self.line.to_string()).event(kind).data(line));
+        }
+    }
+
+    /// The next batch of events; empty when there is nothing new yet.
+    async fn poll(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.metric_events(&mut out).await;
+        let run = match self.state.store.run(self.id).await {
+            Ok(Some(r)) => r,
+            _ => {
+                self.done = true;
+                out.push(Event::default().event("end").data(json!({ "status": "gone" }).to_string()));
+                return out;
+            }
+        };
+        if run.status != self.status {
+            self.status = run.status.clone();
+            out.push(Event::default().event("status").data(json!({ "status": run.status }).to_string()));
+        }
+        if run.ended() {
+            // Lines written just before the end was recorded.
+            self.metric_events(&mut out).await;
+            self.done = true;
+            out.push(Event::default().event("end").data(run_json(&run).to_string()));
+        }
+        out
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// Skip the first N metric lines (as `Last-Event-ID` does on reconnect).
+    after: Option<u64>,
+}
+
+/// `GET /runs/{id}/events`: server-sent events. Every line of the run's
+/// `metrics.jsonl` (event `step`, `eval` or `checkpoint`, id = line number,
+/// data = the line), `status` on every change, and a last `end` with the run.
+pub async fn runs_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<Response> {
+    let run = visible_run(&state, &caller, &id).await?;
+    let host = host(&state)?;
+    let skip = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(q.after)
+        .unwrap_or(0);
+    let tail = Tail { state, host, id: run.id, offset: 0, line: 0, skip, status: String::new(), done: false };
+    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+        if tail.done {
+            return None;
+        }
+        loop {
+            let events = tail.poll().await;
+            if !events.is_empty() {
+                return Some((futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)), tail));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    use futures_util::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

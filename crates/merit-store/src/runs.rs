@@ -1,0 +1,183 @@
+//! Training runs: a job queue in the database. `merit serve`'s worker claims
+//! the oldest queued run (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several
+//! workers never take the same one); metrics live in the run's folder.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{col, now_ms, Backend, Store, StoreError, User};
+
+/// A training run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub owner: String,
+    pub owner_id: i64,
+    /// `queued`, `running`, `done`, `stopped`, `failed` or `interrupted`.
+    pub status: String,
+    /// The run's settings (merit-train's `TrainConfig`).
+    pub config: Value,
+    pub stop_requested: bool,
+    pub summary: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl Run {
+    /// Whether the run has ended (it will not change any more).
+    pub fn ended(&self) -> bool {
+        matches!(self.status.as_str(), "done" | "stopped" | "failed" | "interrupted")
+    }
+}
+
+const SELECT: &str = "SELECT r.id, r.owner_id, u.name AS owner, r.status, r.config, r.stop_requested, r.summary, \
+                      r.error, r.created_at, r.started_at, r.finished_at FROM runs r JOIN users u ON u.id = r.owner_id";
+
+fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
+    let json = |name: &str, s: Option<String>| -> Result<Option<Value>, StoreError> {
+        s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("run {name}: {e}")))).transpose()
+    };
+    Ok(Run {
+        id: col(row, "id")?,
+        owner_id: col(row, "owner_id")?,
+        owner: col(row, "owner")?,
+        status: col(row, "status")?,
+        config: json("config", Some(col(row, "config")?))?.unwrap_or(Value::Null),
+        stop_requested: col::<i64>(row, "stop_requested")? != 0,
+        summary: json("summary", col(row, "summary")?)?,
+        error: col(row, "error")?,
+        created_at: col(row, "created_at")?,
+        started_at: col(row, "started_at")?,
+        finished_at: col(row, "finished_at")?,
+    })
+}
+
+impl Store {
+    /// Queues a run for `owner`.
+    pub async fn create_run(&self, owner: &User, config: &Value) -> Result<Run, StoreError> {
+        let mut w = self.write().await?;
+        let row = sqlx::query(
+            "INSERT INTO runs (owner_id, status, config, created_at) VALUES ($1, 'queued', $2, $3) RETURNING id",
+        )
+        .bind(owner.id)
+        .bind(config.to_string())
+        .bind(now_ms())
+        .fetch_one(&mut *w.tx)
+        .await?;
+        let id: i64 = col(&row, "id")?;
+        w.commit().await?;
+        self.run(id).await?.ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<Run>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE r.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    /// Runs, newest first: of one owner, or of everybody.
+    pub async fn runs(&self, owner: Option<&User>, offset: i64, limit: i64) -> Result<Vec<Run>, StoreError> {
+        let rows = match owner {
+            Some(u) => {
+                sqlx::query(&format!("{SELECT} WHERE r.owner_id = $1 ORDER BY r.id DESC LIMIT $2 OFFSET $3"))
+                    .bind(u.id)
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("{SELECT} ORDER BY r.id DESC LIMIT $1 OFFSET $2"))
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(run_from).collect()
+    }
+
+    /// Takes the oldest queued run for `worker`, marking it running.
+    pub async fn claim_run(&self, worker: &str) -> Result<Option<Run>, StoreError> {
+        let mut w = self.write().await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let row = sqlx::query(&format!("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1{lock}"))
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = col(&row, "id")?;
+        sqlx::query("UPDATE runs SET status = 'running', worker = $1, started_at = $2 WHERE id = $3")
+            .bind(worker)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        self.run(id).await
+    }
+
+    /// Records how a run ended.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: &str,
+        summary: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        sqlx::query("UPDATE runs SET status = $1, summary = $2, error = $3, finished_at = $4 WHERE id = $5")
+            .bind(status)
+            .bind(summary.map(Value::to_string))
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// Asks a run to stop: a queued run is stopped at once, a running one is
+    /// flagged for its worker (which writes a final checkpoint). A run that
+    /// has ended is a conflict.
+    pub async fn request_stop(&self, id: i64) -> Result<Run, StoreError> {
+        let mut w = self.write().await?;
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(id).fetch_optional(&mut *w.tx).await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("run {id}")));
+        };
+        let status: String = col(&row, "status")?;
+        match status.as_str() {
+            "queued" => {
+                sqlx::query("UPDATE runs SET status = 'stopped', stop_requested = 1, finished_at = $1 WHERE id = $2")
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
+            "running" => {
+                sqlx::query("UPDATE runs SET stop_requested = 1 WHERE id = $1").bind(id).execute(&mut *w.tx).await?;
+            }
+            other => return Err(StoreError::Conflict(format!("run {id} has already ended ({other})"))),
+        }
+        w.commit().await?;
+        self.run(id).await?.ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
+    }
+
+    /// Marks the runs left `running` by workers whose name starts with
+    /// `worker_prefix` (a restarted machine) as `interrupted`; returns how many.
+    pub async fn interrupt_runs(&self, worker_prefix: &str) -> Result<u64, StoreError> {
+        let mut w = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'interrupted', finished_at = $1 WHERE status = 'running' AND worker LIKE $2",
+        )
+        .bind(now_ms())
+        .bind(format!("{}%", worker_prefix.replace('%', "")))
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
