@@ -3,7 +3,9 @@
 
 Both train SmolLM2-135M in f32 on one 256-token sequence per step (batch 1),
 LoRA r=8 alpha=16 with AdamW, first on q_proj,v_proj then on all linear
-layers; Merit also runs QLoRA (the GGUF's 4-bit base kept quantized). Each
+layers; Merit also runs QLoRA (the GGUF's 4-bit base kept quantized), and
+both again with gradient checkpointing (layers recomputed in the backward
+pass). Each
 measurement is a fresh process; tokens/s is over the timed steps after one
 warm-up step, peak memory is the process's maximum resident set.
 
@@ -49,11 +51,12 @@ def torch_run(model, threads, tokens, steps, targets):
     return {"tokens_per_s": tokens * len(times) / sum(times), "peak_bytes": peak}
 
 
-def merit_run(binary, model, threads, tokens, steps, targets, method):
+def merit_run(binary, model, threads, tokens, steps, targets, method, checkpointing=False):
     t = {"qv": "q_proj,v_proj", "all": "all"}[targets]
     out = subprocess.run(
         [binary, "--threads", str(threads), "bench", "train", "--model", model, "--tokens", str(tokens),
-         "--steps", str(steps), "--targets", t, "--method", method, "--json"],
+         "--steps", str(steps), "--targets", t, "--method", method, "--json"]
+        + (["--gradient-checkpointing"] if checkpointing else []),
         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,19 +80,25 @@ def main():
                             str(a.threads), "--tokens", str(a.tokens), "--steps", str(a.steps), "--targets", targets],
                            check=True, capture_output=True, text=True)
         torch_r = json.loads(t.stdout.strip().splitlines()[-1])
-        lora = merit_run(a.merit, a.model, a.threads, a.tokens, a.steps, targets, "lora")
-        qlora = merit_run(a.merit, a.model, a.threads, a.tokens, a.steps, targets, "qlora")
-        rows.append((targets, torch_r, lora, qlora))
+        runs = {(m, c): merit_run(a.merit, a.model, a.threads, a.tokens, a.steps, targets, m, c)
+                for c in [False, True] for m in ["lora", "qlora"]}
+        rows.append((targets, torch_r, runs))
     print(f"SmolLM2-135M, batch 1 x {a.tokens} tokens, r=8, AdamW, {a.threads} threads, {a.steps} timed steps")
-    print(f"{'targets':8}{'engine':22}{'tokens/s':>10}{'peak MiB':>10}{'vs torch':>10}")
-    for targets, tr, lo, ql in rows:
+    print(f"{'targets':8}{'engine':28}{'tokens/s':>10}{'peak MiB':>10}{'vs torch':>10}")
+    for targets, tr, runs in rows:
         name = {"qv": "q,v", "all": "all"}[targets]
-        for label, r in [("PyTorch + PEFT", tr), ("Merit LoRA (f32)", lo), ("Merit QLoRA (4-bit)", ql)]:
+        engines = [("PyTorch + PEFT", tr)] + [
+            (f"Merit {'QLoRA (4-bit)' if m == 'qlora' else 'LoRA (f32)'}{' +ckpt' if c else ''}", runs[(m, c)])
+            for c in [False, True] for m in ["lora", "qlora"]]
+        for label, r in engines:
             ratio = r["tokens_per_s"] / tr["tokens_per_s"]
-            print(f"{name:8}{label:22}{r['tokens_per_s']:>10.1f}{r['peak_bytes'] / 2**20:>10.0f}{ratio:>9.2f}x")
-        print(f"{'':8}QLoRA/LoRA: speed {ql['tokens_per_s'] / lo['tokens_per_s']:.2f}x, "
-              f"peak memory {ql['peak_bytes'] / lo['peak_bytes']:.2f}x   "
-              f"(targets: LoRA >= 1.0x torch; QLoRA memory <= 0.5x at speed >= 0.8x)")
+            print(f"{name:8}{label:28}{r['tokens_per_s']:>10.1f}{r['peak_bytes'] / 2**20:>10.0f}{ratio:>9.2f}x")
+        for c in [False, True]:
+            lo, ql = runs[("lora", c)], runs[("qlora", c)]
+            print(f"{'':8}QLoRA/LoRA{' (both with gradient checkpointing)' if c else ''}: "
+                  f"speed {ql['tokens_per_s'] / lo['tokens_per_s']:.2f}x, "
+                  f"peak memory {ql['peak_bytes'] / lo['peak_bytes']:.2f}x")
+    print("targets: LoRA >= 1.0x torch; QLoRA memory <= 0.5x of LoRA at speed >= 0.8x")
 
 
 if __name__ == "__main__":

@@ -856,4 +856,153 @@ pub mod train {
             Ok(Some(out))
         }
     }
+
+    /// Attention for training: `softmax(q kᵀ · scale + bias) v` where the
+    /// `rep` query heads of a group are extra rows of `q` (b × kv heads ×
+    /// rep·t × d) and `bias` (no gradient) broadcasts to b × heads × t × total.
+    /// Only q, k and v are kept for the backward pass, which recomputes the
+    /// probabilities one layer at a time: no b × heads × t × total tensor
+    /// stays alive between the passes.
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, heads: usize, scale: f64) -> CResult<Tensor> {
+        let (t, total) = (q.dim(2)? * q.dim(1)? / heads, k.dim(2)?);
+        let mut dims = bias.dims().to_vec();
+        while dims.len() < 4 {
+            dims.insert(0, 1);
+        }
+        let (bb, bh) = (dims[0], dims[1]);
+        let bias = bias.reshape(dims)?.broadcast_as((bb, bh, t, total))?.to_dtype(candle_core::DType::F64)?;
+        let op = Attention { bias: bias.flatten_all()?.to_vec1()?, bb, bh, heads, t, total, scale };
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    }
+
+    struct Attention {
+        /// bb × bh × t × total, bb ∈ {1, b}, bh ∈ {1, heads}.
+        bias: Vec<f64>,
+        bb: usize,
+        bh: usize,
+        heads: usize,
+        t: usize,
+        total: usize,
+        scale: f64,
+    }
+
+    /// A contiguous CPU storage as an untracked tensor.
+    fn tensor_of(s: &CpuStorage, l: &Layout) -> CResult<Tensor> {
+        let dev = candle_core::Device::Cpu;
+        match s {
+            CpuStorage::F32(_) => Tensor::from_slice(contiguous::<f32>(s, l)?, l.shape(), &dev),
+            _ => Tensor::from_slice(contiguous::<f64>(s, l)?, l.shape(), &dev),
+        }
+    }
+
+    impl Attention {
+        /// The bias row of score row `r` (rows ordered b, head, query).
+        fn bias_row(&self, r: usize) -> &[f64] {
+            let (bi, h, i) = (r / (self.heads * self.t), (r / self.t) % self.heads, r % self.t);
+            let (bi, h) = (if self.bb == 1 { 0 } else { bi }, if self.bh == 1 { 0 } else { h });
+            let at = ((bi * self.bh + h) * self.t + i) * self.total;
+            &self.bias[at..at + self.total]
+        }
+
+        /// The attention probabilities (b × kv heads × rep·t × total): scale,
+        /// bias and softmax in one pass over the raw scores.
+        fn probs<T: Float>(&self, q: &Tensor, k: &Tensor) -> CResult<Tensor> {
+            let raw = q.matmul(&k.t()?)?;
+            let shape = raw.shape().clone();
+            let raw: Vec<T> = raw.flatten_all()?.to_vec1()?;
+            let n = self.total;
+            let scale = T::of(self.scale);
+            let out = par_rows(raw.len() / n, n, |r, o| {
+                let bias = self.bias_row(r);
+                let mut max = T::of(f64::NEG_INFINITY);
+                for ((o, x), b) in o.iter_mut().zip(&raw[r * n..(r + 1) * n]).zip(bias) {
+                    *o = *x * scale + T::of(*b);
+                    if *o > max {
+                        max = *o;
+                    }
+                }
+                if max == T::of(f64::NEG_INFINITY) {
+                    // A row that sees no key attends to nothing.
+                    o.iter_mut().for_each(|v| *v = T::of(0.0));
+                    return;
+                }
+                let mut sum = 0f64;
+                for o in o.iter_mut() {
+                    *o = (*o - max).exp();
+                    sum += o.to_f64();
+                }
+                let inv = T::of(1.0 / sum);
+                o.iter_mut().for_each(|v| *v *= inv);
+            });
+            Tensor::from_vec(out, shape, q.device())
+        }
+
+        fn backward<T: Float>(&self, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor) -> CResult<[Tensor; 3]> {
+            let p = self.probs::<T>(q, k)?;
+            let dv = p.t()?.matmul(g)?;
+            let dp = g.matmul(&v.t()?)?;
+            let shape = dp.shape().clone();
+            let (pv, dpv): (Vec<T>, Vec<T>) = (p.flatten_all()?.to_vec1()?, dp.flatten_all()?.to_vec1()?);
+            drop((p, dp));
+            let n = self.total;
+            let scale = T::of(self.scale);
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)), with the scale of the scores folded in.
+            let ds = par_rows(pv.len() / n, n, |r, o| {
+                let (p, dp) = (&pv[r * n..(r + 1) * n], &dpv[r * n..(r + 1) * n]);
+                let dot = T::of(p.iter().zip(dp).map(|(a, b)| (*a * *b).to_f64()).sum::<f64>());
+                for ((o, p), dp) in o.iter_mut().zip(p).zip(dp) {
+                    *o = *p * (*dp - dot) * scale;
+                }
+            });
+            drop((pv, dpv));
+            let ds = Tensor::from_vec(ds, shape, q.device())?;
+            Ok([ds.matmul(k)?, ds.t()?.matmul(q)?, dv])
+        }
+    }
+
+    impl candle_core::CustomOp3 for Attention {
+        fn name(&self) -> &'static str {
+            "attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> CResult<(CpuStorage, Shape)> {
+            let (q, k, v) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
+            let (storage, out) = match s1 {
+                CpuStorage::F32(_) => {
+                    let out = self.probs::<f32>(&q, &k)?.matmul(&v)?;
+                    (f32::storage(out.flatten_all()?.to_vec1()?), out)
+                }
+                _ => {
+                    let out = self.probs::<f64>(&q, &k)?.matmul(&v)?;
+                    (f64::storage(out.flatten_all()?.to_vec1()?), out)
+                }
+            };
+            Ok((storage, out.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (q, k, v) = (q.detach(), k.detach(), v.detach());
+            let g = grad.detach().to_dtype(q.dtype())?.contiguous()?;
+            let [dq, dk, dv] = match q.dtype() {
+                candle_core::DType::F32 => self.backward::<f32>(&q, &k, &v, &g)?,
+                _ => self.backward::<f64>(&q, &k, &v, &g)?,
+            };
+            Ok((Some(dq), Some(dk), Some(dv)))
+        }
+    }
 }

@@ -26,6 +26,7 @@ pub mod gguf;
 pub mod linear;
 pub mod loader;
 pub mod model;
+pub mod nf4;
 pub mod quant;
 pub mod tokenizer;
 
@@ -34,6 +35,7 @@ pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScalin
 pub use generate::{generate, generate_batch, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
 pub use linear::{Dropout, Linear, Lora, LoraRows, Weight};
 pub use model::{Cache, Decoder, LoraConfig};
+pub use nf4::Nf4Weight;
 pub use quant::QWeight;
 pub use tokenizer::{Message, TextTokenizer};
 

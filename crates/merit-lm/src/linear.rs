@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
+use crate::nf4::Nf4Weight;
 use crate::quant::QWeight;
 
 type CResult<T> = candle_core::Result<T>;
@@ -21,7 +22,10 @@ type CResult<T> = candle_core::Result<T>;
 #[derive(Debug, Clone)]
 pub enum Weight {
     Dense(Tensor),
+    /// GGUF blocks, as stored.
     Quant(QWeight),
+    /// NF4 with double-quantized maxima (QLoRA on a Hugging Face base).
+    Nf4(Nf4Weight),
 }
 
 impl Weight {
@@ -30,6 +34,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.dims2(),
             Weight::Quant(q) => Ok((q.rows, q.cols)),
+            Weight::Nf4(q) => Ok((q.rows, q.cols)),
         }
     }
 
@@ -38,6 +43,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => Ok(t.clone()),
             Weight::Quant(q) => q.dequantize(),
+            Weight::Nf4(q) => q.dequantize(),
         }
     }
 
@@ -46,6 +52,7 @@ impl Weight {
         Ok(match self {
             Weight::Dense(t) => Weight::Dense(t.narrow(0, start, n)?.contiguous()?),
             Weight::Quant(q) => Weight::Quant(q.narrow_rows(start, n)?),
+            Weight::Nf4(q) => Weight::Nf4(q.narrow_rows(start, n)?),
         })
     }
 
@@ -58,6 +65,7 @@ impl Weight {
                 Weight::Dense(t.index_select(&index, 0)?)
             }
             Weight::Quant(q) => Weight::Quant(q.select_rows(rows)?),
+            Weight::Nf4(q) => Weight::Nf4(q.select_rows(rows)?),
         })
     }
 
@@ -66,6 +74,7 @@ impl Weight {
         match self {
             Weight::Dense(w) => x.broadcast_matmul(&w.t()?),
             Weight::Quant(q) => with_f32_rows(x, |rows, m| q.matmul_rows(rows, m), q.rows),
+            Weight::Nf4(q) => q.forward(x),
         }
     }
 
@@ -74,6 +83,7 @@ impl Weight {
         match self {
             Weight::Dense(w) => g.broadcast_matmul(w),
             Weight::Quant(q) => q.backward_input(g),
+            Weight::Nf4(q) => q.backward_input(g),
         }
     }
 }
@@ -87,6 +97,25 @@ fn with_f32_rows(x: &Tensor, f: impl FnOnce(&[f32], usize) -> CResult<Vec<f32>>,
     let out = crate::fused::with_slice(&x.to_dtype(DType::F32)?, |rows| f(rows, m))?;
     shape.push(out_dim);
     Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())
+}
+
+thread_local! {
+    /// Set inside [`no_grad`]: adapters run detached, so nothing is recorded for a backward pass.
+    static NO_GRAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with adapters detached from their variables: a forward pass that
+/// builds no graph (gradient checkpointing runs each layer once like this
+/// and again, with a graph, in the backward pass).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD.with(|g| g.replace(true)));
+    f()
 }
 
 /// The frozen product `x Wᵀ` as an op with an input-only backward.
@@ -249,12 +278,15 @@ impl Linear {
                 Some(d) => d.apply(x)?,
                 None => x.clone(),
             };
+            let tracked = !NO_GRAD.with(|g| g.get());
+            let var = |v: &Var| if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() };
+            let (a, b) = (var(&l.a), var(&l.b));
             let b = match &l.rows {
-                None => l.b.as_tensor().clone(),
-                Some(LoraRows::Range(start, n)) => l.b.as_tensor().narrow(0, *start, *n)?,
-                Some(LoraRows::Index(ix)) => l.b.as_tensor().index_select(ix, 0)?,
+                None => b,
+                Some(LoraRows::Range(start, n)) => b.narrow(0, *start, *n)?,
+                Some(LoraRows::Index(ix)) => b.index_select(ix, 0)?,
             };
-            let delta = (input.broadcast_matmul(&l.a.as_tensor().t()?)?.broadcast_matmul(&b.t()?)? * l.scale)?;
+            let delta = (input.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * l.scale)?;
             y = (y + delta)?;
         }
         Ok(y)
@@ -302,25 +334,33 @@ mod tests {
         assert!(diff < 1e-3, "{diff}");
     }
 
-    /// QLoRA: the quantized base passes gradients to the adapter and input.
+    /// QLoRA: the quantized base (GGUF blocks or NF4) passes gradients to
+    /// the adapter and input, and gets none itself.
     #[test]
     fn quantized_base_trains_the_adapter() {
         let w = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap();
-        let q = QWeight::quantize(&w, GgmlDType::Q4_1).unwrap();
-        let deq = q.dequantize().unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 64), &Device::Cpu).unwrap()).unwrap();
-        let (l, a) = lin(Weight::Quant(q));
-        let grads = l.forward(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(grads.get(&a).is_some());
-        // d(sum(x Wᵀ + …))/dx = column sums of W plus the adapter's part.
-        let lora = l.lora.as_ref().unwrap();
-        let ones = Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap();
-        let want = (ones.matmul(&deq).unwrap()
-            + (ones.matmul(lora.b.as_tensor()).unwrap().matmul(lora.a.as_tensor()).unwrap() * 2.0).unwrap())
-        .unwrap();
-        let diff =
-            (grads.get(&x).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-3, "{diff}");
+        let weights = [
+            Weight::Quant(QWeight::quantize(&w, GgmlDType::Q4_1).unwrap()),
+            Weight::Nf4(Nf4Weight::quantize(&w).unwrap()),
+        ];
+        for weight in weights {
+            let deq = weight.dequantize().unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 64), &Device::Cpu).unwrap()).unwrap();
+            let (l, a) = lin(weight);
+            let grads = l.forward(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&a).is_some());
+            let weight_shaped = grads.get_ids().filter_map(|id| grads.get_id(*id)).filter(|t| t.dims() == [8, 64]);
+            assert_eq!(weight_shaped.count(), 0);
+            // d(sum(x Wᵀ + …))/dx = column sums of W plus the adapter's part.
+            let lora = l.lora.as_ref().unwrap();
+            let ones = Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap();
+            let want = (ones.matmul(&deq).unwrap()
+                + (ones.matmul(lora.b.as_tensor()).unwrap().matmul(lora.a.as_tensor()).unwrap() * 2.0).unwrap())
+            .unwrap();
+            let diff =
+                (grads.get(&x).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-3, "{diff}");
+        }
     }
 
     #[test]

@@ -175,6 +175,13 @@ impl Layer {
         let a = &self.attn;
         [&a.q, &a.k, &a.v, &a.o, &self.mlp.up, &self.mlp.down].into_iter().chain(self.mlp.gate.as_ref())
     }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        let a = &mut self.attn;
+        [&mut a.q, &mut a.k, &mut a.v, &mut a.o, &mut self.mlp.up, &mut self.mlp.down]
+            .into_iter()
+            .chain(self.mlp.gate.as_mut())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +246,7 @@ impl Weights {
         let dims = match &w {
             Weight::Dense(t) => t.dims().to_vec(),
             Weight::Quant(q) => vec![q.rows, q.cols],
+            Weight::Nf4(q) => vec![q.rows, q.cols],
         };
         if dims != shape {
             return Err(LmError::Weights(format!("tensor `{name}` has shape {dims:?}, expected {shape:?}")));
@@ -787,11 +795,29 @@ impl Decoder {
 
     /// The last layer's output (batch × t × hidden), before the final norm.
     fn hidden(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> CResult<Tensor> {
+        let t = ids.dim(1)?;
+        let (mut x, rope, bias) = self.prelude(ids, cache.as_deref())?;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.kv.resize(self.layers.len(), None);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
+            x = self.layer_forward(layer, &x, rope.as_ref(), &bias, kv)?;
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
+        }
+        Ok(x)
+    }
+
+    /// The input of the first layer (embeddings, learned positions), the
+    /// rotary tables and the attention bias of a forward pass.
+    fn prelude(&self, ids: &Tensor, cache: Option<&Cache>) -> CResult<(Tensor, Option<Rope>, Tensor)> {
         use crate::config::Positions;
         let (b, t) = ids.dims2()?;
         let c = &self.config;
-        let start = cache.as_ref().map_or(0, |c| c.len);
-        let pads: Vec<usize> = match cache.as_ref() {
+        let start = cache.map_or(0, |c| c.len);
+        let pads: Vec<usize> = match cache {
             Some(c) if !c.pads.is_empty() => {
                 if c.pads.len() != b {
                     candle_core::bail!("the cache was padded for {} rows, the batch has {b}", c.pads.len());
@@ -853,29 +879,124 @@ impl Decoder {
                 Tensor::from_vec(key_pos, (rows.len(), 1, 1, start + t), &self.device)?.to_dtype(self.dtype)?;
             bias = bias.broadcast_add(&slopes.unsqueeze(0)?.broadcast_mul(&key_pos)?)?;
         }
-        if let Some(cache) = cache.as_deref_mut() {
-            cache.kv.resize(self.layers.len(), None);
+        Ok((x, rope, bias))
+    }
+
+    /// One decoder layer.
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        bias: &Tensor,
+        kv: Option<&mut Option<KvBuf>>,
+    ) -> CResult<Tensor> {
+        let mut h = layer.input_norm.forward(x)?;
+        h = self.attention(&layer.attn, &h, rope, bias, kv)?;
+        if let Some(n) = &layer.post_attn_out_norm {
+            h = n.forward(&h)?;
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let mut h = layer.input_norm.forward(&x)?;
-            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            h = self.attention(&layer.attn, &h, rope.as_ref(), &bias, kv)?;
-            if let Some(n) = &layer.post_attn_out_norm {
-                h = n.forward(&h)?;
+        let x = (x + h)?;
+        let mut h = layer.mlp.forward(&layer.post_norm.forward(&x)?)?;
+        if let Some(n) = &layer.post_mlp_out_norm {
+            h = n.forward(&h)?;
+        }
+        x + h
+    }
+
+    /// Gradient checkpointing: the summed next-token loss of `ids` (b × t)
+    /// against `targets` weighted by `weights` (b × (t − 1) each, as
+    /// [`crate::fused::cross_entropy`]), and the gradient of `scale · loss`
+    /// for every LoRA parameter, by id. The forward pass keeps only each
+    /// layer's input; the backward pass runs one layer again at a time (with
+    /// the same dropout masks: `dropout_seed` as given to
+    /// [`Decoder::reseed_dropout`]) and the LM head in chunks of rows, so one
+    /// layer's activations are alive at a time instead of all of them.
+    pub fn loss_grads_checkpointed(
+        &self,
+        ids: &Tensor,
+        targets: &[u32],
+        weights: &[f32],
+        scale: f64,
+        dropout_seed: u64,
+    ) -> CResult<(f64, HashMap<candle_core::TensorId, Tensor>)> {
+        let (b, t) = ids.dims2()?;
+        if t < 2 || targets.len() != b * (t - 1) || weights.len() != targets.len() {
+            candle_core::bail!("checkpointed loss: {b} × {t} ids need {} targets and weights", b * (t.max(1) - 1));
+        }
+        self.reseed_dropout(dropout_seed);
+        let (x0, rope, bias) = self.prelude(ids, None)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = x0.detach();
+        crate::linear::no_grad(|| -> CResult<()> {
+            for layer in &self.layers {
+                let next = self.layer_forward(layer, &x, rope.as_ref(), &bias, None)?;
+                inputs.push(std::mem::replace(&mut x, next.detach()));
             }
-            x = (residual + h)?;
-            let residual = x.clone();
-            let mut h = layer.mlp.forward(&layer.post_norm.forward(&x)?)?;
-            if let Some(n) = &layer.post_mlp_out_norm {
-                h = n.forward(&h)?;
+            Ok(())
+        })?;
+        // The head, a chunk of rows at a time: logits are vocabulary-wide.
+        let hidden = self.config.hidden_size;
+        let rows = x.narrow(1, 0, t - 1)?.reshape((b * (t - 1), hidden))?;
+        drop(x);
+        let chunk = 128;
+        let mut loss = 0f64;
+        let mut grad_rows = Vec::with_capacity(rows.dim(0)?.div_ceil(chunk));
+        let mut grads: HashMap<candle_core::TensorId, Tensor> = HashMap::new();
+        let mut start = 0;
+        while start < rows.dim(0)? {
+            let n = chunk.min(rows.dim(0)? - start);
+            let h = candle_core::Var::from_tensor(&rows.narrow(0, start, n)?)?;
+            let logits = self.lm_head.forward(&self.norm.forward(h.as_tensor())?)?;
+            let nll = crate::fused::cross_entropy(&logits, &targets[start..start + n], &weights[start..start + n])?
+                .sum_all()?;
+            loss += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let g = (nll * scale)?.backward()?;
+            grad_rows.push(match g.get(h.as_tensor()) {
+                Some(g) => g.clone(),
+                None => h.zeros_like()?,
+            });
+            start += n;
+        }
+        let mut grad = Tensor::cat(&grad_rows, 0)?.reshape((b, t - 1, hidden))?;
+        grad = Tensor::cat(&[grad, Tensor::zeros((b, 1, hidden), grad_rows[0].dtype(), &self.device)?], 1)?;
+        drop(grad_rows);
+        // Layers below the first adapter need no backward pass.
+        let first = self.layers.iter().position(|l| l.linears().any(|lin| lin.lora.is_some())).unwrap_or(usize::MAX);
+        for i in (0..self.layers.len()).rev() {
+            if i < first {
+                break;
             }
-            x = (residual + h)?;
+            self.reseed_dropout(dropout_seed);
+            let xv = candle_core::Var::from_tensor(&inputs[i])?;
+            let out = self.layer_forward(&self.layers[i], xv.as_tensor(), rope.as_ref(), &bias, None)?;
+            let g = (out * &grad)?.sum_all()?.backward()?;
+            // Layers split from one fused module share their adapter: count it once.
+            let mut seen = Vec::new();
+            for lin in self.layers[i].linears() {
+                if let Some(l) = &lin.lora {
+                    for v in [&l.a, &l.b] {
+                        let id = v.as_tensor().id();
+                        if seen.contains(&id) {
+                            continue;
+                        }
+                        seen.push(id);
+                        if let Some(gv) = g.get(v.as_tensor()) {
+                            let sum = match grads.remove(&id) {
+                                Some(acc) => (acc + gv)?,
+                                None => gv.clone(),
+                            };
+                            grads.insert(id, sum);
+                        }
+                    }
+                }
+            }
+            grad = match g.get(xv.as_tensor()) {
+                Some(gx) => gx.clone(),
+                None => break,
+            };
         }
-        if let Some(cache) = cache {
-            cache.len += t;
-        }
-        Ok(x)
+        Ok((loss, grads))
     }
 
     /// Embedding rows for `ids` (any shape), flattened to (n × hidden).
@@ -883,12 +1004,13 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         match &self.embed {
             Weight::Dense(t) => t.index_select(&flat, 0),
-            Weight::Quant(q) => {
+            packed => {
+                let vocab = packed.dims2()?.0;
                 let rows: Vec<usize> = flat.to_vec1::<u32>()?.into_iter().map(|i| i as usize).collect();
-                if let Some(bad) = rows.iter().find(|&&i| i >= q.rows) {
-                    candle_core::bail!("token id {bad} is outside the vocabulary of {}", q.rows);
+                if let Some(bad) = rows.iter().find(|&&i| i >= vocab) {
+                    candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
                 }
-                q.select_rows(&rows)?.dequantize()?.to_device(&self.device)?.to_dtype(self.dtype)
+                packed.select_rows(&rows)?.dequantize()?.to_device(&self.device)?.to_dtype(self.dtype)
             }
         }
     }
@@ -909,6 +1031,25 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// QLoRA on a Hugging Face base: every dense linear weight of the decoder
+    /// layers becomes NF4 with double-quantized maxima (block 64, as in the
+    /// QLoRA paper); embeddings, norms and the output head stay as they are.
+    /// Returns the bytes of the weights before and after.
+    pub fn quantize_nf4(&mut self) -> Result<(usize, usize), LmError> {
+        let (mut before, mut after) = (0, 0);
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                if let Weight::Dense(w) = &lin.weight {
+                    before += w.elem_count() * w.dtype().size_in_bytes();
+                    let q = crate::nf4::Nf4Weight::quantize(w)?;
+                    after += q.size_in_bytes();
+                    lin.weight = Weight::Nf4(q);
+                }
+            }
+        }
+        Ok((before, after))
     }
 
     /// Switches LoRA dropout on (training) or off (evaluation, generation).
@@ -959,6 +1100,12 @@ impl Decoder {
         if t <= 4 && fused::fast(&q) && fused::fast(&k) && fused::fast(&v) {
             let bias = bias.broadcast_as((b, nh, t, total))?;
             let out = fused::attention(&q, &k, &v, &bias, (1.0 / (d as f64).sqrt()) as f32)?;
+            let out = out.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+            return a.o.forward(&out);
+        }
+        if fused::cpu_float(&q) && q.track_op() {
+            // Training: one op that keeps no probabilities between the passes.
+            let out = fused::train::attention(&q, &k, &v, bias, nh, 1.0 / (d as f64).sqrt())?;
             let out = out.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
             return a.o.forward(&out);
         }

@@ -457,3 +457,69 @@ fn merit_adapters_match_peft() {
         assert_eq!(cfg["fan_in_fan_out"], family == "gpt2", "{family}");
     }
 }
+
+/// Gradient checkpointing gives the loss and LoRA gradients of the plain
+/// backward pass (f64, with LoRA dropout on), for every family.
+#[test]
+fn checkpointed_gradients_match_the_plain_backward_pass() {
+    use candle_core::DType;
+    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"]
+    {
+        let (dir, r) = fixture(family);
+        let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
+        let cfg = merit_lm::LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            rslora: false,
+            // Not the first layers' q: the backward pass must still reach layer 0's MLP.
+            targets: vec!["all".into()],
+            dropout: 0.2,
+            seed: 3,
+        };
+        let vars = model.add_lora(&cfg).unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for (name, v) in &vars {
+            if name.ends_with("lora_B.weight") {
+                let vals: Vec<f64> = (0..v.elem_count())
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        ((x % 2001) as f64 / 1000.0 - 1.0) * 0.2
+                    })
+                    .collect();
+                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        model.set_training(true);
+        // Two rows, the second shorter (padding weighted 0), more rows than one head chunk.
+        let prompt = ids(&r["prompt_token_ids"]);
+        let t = prompt.len();
+        let mut rows = prompt.clone();
+        rows.extend(prompt.iter().rev().copied());
+        let input = Tensor::from_vec(rows.clone(), (2, t), &Device::Cpu).unwrap();
+        let mut targets = Vec::new();
+        let mut weights = Vec::new();
+        for row in 0..2 {
+            for i in 1..t {
+                targets.push(rows[row * t + i]);
+                weights.push(if row == 1 && i > t / 2 { 0.0 } else { 1.0 });
+            }
+        }
+        let seed = 11;
+        model.reseed_dropout(seed);
+        let logits = model.forward(&input, None).unwrap().narrow(1, 0, t - 1).unwrap();
+        let nll = merit_lm::fused::cross_entropy(&logits, &targets, &weights).unwrap().sum_all().unwrap();
+        let want_loss = nll.to_scalar::<f64>().unwrap();
+        let plain = (nll * 0.5).unwrap().backward().unwrap();
+        let (loss, grads) = model.loss_grads_checkpointed(&input, &targets, &weights, 0.5, seed).unwrap();
+        assert!((loss - want_loss).abs() < 1e-9 * want_loss.abs(), "{family}: loss {loss} vs {want_loss}");
+        for (name, v) in &vars {
+            let want = plain.get(v.as_tensor()).expect("plain gradient");
+            let got = grads.get(&v.as_tensor().id()).unwrap_or_else(|| panic!("{family} {name}: no gradient"));
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1e-12);
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(diff <= 1e-9 * scale, "{family} {name}: differs by {diff} (scale {scale})");
+        }
+    }
+}

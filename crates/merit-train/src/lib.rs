@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     pub save_every: Option<usize>,
     pub seed: u64,
+    /// Keep only each layer's input in the forward pass and run the layer
+    /// again in the backward pass: far less memory for about a third more time.
+    pub gradient_checkpointing: bool,
     pub data: DataSettings,
     /// Where the rows came from (`file:PATH`, `datanet:NAME@VERSION`,
     /// `blob:SHA256` for rows sent to the server), so a resume reads the same.
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             eval_every: None,
             save_every: None,
             seed: 42,
+            gradient_checkpointing: false,
             data: DataSettings::default(),
             sources: Vec::new(),
         }

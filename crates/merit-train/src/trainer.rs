@@ -82,9 +82,18 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Summed negative log-likelihood of the labelled targets of `batch`
-/// (right-padded), and how many targets and input tokens there were.
-pub fn batch_nll(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<(Tensor, usize, usize)> {
+/// The model inputs of `batch` (right-padded with `pad`): ids (b × t), the
+/// next-token targets and their weights (1 on labelled targets, b × (t − 1)),
+/// and how many targets and input tokens there are.
+struct BatchInputs {
+    ids: Tensor,
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    n_targets: usize,
+    n_tokens: usize,
+}
+
+fn batch_inputs(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<BatchInputs> {
     let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     if t < 2 {
         candle_core::bail!("a training example needs at least two tokens");
@@ -92,7 +101,7 @@ pub fn batch_nll(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<(Tens
     let b = batch.len();
     let mut ids = Vec::with_capacity(b * t);
     let mut targets = Vec::with_capacity(b * (t - 1));
-    let mut mask = Vec::with_capacity(b * (t - 1));
+    let mut weights = Vec::with_capacity(b * (t - 1));
     let mut n_targets = 0;
     let mut n_tokens = 0;
     for ex in batch {
@@ -104,15 +113,22 @@ pub fn batch_nll(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<(Tens
             targets.push(ex.ids.get(i).copied().unwrap_or(pad));
             let on = ex.labels.get(i).copied().unwrap_or(false);
             n_targets += on as usize;
-            mask.push(if on { 1f32 } else { 0.0 });
+            weights.push(if on { 1f32 } else { 0.0 });
         }
     }
-    let dev = model.device();
-    let ids = Tensor::from_vec(ids, (b, t), dev)?;
-    let logits = model.forward(&ids, None)?.narrow(1, 0, t - 1)?;
+    let ids = Tensor::from_vec(ids, (b, t), model.device())?;
+    Ok(BatchInputs { ids, targets, weights, n_targets, n_tokens })
+}
+
+/// Summed negative log-likelihood of the labelled targets of `batch`
+/// (right-padded), and how many targets and input tokens there were.
+pub fn batch_nll(model: &Decoder, batch: &[&Example], pad: u32) -> CResult<(Tensor, usize, usize)> {
+    let inp = batch_inputs(model, batch, pad)?;
+    let t = inp.ids.dim(1)?;
+    let logits = model.forward(&inp.ids, None)?.narrow(1, 0, t - 1)?;
     // One op with its own backward: no vocabulary-sized intermediates.
-    let nll = merit_lm::fused::cross_entropy(&logits, &targets, &mask)?.sum_all()?;
-    Ok((nll, n_targets, n_tokens))
+    let nll = merit_lm::fused::cross_entropy(&logits, &inp.targets, &inp.weights)?.sum_all()?;
+    Ok((nll, inp.n_targets, inp.n_tokens))
 }
 
 /// Mean loss over `examples` (no update), in batches of `batch`.
@@ -284,21 +300,39 @@ impl Trainer<'_> {
             let micro: Vec<Vec<&Example>> =
                 (0..cfg.grad_accum).map(|a| self.micro_batch(step * cfg.grad_accum + a)).collect();
             let window_targets: usize = micro.iter().flatten().map(|e| e.target_count()).sum::<usize>().max(1);
+            // Every micro-batch draws its own dropout masks, the same on a resume.
+            let dropout_seed = |micro: usize| cfg.seed.wrapping_mul(1_000_003).wrapping_add(micro as u64);
             let mut grads: Option<Vec<Tensor>> = None;
             let mut loss_sum = 0f64;
             let mut step_tokens = 0;
             for (a, batch) in micro.iter().enumerate() {
-                self.model
-                    .reseed_dropout(cfg.seed.wrapping_mul(1_000_003).wrapping_add((step * cfg.grad_accum + a) as u64));
-                let (nll, _, n_tokens) = batch_nll(self.model, batch, self.pad)?;
-                loss_sum += nll.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                step_tokens += n_tokens;
-                let scaled = (nll / window_targets as f64)?;
-                let g = scaled.backward()?;
-                let these: Vec<Tensor> = plain
-                    .iter()
-                    .map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-                    .collect::<CResult<_>>()?;
+                self.model.reseed_dropout(dropout_seed(step * cfg.grad_accum + a));
+                let these: Vec<Tensor> = if cfg.gradient_checkpointing {
+                    let inp = batch_inputs(self.model, batch, self.pad)?;
+                    let (nll, g) = self.model.loss_grads_checkpointed(
+                        &inp.ids,
+                        &inp.targets,
+                        &inp.weights,
+                        1.0 / window_targets as f64,
+                        dropout_seed(step * cfg.grad_accum + a),
+                    )?;
+                    loss_sum += nll;
+                    step_tokens += inp.n_tokens;
+                    plain
+                        .iter()
+                        .map(|v| g.get(&v.as_tensor().id()).cloned().map_or_else(|| v.zeros_like(), Ok))
+                        .collect::<CResult<_>>()?
+                } else {
+                    let (nll, _, n_tokens) = batch_nll(self.model, batch, self.pad)?;
+                    loss_sum += nll.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    step_tokens += n_tokens;
+                    let scaled = (nll / window_targets as f64)?;
+                    let g = scaled.backward()?;
+                    plain
+                        .iter()
+                        .map(|v| g.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+                        .collect::<CResult<_>>()?
+                };
                 grads = Some(match grads {
                     None => these,
                     Some(acc) => acc.iter().zip(&these).map(|(a, b)| a + b).collect::<CResult<_>>()?,

@@ -32,6 +32,7 @@ fn config() -> TrainConfig {
         eval_every: Some(2),
         save_every: Some(2),
         seed: 7,
+        gradient_checkpointing: false,
         data: DataSettings {
             cutoff_len: 64,
             packing: false,
@@ -135,6 +136,11 @@ fn run(
     stop_after: Option<usize>,
 ) -> (merit_train::Summary, Vec<Event>) {
     let (mut model, tok) = load(family);
+    if cfg.method == "qlora" {
+        let (before, after) = model.quantize_nf4().unwrap();
+        // 4.13 bits per weight on real widths; the fixtures' narrow rows are padded to whole blocks.
+        assert!(after * 4 < before, "NF4 keeps {after} of {before} bytes");
+    }
     let eos = model.config.eos_token_ids.first().copied();
     let ds = data::build(&tok, eos, &rows(), &cfg.data_options());
     let stop = AtomicBool::new(false);
@@ -181,6 +187,50 @@ fn training_lowers_the_loss_and_is_repeatable() {
     run("llama", &cfg, b.path(), false, None);
     let bytes = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
     assert_eq!(bytes(a.path()), bytes(b.path()), "same seed and data, different adapter");
+}
+
+/// QLoRA on a Hugging Face base: the decoder layers in NF4, the adapters
+/// in f32; it learns, and repeats bit for bit.
+#[test]
+fn qlora_on_an_nf4_base_learns() {
+    let cfg = TrainConfig { epochs: 12.0, lr: 1e-2, method: "qlora".into(), ..config() };
+    let a = tempfile::tempdir().unwrap();
+    let (_, events) = run("qwen2", &cfg, a.path(), false, None);
+    let losses: Vec<f64> =
+        events.iter().filter_map(|e| if let Event::Step { loss, .. } = e { Some(*loss) } else { None }).collect();
+    let first: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let last: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(last < 0.7 * first, "loss {first} → {last}");
+    let b = tempfile::tempdir().unwrap();
+    run("qwen2", &cfg, b.path(), false, None);
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(bytes(a.path()), bytes(b.path()));
+}
+
+/// Gradient checkpointing trains the same adapter as the plain backward pass
+/// (up to f32 rounding), dropout included.
+#[test]
+fn gradient_checkpointing_trains_the_same_adapter() {
+    let plain_cfg = TrainConfig { max_steps: Some(6), ..config() };
+    let ckpt_cfg = TrainConfig { gradient_checkpointing: true, ..plain_cfg.clone() };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, plain) = run("qwen2", &plain_cfg, a.path(), false, None);
+    let (_, ckpt) = run("qwen2", &ckpt_cfg, b.path(), false, None);
+    let losses = |ev: &[Event]| -> Vec<f64> {
+        ev.iter().filter_map(|e| if let Event::Step { loss, .. } = e { Some(*loss) } else { None }).collect()
+    };
+    for (p, c) in losses(&plain).iter().zip(losses(&ckpt)) {
+        assert!((p - c).abs() < 1e-4 * p.abs(), "loss {p} vs {c}");
+    }
+    let load = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (pa, ca) = (load(a.path()), load(b.path()));
+    assert_eq!(pa.len(), ca.len());
+    for (name, t) in &pa {
+        let diff = (t - &ca[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "{name} differs by {diff}");
+    }
 }
 
 /// A run stopped midway and resumed ends with the same adapter as an

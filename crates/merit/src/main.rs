@@ -514,6 +514,9 @@ enum BenchCommand {
         /// lora or qlora
         #[arg(long, default_value = "lora")]
         method: String,
+        /// Recompute each layer in the backward pass (as `merit train --gradient-checkpointing`)
+        #[arg(long)]
+        gradient_checkpointing: bool,
         /// Print {"tokens_per_s", "peak_bytes", …} as JSON
         #[arg(long)]
         json: bool,
@@ -899,9 +902,20 @@ async fn run(cli: Cli) -> Result<u8> {
             })
             .await??;
         }
-        Command::Bench(BenchCommand::Train { model: name, tokens, steps, targets, method, json, data_dir }) => {
-            tokio::task::spawn_blocking(move || train::bench(&data_dir, &name, tokens, steps, &targets, &method, json))
-                .await??
+        Command::Bench(BenchCommand::Train {
+            model: name,
+            tokens,
+            steps,
+            targets,
+            method,
+            gradient_checkpointing,
+            json,
+            data_dir,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                train::bench(&data_dir, &name, tokens, steps, &targets, &method, gradient_checkpointing, json)
+            })
+            .await??
         }
         Command::Bench(BenchCommand::Ledger { leaves, batch, database_url }) => {
             bench_ledger(leaves, batch, database_url).await?
