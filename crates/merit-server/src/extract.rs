@@ -66,12 +66,57 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     Some(token.trim())
 }
 
+/// The name of the browser session cookie.
+pub const SESSION_COOKIE: &str = "merit_session";
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        v.split(';').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+    })
+}
+
+/// A signed-in browser: the session's user and CSRF token.
+pub struct Session {
+    pub user: User,
+    pub csrf: String,
+    pub token: String,
+}
+
+impl Session {
+    /// The session of a request's cookie, if it is live.
+    pub async fn of(parts: &Parts, state: &AppState) -> Result<Option<Session>, ApiError> {
+        let Some(token) = cookie(parts, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        Ok(state.store.session(token).await?.map(|(user, csrf)| Session { user, csrf, token: token.to_string() }))
+    }
+}
+
+/// Whether a method changes state (and so needs the CSRF token with a session).
+fn unsafe_method(m: &axum::http::Method) -> bool {
+    !matches!(*m, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = bearer(parts) else {
-            return Ok(Caller(None));
+            // The web app: a session cookie, with the CSRF token on every change.
+            let Some(session) = Session::of(parts, state).await? else {
+                return Ok(Caller(None));
+            };
+            if unsafe_method(&parts.method) {
+                let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+                if sent != Some(session.csrf.as_str()) {
+                    return Err(ApiError::forbidden("this request needs the page's CSRF token (X-CSRF-Token)"));
+                }
+            }
+            return Ok(Caller(Some(session.user)));
         };
         match state.store.user_by_token(token).await? {
             Some(user) => Ok(Caller(Some(user))),

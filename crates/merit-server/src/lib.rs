@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod ratelimit;
 mod routes;
 pub mod runs;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", routes::api())
         .merge(routes::tlog())
+        .merge(web::routes())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async {
             error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()

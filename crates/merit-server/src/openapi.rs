@@ -55,6 +55,7 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { method: "get", path: "/runs/{id}", summary: "One run: status, settings, summary", auth: "required", query: &[], body: "", ok: (200, "Run") },
     Operation { method: "post", path: "/runs/{id}/stop", summary: "Stop a run: a queued one at once (200), a running one after its step with a final checkpoint (202)", auth: "required", query: &[], body: "", ok: (202, "Run") },
     Operation { method: "get", path: "/runs/{id}/events", summary: "Live metrics as server-sent events: `step`, `eval`, `checkpoint` (id = line of metrics.jsonl, data = the line), `status` on every change, a last `end` with the run. Reconnect with Last-Event-ID", auth: "required", query: &[("after", "integer", "skip the first N metric lines")], body: "", ok: (200, "sse") },
+    Operation { method: "get", path: "/models", summary: "Base models the training worker can use, with their shapes (for estimates)", auth: "required", query: &[], body: "", ok: (200, "ModelList") },
     Operation { method: "get", path: "/runs/{id}/files/{name}", summary: "A file of the run: adapter_config.json, adapter_model.safetensors (the newest adapter, PEFT format) or metrics.jsonl", auth: "required", query: &[], body: "", ok: (200, "") },
 ];
 
@@ -165,6 +166,9 @@ fn schemas() -> Value {
             "status": { "type": "string", "enum": ["queued", "running", "done", "stopped", "failed", "interrupted"] },
             "config": s("object"), "stop_requested": s("boolean"), "summary": s("object"), "error": s("string"),
             "created_at": s("integer"), "started_at": s("integer"), "finished_at": s("integer") } },
+        "ModelList": { "type": "array", "items": { "type": "object", "properties": { "name": s("string"), "format": s("string"),
+            "hidden_size": s("integer"), "intermediate_size": s("integer"), "layers": s("integer"), "heads": s("integer"),
+            "kv_heads": s("integer"), "head_dim": s("integer"), "vocab_size": s("integer"), "params": s("integer") } } },
         "RunList": { "type": "array", "items": { "$ref": "#/components/schemas/Run" } },
         "LedgerKey": { "type": "object", "properties": { "origin": s("string"), "vkey": s("string") } },
         "LedgerEntry": { "type": "object", "properties": { "index": s("integer"), "leaf": { "type": "string", "format": "byte" },

@@ -24,6 +24,13 @@ pub trait RunTrainer: Send + Sync + 'static {
     /// `metrics.jsonl` and checkpoints there; returns the run's summary, with
     /// `"stopped": true` when it ended early because of `stop`.
     fn run(&self, config: &Value, dir: &Path, stop: &AtomicBool) -> Result<Value, String>;
+
+    /// The base models this worker can train, for pickers: objects with at
+    /// least `name`, and the shape (`hidden_size`, `intermediate_size`,
+    /// `layers`, `heads`, `kv_heads`, `head_dim`, `vocab_size`) for estimates.
+    fn models(&self) -> Vec<Value> {
+        Vec::new()
+    }
 }
 
 /// The training side of a server: the trainer and where runs live.

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_datanets.sql")),
     (2, include_str!("migrations/0002_ledger.sql")),
     (3, include_str!("migrations/0003_runs.sql")),
+    (4, include_str!("migrations/0004_sessions.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

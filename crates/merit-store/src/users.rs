@@ -101,4 +101,45 @@ impl Store {
             sqlx::query("SELECT id, name, is_admin, created_at FROM users ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(user_from).collect()
     }
+
+    /// Starts a browser session for `user`: returns the session token (for
+    /// an HttpOnly cookie; only its hash is stored) and the session's CSRF
+    /// token (for forms and `X-CSRF-Token`). Sessions last `ttl_ms`.
+    pub async fn create_session(&self, user: &User, ttl_ms: i64) -> Result<(String, String), StoreError> {
+        let token = format!("mrs_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let csrf = hex::encode(rand::random::<[u8; 16]>());
+        let now = now_ms();
+        let mut w = self.write().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut *w.tx).await?;
+        sqlx::query("INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash(&token))
+            .bind(user.id)
+            .bind(&csrf)
+            .bind(now)
+            .bind(now + ttl_ms)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok((token, csrf))
+    }
+
+    /// The user and CSRF token of a live session.
+    pub async fn session(&self, token: &str) -> Result<Option<(User, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.is_admin, u.created_at, s.csrf FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.hash = $1 AND s.expires_at > $2",
+        )
+        .bind(token_hash(token))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((user_from(&r)?, col(&r, "csrf")?))).transpose()
+    }
+
+    /// Ends a session (signing out).
+    pub async fn delete_session(&self, token: &str) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        sqlx::query("DELETE FROM sessions WHERE hash = $1").bind(token_hash(token)).execute(&mut *w.tx).await?;
+        w.commit().await
+    }
 }

@@ -62,6 +62,8 @@ pub struct Summary {
     pub stopped: bool,
     pub final_loss: Option<f64>,
     pub eval_loss: Option<f64>,
+    /// Trained tokens per second over this process's part of the run.
+    pub tokens_per_s: f64,
     pub out: PathBuf,
 }
 
@@ -388,6 +390,7 @@ impl Trainer<'_> {
             stopped,
             final_loss: last_loss,
             eval_loss: last_eval,
+            tokens_per_s: tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             out: self.out.clone(),
         })
     }

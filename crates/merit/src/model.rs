@@ -180,3 +180,54 @@ pub fn pull(data_dir: &Path, name: &str) -> Result<PathBuf> {
     register(data_dir, name, &dest)?;
     Ok(dest)
 }
+
+/// A registered model's shape, for the web app's estimates: `name`,
+/// `format`, `hidden_size`, `intermediate_size`, `layers`, `heads`,
+/// `kv_heads`, `head_dim`, `vocab_size` and `params`.
+pub fn shape(data_dir: &Path, name: &str) -> Result<serde_json::Value> {
+    let path = resolve(data_dir, name)?;
+    let (format, h, inter, layers, heads, kv, head_dim, vocab) = match kind_of(&path)? {
+        ModelKind::Gguf(f) => {
+            use merit_lm::candle_core::quantized::gguf_file::Content;
+            let mut file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+            let c = Content::read(&mut file).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            let arch =
+                c.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+            let num = |k: &str| {
+                c.metadata
+                    .get(&format!("{arch}.{k}"))
+                    .and_then(|v| v.to_u64().or_else(|_| v.to_u32().map(u64::from)).ok())
+                    .unwrap_or(0) as usize
+            };
+            let (h, heads) = (num("embedding_length"), num("attention.head_count").max(1));
+            let kv = match num("attention.head_count_kv") {
+                0 => heads,
+                n => n,
+            };
+            let vocab = c.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map_or(0, |v| v.len());
+            ("gguf", h, num("feed_forward_length"), num("block_count"), heads, kv, h / heads, vocab)
+        }
+        ModelKind::HfFolder(d) => {
+            let text = std::fs::read_to_string(d.join("config.json"))
+                .with_context(|| format!("{}/config.json", d.display()))?;
+            let cfg = merit_lm::DecoderConfig::from_hf(&serde_json::from_str(&text)?)?;
+            let c = &cfg;
+            (
+                "hf",
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.vocab_size,
+            )
+        }
+    };
+    let per_layer = h * heads * head_dim * 2 + 2 * h * kv * head_dim + 3 * h * inter;
+    let params = layers * per_layer + vocab * h;
+    Ok(serde_json::json!({
+        "name": name, "format": format, "hidden_size": h, "intermediate_size": inter, "layers": layers,
+        "heads": heads, "kv_heads": kv, "head_dim": head_dim, "vocab_size": vocab, "params": params,
+    }))
+}

@@ -460,6 +460,19 @@ impl merit_server::RunTrainer for ServeTrainer {
         };
         go().map_err(|e| format!("{e:#}"))
     }
+
+    fn models(&self) -> Vec<Value> {
+        let names: Vec<String> = model::registry(&self.data_dir).map(|r| r.into_keys().collect()).unwrap_or_default();
+        names
+            .iter()
+            .map(|n| {
+                model::shape(&self.data_dir, n).unwrap_or_else(|e| {
+                    tracing::warn!("model {n}: {e:#}");
+                    serde_json::json!({ "name": n })
+                })
+            })
+            .collect()
+    }
 }
 
 /// `merit train --server URL`: the run as a job of a running `merit serve`.

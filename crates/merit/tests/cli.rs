@@ -2,131 +2,15 @@
 //! client commands against it. Runs on PostgreSQL too when
 //! `MERIT_TEST_DATABASE_URL` is set.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-struct Server {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-    db: Vec<String>,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn merit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_merit"));
-    c.env_remove("MERIT_SERVER").env_remove("MERIT_TOKEN").env("MERIT_LOG", "warn");
-    c
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let db = match merit_store::testing::fresh_database_url().await {
-            Some(url) => vec!["--database-url".to_string(), url],
-            None => vec![],
-        };
-        Server::start_on(dir, db)
-    }
-
-    /// Kills the server with SIGKILL and starts it again on the same data.
-    fn kill_and_restart(mut self) -> Server {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let old = std::mem::replace(&mut self.dir, dir);
-        let db = std::mem::take(&mut self.db);
-        Server::start_on(old, db)
-    }
-
-    fn start_on(dir: tempfile::TempDir, db: Vec<String>) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = merit()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path())
-            .args(&db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server { child, url: format!("http://127.0.0.1:{port}"), dir, db };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "merit serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// `merit user add NAME`; returns the token (the last line of stdout).
-    fn user(&self, name: &str) -> String {
-        let out =
-            merit().args(["user", "add", name, "--data-dir"]).arg(self.dir.path()).args(&self.db).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        stdout.lines().last().unwrap().to_string()
-    }
-
-    fn run(&self, token: &str, args: &[&str]) -> Output {
-        merit().env("MERIT_SERVER", &self.url).env("MERIT_TOKEN", token).args(args).output().unwrap()
-    }
-
-    fn ok(&self, token: &str, args: &[&str]) -> String {
-        let out = self.run(token, args);
-        assert!(out.status.success(), "merit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, content).unwrap();
-        p
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn prose(seed: u64) -> String {
-    let words = [
-        "quiet", "river", "village", "garden", "teacher", "market", "bridge", "painter", "student", "forest",
-        "station", "valley", "island", "baker", "castle", "meadow", "orchard", "tower", "welcomed", "helped",
-        "visited", "crossed", "repaired", "watched", "guided", "praised", "bright", "gentle", "careful", "honest",
-    ];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        words[(x % words.len() as u64) as usize]
-    };
-    let mut out = String::new();
-    for _ in 0..14 {
-        out.push_str(&format!(
-            "The {} {} {} a {} {} near the {} {}. ",
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next()
-        ));
-    }
-    out.push_str(&format!("\nThis note carries the number {seed} so it stays unique.\n"));
-    out
-}
+use common::*;
 
 #[tokio::test]
 async fn journeys_one_and_two_through_the_cli() {

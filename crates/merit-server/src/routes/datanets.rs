@@ -73,10 +73,10 @@ fn summary_json(d: &Datanet) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct ListQuery {
-    q: Option<String>,
-    tag: Option<String>,
+    pub q: Option<String>,
+    pub tag: Option<String>,
 }
 
 pub async fn datanets_list(
@@ -265,11 +265,11 @@ pub async fn versions_show(
 
 #[derive(Deserialize)]
 pub struct RowsQuery {
-    version: Option<i64>,
+    pub version: Option<i64>,
     #[serde(default)]
-    offset: i64,
-    limit: Option<i64>,
-    q: Option<String>,
+    pub offset: i64,
+    pub limit: Option<i64>,
+    pub q: Option<String>,
 }
 
 pub async fn rows_list(

@@ -21,11 +21,16 @@ const TILE_WIDTH: u64 = 256;
 
 /// The latest checkpoint, signed, as a C2SP signed note.
 pub async fn checkpoint_get(State(state): State<AppState>) -> ApiResult<Response> {
-    let size = state.store.ledger_size().await?;
-    let root = state.store.ledger_root(size).await?;
-    let note = state.signer.sign(&Checkpoint { origin: state.signer.name().to_string(), size, root });
+    let note = checkpoint_text(&state).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], note)
         .into_response())
+}
+
+/// The current signed checkpoint (a C2SP signed note).
+pub(crate) async fn checkpoint_text(state: &AppState) -> ApiResult<String> {
+    let size = state.store.ledger_size().await?;
+    let root = state.store.ledger_root(size).await?;
+    Ok(state.signer.sign(&Checkpoint { origin: state.signer.name().to_string(), size, root }))
 }
 
 /// A tile path after `/ledger/tile/`: `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`,

@@ -1,9 +1,9 @@
 //! The `/api/v1` routes, composed in one place.
 
 mod contributions;
-mod datanets;
-mod ledger;
-mod runs;
+pub(crate) mod datanets;
+pub(crate) mod ledger;
+pub(crate) mod runs;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -54,6 +54,7 @@ pub fn api() -> Router<AppState> {
         .route("/datanets/{name}/contributions/{id}/reject", post(contributions::contributions_reject))
         .route("/runs", get(runs::runs_list).post(runs::runs_create).layer(DefaultBodyLimit::max(256 * 1024 * 1024)))
         .route("/runs/{id}", get(runs::runs_show))
+        .route("/models", get(runs::models_list))
         .route("/runs/{id}/stop", post(runs::runs_stop))
         .route("/runs/{id}/events", get(runs::runs_events))
         .route("/runs/{id}/files/{name}", get(runs::runs_file))

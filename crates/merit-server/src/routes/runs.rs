@@ -106,14 +106,22 @@ pub async fn runs_create(
     Ok((StatusCode::CREATED, Json(run_json(&run))))
 }
 
+/// `GET /models`: the base models this server's worker can train.
+pub async fn models_list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.user()?;
+    let host = host(&state)?;
+    let models = tokio::task::spawn_blocking(move || host.trainer.models()).await.map_err(|_| ApiError::internal())?;
+    Ok(Json(Value::Array(models)))
+}
+
 #[derive(Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
-    offset: i64,
-    limit: Option<i64>,
+    pub offset: i64,
+    pub limit: Option<i64>,
     /// Administrators: `all=true` lists everybody's runs.
     #[serde(default)]
-    all: bool,
+    pub all: bool,
 }
 
 /// `GET /runs`: the caller's runs, newest first.
