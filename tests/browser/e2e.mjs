@@ -114,23 +114,42 @@ try {
     assert.ok(Number(await page.evaluate(() => document.body.dataset.points)) === 12);
     await shot("07-run");
 
+    step("base and tuned answers side by side, then chatting with the tuned model (streamed)");
+    await page.getByLabel("Prompts, one a line").fill("Write about the river.");
+    await page.getByRole("button", { name: "Compare" }).click();
+    await page.waitForFunction(() => {
+      const cells = Array.from(document.querySelectorAll("#eval-table tbody td"));
+      return cells.length === 3 && cells.every((c) => c.textContent !== "…");
+    }, null, { timeout: 60000 });
+    assert.equal(await page.locator("#eval-table td.error").count(), 0, await page.locator("#eval-table").textContent());
+    await shot("08-evaluate");
+    await page.getByRole("link", { name: "chat with the tuned model" }).click();
+    await page.waitForURL(/\/chat\?model=tiny:run-\d+/);
+    await page.waitForFunction(() => document.querySelector("#chat-model").value.startsWith("tiny:run-"));
+    await page.getByLabel("Max new tokens").fill("12");
+    await page.getByLabel("Message").fill("Hello there");
+    await page.keyboard.press("Enter");
+    await page.locator(".msg-assistant .muted", { hasText: "tokens" }).waitFor({ timeout: 60000 });
+    assert.ok((await page.locator(".msg-assistant .answer").textContent()).length > 0, "the answer streamed in");
+    await shot("09-chat");
+
     step("comparing runs overlays their curves");
     await page.goto(`${url}/runs`);
     await page.locator("input.compare").first().check();
     await page.locator("#compare-chart canvas").waitFor();
-    await shot("08-runs");
+    await shot("10-runs");
 
     step("the ledger: a proof verified in the page");
     await page.goto(`${url}/ledger`);
     await page.locator("button.verify").first().click();
     await page.locator("#proof-result", { hasText: "Verified" }).waitFor();
-    await shot("09-ledger-proof");
+    await shot("11-ledger-proof");
 
     step("a failed request shows a readable message");
     const resp = await page.goto(`${url}/datanets/no-such-datanet`);
     assert.equal(resp.status(), 404);
     assert.match(await page.locator(".error-page").textContent(), /not found/);
-    await shot("10-not-found");
+    await shot("12-not-found");
 
     step("signing out ends the session");
     await page.goto(`${url}/datanets`);

@@ -14,6 +14,7 @@
 
 pub mod error;
 mod extract;
+pub mod openai;
 pub mod openapi;
 pub mod ratelimit;
 mod routes;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub signer: Arc<NoteSigner>,
     /// Training runs; `None` on a server without a trainer (runs answer 503).
     pub runs: Option<Arc<RunHost>>,
+    /// Serves models on the OpenAI-compatible API; `None`: `/v1` answers 503.
+    pub generator: Option<Arc<dyn openai::Generator>>,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -51,8 +54,15 @@ impl AppState {
             rate_limit,
             signer: Arc::new(signer),
             runs: None,
+            generator: None,
             buckets: Arc::new(ratelimit::Buckets::default()),
         }
+    }
+
+    /// Serves models with `generator` on `/v1` (and the web app's chat).
+    pub fn with_generator(mut self, generator: Arc<dyn openai::Generator>) -> AppState {
+        self.generator = Some(generator);
+        self
     }
 
     /// Adds training runs: `trainer` trains them in folders under `runs_dir`
@@ -69,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", routes::api())
         .merge(routes::tlog())
         .merge(web::routes())
+        .merge(openai::routes())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async {
             error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()

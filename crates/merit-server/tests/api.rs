@@ -616,3 +616,111 @@ async fn runs_answer_503_without_a_trainer() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["error"]["code"], "no_trainer");
 }
+
+/// Echoes the last message back, word by word.
+struct EchoGenerator;
+
+impl merit_server::openai::Generator for EchoGenerator {
+    fn models(&self) -> Vec<String> {
+        vec!["base".into(), "base:run-1".into()]
+    }
+
+    fn generate(
+        &self,
+        req: &merit_server::openai::GenRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<merit_server::openai::GenOutput, merit_server::openai::GenError> {
+        use merit_server::openai::{GenError, GenOutput};
+        if !self.models().contains(&req.model) {
+            return Err(GenError::NotFound(format!("the model `{}` does not exist", req.model)));
+        }
+        let last = match &req.messages {
+            Some(m) => m.last().map(|(_, c)| c.clone()).unwrap_or_default(),
+            None => req.prompt.clone(),
+        };
+        if last.len() > 100 {
+            return Err(GenError::BadRequest("the prompt is longer than the model's 100 positions".into()));
+        }
+        let words: Vec<&str> = last.split(' ').take(req.max_tokens).collect();
+        for (i, w) in words.iter().enumerate() {
+            on_text(&if i == 0 { w.to_string() } else { format!(" {w}") });
+        }
+        let finish = if words.len() == req.max_tokens { "length" } else { "stop" };
+        Ok(GenOutput {
+            text: words.join(" "),
+            prompt_tokens: last.split(' ').count(),
+            completion_tokens: words.len(),
+            finish_reason: finish.into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn openai_compatible_chat_and_completions() {
+    let app = common::App::with_generator(std::sync::Arc::new(EchoGenerator)).await;
+    let ann = app.user("ann").await;
+    let post = |path: &'static str, body: Value, token: Option<String>| {
+        let app = &app;
+        async move { app.call("POST", path, token.as_deref(), Some(body)).await }
+    };
+    let r = app.call("GET", "/v1/models", Some(&ann), None).await.json();
+    assert_eq!(r["object"], "list");
+    assert_eq!(r["data"][1]["id"], "base:run-1");
+    let chat =
+        json!({ "model": "base:run-1", "messages": [{ "role": "user", "content": "one two three" }], "max_tokens": 2 });
+    let r = post("/v1/chat/completions", chat.clone(), Some(ann.clone())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"], json!({ "role": "assistant", "content": "one two" }));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"], json!({ "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 }));
+    // Streaming: a role chunk, a chunk a piece, a finish chunk with usage, then [DONE].
+    let mut s = chat.clone();
+    s["stream"] = json!(true);
+    let r = post("/v1/chat/completions", s, Some(ann.clone())).await;
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = String::from_utf8(r.body).unwrap();
+    let datas: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, "one two");
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks.last().unwrap()["object"], "chat.completion.chunk");
+    // Plain completions.
+    let r = post("/v1/completions", json!({ "model": "base", "prompt": "a b" }), Some(ann.clone())).await.json();
+    assert_eq!((r["object"].as_str(), r["choices"][0]["text"].as_str()), (Some("text_completion"), Some("a b")));
+    // Errors in OpenAI's shape.
+    let e = post(
+        "/v1/chat/completions",
+        json!({ "model": "nope", "messages": [{ "role": "user", "content": "x" }] }),
+        Some(ann.clone()),
+    )
+    .await;
+    assert_eq!(e.status, StatusCode::NOT_FOUND);
+    assert_eq!(e.json()["error"]["code"], "model_not_found");
+    let mut s = json!({ "model": "nope", "messages": [{ "role": "user", "content": "x" }], "stream": true });
+    let e = post("/v1/chat/completions", s.clone(), Some(ann.clone())).await;
+    assert_eq!(e.status, StatusCode::NOT_FOUND, "a missing model is a 404 even when streaming");
+    s["model"] = json!("base");
+    s["messages"][0]["content"] = json!("x".repeat(200));
+    let e = post("/v1/chat/completions", s, Some(ann.clone())).await;
+    assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    assert!(e.json()["error"]["message"].as_str().unwrap().contains("100 positions"));
+    for (bad, param) in [
+        (json!({ "model": "base", "messages": [] }), "messages"),
+        (json!({ "model": "base", "messages": [{ "role": "robot", "content": "x" }] }), "messages"),
+        (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "temperature": 3 }), "temperature"),
+        (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "max_tokens": 0 }), "max_tokens"),
+        (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "n": 2 }), "n"),
+    ] {
+        let e = post("/v1/chat/completions", bad, Some(ann.clone())).await;
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.json()["error"]["param"], param);
+    }
+    let e = post("/v1/chat/completions", chat, None).await;
+    assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(e.json()["error"]["code"], "invalid_api_key");
+}

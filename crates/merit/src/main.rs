@@ -6,6 +6,7 @@ mod client;
 mod compare;
 mod ledger;
 mod model;
+mod serve;
 mod train;
 
 use std::io::Write;
@@ -604,8 +605,10 @@ async fn run(cli: Cli) -> Result<u8> {
             let signer = local.signer(key.ledger_key.as_deref(), &key.origin)?;
             let rate = merit_server::RateLimit { per_second: rate_limit, burst: rate_burst };
             let trainer = train::ServeTrainer { data_dir: local.data_dir.clone(), store: store.clone() };
+            let generator = serve::ServeGenerator::new(local.data_dir.clone());
             let state = merit_server::AppState::new(store, rate, signer)
-                .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"));
+                .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
+                .with_generator(std::sync::Arc::new(generator));
             merit_server::start_worker(&state);
             eprintln!("merit: serving http://{listen} (data in {})", local.data_dir.display());
             merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;

@@ -683,3 +683,52 @@ async fn train_on_the_server_streams_metrics_and_stops() {
     assert_eq!(statuses, ["stopped", "done"]);
     assert!(list[0]["summary"]["steps"].as_u64().unwrap() < 100000);
 }
+
+/// The official `openai` Python client, unchanged, against `merit serve`
+/// (runs when `MERIT_TEST_OPENAI=1`; `.ci/run` installs the client with pip).
+#[tokio::test]
+async fn openai_python_client_works_unchanged() {
+    if std::env::var("MERIT_TEST_OPENAI").ok().as_deref() != Some("1") {
+        eprintln!("skipped: set MERIT_TEST_OPENAI=1 (needs `pip install openai`)");
+        return;
+    }
+    let server = Server::start().await;
+    let token = server.user("ann");
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
+    let add = merit()
+        .args(["model", "add"])
+        .arg(&tiny)
+        .args(["--name", "tiny", "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let script = r#"
+import os, openai
+c = openai.OpenAI(base_url=os.environ["URL"] + "/v1", api_key=os.environ["TOKEN"])
+assert [m.id for m in c.models.list()] == ["tiny"]
+r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, seed=1)
+assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 5, r
+text = r.choices[0].message.content
+pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+    model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, seed=1, stream=True) if ch.choices]
+assert "".join(pieces) == text, (pieces, text)
+t = c.completions.create(model="tiny", prompt="Once upon", max_tokens=3, temperature=0)
+assert t.usage.completion_tokens <= 3
+try:
+    c.chat.completions.create(model="tiny:run-9", messages=[{"role": "user", "content": "x"}])
+    raise SystemExit("an unknown adapter was served")
+except openai.NotFoundError as e:
+    assert "run-9" in str(e)
+print("openai client ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", &server.url)
+        .env("TOKEN", &token)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("openai client ok"));
+}

@@ -52,6 +52,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("run_new.html", include_str!("../../web/templates/run_new.html")),
     ("run.html", include_str!("../../web/templates/run.html")),
     ("ledger.html", include_str!("../../web/templates/ledger.html")),
+    ("chat.html", include_str!("../../web/templates/chat.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -66,6 +67,7 @@ fn env() -> &'static Environment<'static> {
             }
         }
         env.add_filter("markdown", |s: String| minijinja::Value::from_safe_string(markdown(&s)));
+        env.add_filter("exp", |x: f64| x.exp());
         env.add_filter("when", |ms: i64| {
             let secs = ms / 1000;
             let days = secs.div_euclid(86_400);
@@ -258,6 +260,7 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/new", get(pages::run_new))
         .route("/runs/{id}", get(pages::run))
         .route("/ledger", get(pages::ledger))
+        .route("/chat", get(pages::chat))
 }
 
 #[cfg(test)]

@@ -209,3 +209,16 @@ pub async fn ledger(State(state): State<AppState>, viewer: Viewer) -> Response {
     };
     render(&viewer, "ledger.html", "Ledger", json!({ "key": key, "checkpoint": checkpoint }))
 }
+
+#[derive(Deserialize, Default)]
+pub struct ChatQuery {
+    #[serde(default)]
+    model: String,
+}
+
+pub async fn chat(viewer: Viewer, Query(q): Query<ChatQuery>) -> Response {
+    if let Some(r) = sign_in_first(&viewer, "/chat") {
+        return r;
+    }
+    render(&viewer, "chat.html", "Chat", json!({ "model": q.model }))
+}

@@ -43,6 +43,16 @@ impl App {
         App::build(RateLimit { per_second: 10_000.0, burst: 10_000.0 }, Some(trainer)).await
     }
 
+    /// An app that serves models with `generator`.
+    pub async fn with_generator(generator: std::sync::Arc<dyn merit_server::openai::Generator>) -> App {
+        let mut app = App::build(RateLimit { per_second: 10_000.0, burst: 10_000.0 }, None).await;
+        let signer = merit_ledger::checkpoint::NoteSigner::from_seed("merit.test/ledger", &[1; 32]).unwrap();
+        let state = AppState::new(app.store.clone(), RateLimit { per_second: 10_000.0, burst: 10_000.0 }, signer)
+            .with_generator(generator);
+        app.router = router(state);
+        app
+    }
+
     async fn build(rate: RateLimit, trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;

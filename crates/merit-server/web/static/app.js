@@ -572,7 +572,134 @@ function initPublish() {
   });
 }
 
+// ---- the OpenAI-compatible API from the page
+async function openai(path, body, signal) {
+  const resp = await fetch(path, {
+    method: "POST", credentials: "same-origin", signal,
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+    body: JSON.stringify(body),
+  });
+  if (!resp.ok) {
+    let msg = `HTTP ${resp.status}`;
+    try { msg = (await resp.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return resp;
+}
+
+/** Streams a chat completion, calling onText with each piece; resolves to the final chunk. */
+async function streamChat(body, onText, signal) {
+  const resp = await openai("/v1/chat/completions", { ...body, stream: true }, signal);
+  const reader = resp.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "", last = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      if (!data || data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      const piece = chunk.choices[0].delta.content;
+      if (piece) onText(piece);
+      last = chunk;
+    }
+  }
+  return last;
+}
+
+function initChat() {
+  const form = $("#chat-form");
+  if (!form) return;
+  const select = $("#chat-model");
+  const conv = $("#conversation");
+  const history = [];
+  fetch("/v1/models", { credentials: "same-origin" }).then((r) => r.json()).then((list) => {
+    const ids = (list.data || []).map((m) => m.id);
+    select.replaceChildren(...ids.map((id) => el("option", { value: id, text: id })));
+    if (!ids.length) select.append(el("option", { value: "", text: "no model: merit model pull smollm2" }));
+    const want = select.dataset.selected;
+    if (want && ids.includes(want)) select.value = want;
+  }).catch((e) => flash("Cannot list the models: " + e.message));
+  for (const id of ["chat-temperature", "chat-top-p"]) {
+    const r = $("#" + id);
+    r.addEventListener("input", () => { $(`#${id}-out`).textContent = r.value; });
+  }
+  $("#chat-clear").addEventListener("click", () => { history.length = 0; conv.replaceChildren(); });
+  $("#chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); } });
+  let abort = null;
+  $("#chat-stop").addEventListener("click", () => abort && abort.abort());
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const text = $("#chat-input").value.trim();
+    if (!text || abort) return;
+    $("#chat-input").value = "";
+    history.push({ role: "user", content: text });
+    conv.append(el("li", { class: "msg msg-user" }, el("strong", { text: "You" }), el("p", { text })));
+    const out = el("p", { class: "answer" });
+    const meta = el("span", { class: "muted" });
+    conv.append(el("li", { class: "msg msg-assistant" }, el("strong", { text: select.value }), out, meta));
+    const messages = [];
+    const system = $("#chat-system").value.trim();
+    if (system) messages.push({ role: "system", content: system });
+    messages.push(...history);
+    abort = new AbortController();
+    $("#chat-stop").hidden = false;
+    $("#chat-send").disabled = true;
+    try {
+      const last = await streamChat({
+        model: select.value, messages, temperature: Number($("#chat-temperature").value), top_p: Number($("#chat-top-p").value),
+        max_tokens: Number($("#chat-max-tokens").value), seed: Number($("#chat-seed").value),
+      }, (piece) => { out.textContent += piece; }, abort.signal);
+      history.push({ role: "assistant", content: out.textContent });
+      if (last && last.usage) meta.textContent = `${last.usage.completion_tokens} tokens · ${last.choices[0].finish_reason}`;
+    } catch (x) {
+      if (x.name === "AbortError") meta.textContent = "stopped";
+      else { out.classList.add("error"); out.textContent = x.message; history.pop(); }
+    } finally {
+      abort = null;
+      $("#chat-stop").hidden = true;
+      $("#chat-send").disabled = false;
+    }
+  });
+}
+
+function initEvaluate() {
+  const b = $("#eval-run");
+  if (!b) return;
+  b.addEventListener("click", async () => {
+    const prompts = $("#eval-prompts").value.split("\n").map((p) => p.trim()).filter((p) => p);
+    if (!prompts.length) return flash("Write at least one prompt.");
+    const table = $("#eval-table");
+    const body = table.tBodies[0];
+    body.replaceChildren();
+    table.hidden = false;
+    b.disabled = true;
+    for (const p of prompts) {
+      const cells = [el("td", { text: "…" }), el("td", { text: "…" })];
+      body.append(el("tr", {}, el("td", { text: p }), ...cells));
+      for (const [i, model] of [b.dataset.base, b.dataset.tuned].entries()) {
+        try {
+          const r = await (await openai("/v1/chat/completions", { model, messages: [{ role: "user", content: p }], temperature: 0, max_tokens: 96 })).json();
+          cells[i].textContent = r.choices[0].message.content;
+        } catch (e) {
+          cells[i].textContent = e.message;
+          cells[i].classList.add("error");
+        }
+      }
+    }
+    b.disabled = false;
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  initChat();
+  initEvaluate();
   initDatanetForm();
   initPublish();
   initContribute();

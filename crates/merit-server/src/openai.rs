@@ -1,0 +1,361 @@
+//! The OpenAI-compatible API under `/v1`: `GET /v1/models`,
+//! `POST /v1/chat/completions` and `POST /v1/completions`, streaming
+//! (server-sent `data:` chunks ending with `data: [DONE]`) or not, with
+//! `model` = `<base>` or `<base>:<adapter>`. Errors use OpenAI's shape
+//! `{"error": {"message", "type", "param", "code"}}`. The binary injects the
+//! [`Generator`] that runs the models.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::extract::Caller;
+use crate::AppState;
+
+/// One generation request, as the generator sees it.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// `<base>` or `<base>:<adapter>`.
+    pub model: String,
+    /// Chat messages (role, content), or `None` for a plain prompt.
+    pub messages: Option<Vec<(String, String)>>,
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+/// What a generation produced.
+#[derive(Debug, Clone)]
+pub struct GenOutput {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// Why a generation could not run.
+#[derive(Debug, Clone)]
+pub enum GenError {
+    /// No such model or adapter (404).
+    NotFound(String),
+    /// The request cannot be served as sent (400), e.g. a prompt over the context.
+    BadRequest(String),
+    Internal(String),
+}
+
+/// What runs the models: the binary's adapter over `merit-lm`.
+pub trait Generator: Send + Sync + 'static {
+    /// Every servable model id: bases and `<base>:<adapter>`.
+    fn models(&self) -> Vec<String>;
+    /// Generates (blocking), calling `on_text` with each new piece of text.
+    fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError>;
+}
+
+/// An error in OpenAI's shape.
+fn oai_error(status: StatusCode, kind: &str, message: impl Into<String>, param: Option<&str>) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => "model_not_found",
+        StatusCode::UNAUTHORIZED => "invalid_api_key",
+        _ => kind,
+    };
+    (status, Json(json!({ "error": { "message": message.into(), "type": kind, "param": param, "code": code } })))
+        .into_response()
+}
+
+fn gen_error(e: GenError) -> Response {
+    match e {
+        GenError::NotFound(m) => oai_error(StatusCode::NOT_FOUND, "invalid_request_error", m, Some("model")),
+        GenError::BadRequest(m) => oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", m, None),
+        GenError::Internal(m) => {
+            tracing::error!("generation failed: {m}");
+            oai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m, None)
+        }
+    }
+}
+
+fn generator(state: &AppState) -> Result<Arc<dyn Generator>, Response> {
+    state.generator.clone().ok_or_else(|| {
+        oai_error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "this server does not serve models", None)
+    })
+}
+
+/// The signed-in caller (a Merit API token as the OpenAI key, or the web app's session).
+async fn signed_in(state: &AppState, parts: &mut axum::http::request::Parts) -> Result<(), Response> {
+    use axum::extract::FromRequestParts;
+    match Caller::from_request_parts(parts, state).await {
+        Ok(Caller(Some(_))) => Ok(()),
+        Ok(Caller(None)) => Err(oai_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "send a Merit API token as the API key (Authorization: Bearer mrt_…)",
+            None,
+        )),
+        Err(e) => Err(oai_error(e.status, "invalid_request_error", e.message, None)),
+    }
+}
+
+async fn models(State(state): State<AppState>, req: Request) -> Response {
+    let (mut parts, _) = req.into_parts();
+    if let Err(r) = signed_in(&state, &mut parts).await {
+        return r;
+    }
+    let g = match generator(&state) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let ids = tokio::task::spawn_blocking(move || g.models()).await.unwrap_or_default();
+    let data: Vec<Value> =
+        ids.iter().map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "merit" })).collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `stop`: a string or a list of up to 4 strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Value,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    model: String,
+    messages: Option<Vec<ChatMessage>>,
+    prompt: Option<Value>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    n: Option<usize>,
+}
+
+/// Message content: a string, or a list of `{"type": "text", "text"}` parts.
+fn content_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool), Response> {
+    let bad = |m: String, p: &str| oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", m, Some(p));
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(bad("only n = 1 is supported".into(), "n"));
+    }
+    let temperature = body.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(bad(format!("temperature must be between 0 and 2, got {temperature}"), "temperature"));
+    }
+    let top_p = body.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(bad(format!("top_p must be in (0, 1], got {top_p}"), "top_p"));
+    }
+    let max_tokens = body.max_completion_tokens.or(body.max_tokens).unwrap_or(256);
+    if max_tokens == 0 || max_tokens > 8192 {
+        return Err(bad(format!("max_tokens must be 1 to 8192, got {max_tokens}"), "max_tokens"));
+    }
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) if v.len() <= 4 => v,
+        Some(Stop::Many(_)) => return Err(bad("at most 4 stop sequences".into(), "stop")),
+    };
+    let (messages, prompt) = if chat {
+        let Some(msgs) = body.messages.filter(|m| !m.is_empty()) else {
+            return Err(bad("`messages` must be a non-empty list".into(), "messages"));
+        };
+        let mut out = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.into_iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+                return Err(bad(
+                    format!("messages[{i}].role `{}` is not system, user or assistant", m.role),
+                    "messages",
+                ));
+            }
+            let Some(text) = content_text(&m.content) else {
+                return Err(bad(format!("messages[{i}].content must be text"), "messages"));
+            };
+            let role = if m.role == "developer" { "system".to_string() } else { m.role };
+            out.push((role, text));
+        }
+        (Some(out), String::new())
+    } else {
+        let prompt = match body.prompt {
+            Some(Value::String(s)) => s,
+            Some(Value::Array(v)) if v.len() == 1 && v[0].is_string() => v[0].as_str().unwrap_or_default().to_string(),
+            _ => return Err(bad("`prompt` must be a string".into(), "prompt")),
+        };
+        (None, prompt)
+    };
+    let req = GenRequest {
+        model: body.model,
+        messages,
+        prompt,
+        max_tokens,
+        temperature,
+        top_p,
+        seed: body.seed.unwrap_or(0),
+        stop,
+    };
+    Ok((req, body.stream))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn complete(state: AppState, req: Request, chat: bool) -> Response {
+    let (mut parts, body) = req.into_parts();
+    if let Err(r) = signed_in(&state, &mut parts).await {
+        return r;
+    }
+    let g = match generator(&state) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let body: Body = match Json::<Body>::from_request(Request::from_parts(parts, body), &state).await {
+        Ok(Json(b)) => b,
+        Err(e) => return oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", e.body_text(), None),
+    };
+    let (gen, stream) = match parse(body, chat) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_u64());
+    let created = now_s();
+    let model = gen.model.clone();
+    if !stream {
+        let out = tokio::task::spawn_blocking(move || g.generate(&gen, &mut |_| {})).await;
+        let out = match out {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return gen_error(e),
+            Err(_) => return gen_error(GenError::Internal("the generation task panicked".into())),
+        };
+        let usage = json!({ "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                            "total_tokens": out.prompt_tokens + out.completion_tokens });
+        let choice = if chat {
+            json!({ "index": 0, "message": { "role": "assistant", "content": out.text }, "finish_reason": out.finish_reason, "logprobs": null })
+        } else {
+            json!({ "index": 0, "text": out.text, "finish_reason": out.finish_reason, "logprobs": null })
+        };
+        let object = if chat { "chat.completion" } else { "text_completion" };
+        return Json(json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage }))
+            .into_response();
+    }
+    // Streaming: pieces flow through a channel from the blocking generator.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Value, GenError>>();
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = {
+        let (id, model) = (id.clone(), model.clone());
+        move |delta: Value, finish: Option<&str>, usage: Option<Value>| {
+            let choice = if chat {
+                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null })
+            } else {
+                json!({ "index": 0, "text": delta["content"].as_str().unwrap_or(""), "finish_reason": finish, "logprobs": null })
+            };
+            let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice] });
+            if let Some(u) = usage {
+                v["usage"] = u;
+            }
+            v
+        }
+    };
+    // The first event tells whether the model exists: a missing one is a 404, not a broken stream.
+    let first = chunk.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut started = false;
+        let result = g.generate(&gen, &mut |piece| {
+            if !started {
+                started = true;
+                let _ = tx.send(Ok(first(json!({ "role": "assistant", "content": "" }), None, None)));
+            }
+            let _ = tx.send(Ok(first(json!({ "content": piece }), None, None)));
+        });
+        match result {
+            Ok(out) => {
+                if !started {
+                    let _ = tx.send(Ok(first(json!({ "role": "assistant", "content": "" }), None, None)));
+                }
+                let usage = json!({ "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                                    "total_tokens": out.prompt_tokens + out.completion_tokens });
+                let _ = tx.send(Ok(first(json!({}), Some(&out.finish_reason), Some(usage))));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    let mut rx = rx;
+    let head = match rx.recv().await {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return gen_error(e),
+        None => return gen_error(GenError::Internal("the generation ended without output".into())),
+    };
+    let rest = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(Ok(v)) => Some((Event::default().data(v.to_string()), (rx, false))),
+            Some(Err(e)) => {
+                let msg = match e {
+                    GenError::NotFound(m) | GenError::BadRequest(m) | GenError::Internal(m) => m,
+                };
+                let err = json!({ "error": { "message": msg, "type": "server_error", "param": null, "code": null } });
+                Some((Event::default().data(err.to_string()), (rx, false)))
+            }
+            None => Some((Event::default().data("[DONE]"), (rx, true))),
+        }
+    });
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::once(async move { Event::default().data(head.to_string()) })
+        .chain(rest)
+        .map(Ok::<_, Infallible>);
+    Sse::new(stream).into_response()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
+    complete(state, req, true).await
+}
+
+async fn completions(State(state): State<AppState>, req: Request) -> Response {
+    complete(state, req, false).await
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+}
