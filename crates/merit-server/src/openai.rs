@@ -5,6 +5,9 @@
 //! `{"error": {"message", "type", "param", "code"}}`. The binary injects the
 //! [`Generator`] that runs the models.
 
+// Helpers return the finished error response, which handlers pass on as it is.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
