@@ -112,6 +112,9 @@ try {
     assert.ok(await page.locator("#chart-loss canvas").count() >= 1, "the loss chart is drawn");
     await page.locator("#run-status", { hasText: "done" }).waitFor({ timeout: 180000 });
     assert.ok(Number(await page.evaluate(() => document.body.dataset.points)) === 12);
+    await page.getByRole("button", { name: "Publish adapter" }).click();
+    await page.locator("#published:not([hidden])").waitFor();
+    assert.match(await page.locator("#adapter-sha").textContent(), /^[0-9a-f]{64}$/);
     await shot("07-run");
 
     step("base and tuned answers side by side, then chatting with the tuned model (streamed)");

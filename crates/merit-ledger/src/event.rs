@@ -1,8 +1,8 @@
 //! Ledger leaves: typed events, serialised as canonical JSON (RFC 8785 key
 //! order, no insignificant whitespace) with a schema version.
 //!
-//! Leaves hold only strings and integers, so the canonical form is simply
-//! the compact JSON of a key-sorted object.
+//! Leaves hold only strings, integers and lists of strings, so the canonical
+//! form is simply the compact JSON of a key-sorted object.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,18 @@ pub enum Event {
         contribution_id: i64,
         at: i64,
     },
+    /// A trained adapter was published: its bytes, base and training data.
+    #[serde(rename = "adapter.published")]
+    AdapterPublished {
+        run_id: i64,
+        publisher: String,
+        base: String,
+        /// SHA-256 of `adapter_model.safetensors`, hex.
+        adapter_sha256: String,
+        /// The datanet versions it was trained on, `NAME@VERSION`.
+        datanets: Vec<String>,
+        at: i64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +112,7 @@ impl Event {
             | Event::ContributionVerdict { contribution_id, .. } => {
                 format!("contribution:{contribution_id}")
             }
+            Event::AdapterPublished { run_id, .. } => format!("run:{run_id}"),
         }
     }
 
@@ -111,6 +124,7 @@ impl Event {
             Event::ContributionSubmitted { .. } => "contribution.submitted",
             Event::ContributionVerdict { .. } => "contribution.verdict",
             Event::DatanetVersion { .. } => "datanet.version",
+            Event::AdapterPublished { .. } => "adapter.published",
         }
     }
 }

@@ -146,5 +146,7 @@ pub(crate) fn run_json(run: &merit_store::Run) -> Value {
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        "published_at": run.published_at,
+        "adapter_sha256": run.adapter_sha256,
     })
 }

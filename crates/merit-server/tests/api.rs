@@ -473,6 +473,7 @@ impl merit_server::RunTrainer for FakeTrainer {
             return Err("the base model ran out of memory".into());
         }
         std::fs::write(dir.join("adapter_config.json"), b"{\"r\":8}").unwrap();
+        std::fs::write(dir.join("adapter_model.safetensors"), format!("weights after {steps} steps")).unwrap();
         Ok(json!({ "stopped": false, "steps": steps }))
     }
 }
@@ -595,6 +596,30 @@ async fn training_runs_are_jobs_with_live_events_and_stop() {
     let end = &ev.last().unwrap().1;
     assert_eq!((end["status"].as_str(), end["summary"]["stopped"].as_bool()), (Some("stopped"), Some(true)));
     assert!(end["summary"]["steps"].as_i64().unwrap() < 10_000);
+
+    // A stopped run resumes (queued again, then trained to its end).
+    assert_eq!(
+        app.call("POST", &format!("/api/v1/runs/{id}/resume"), Some(&bob), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app.call("POST", &format!("/api/v1/runs/{id}/resume"), Some(&ann), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"], "queued");
+    app.call("POST", &format!("/api/v1/runs/{id}/stop"), Some(&ann), None).await;
+    let ev = sse_events(&app.call("GET", &format!("/api/v1/runs/{id}/events"), Some(&ann), None).await.body);
+    assert!(matches!(ev.last().unwrap().1["status"].as_str(), Some("stopped")));
+    // Publishing puts the adapter's hash, base and data versions on the ledger, once.
+    let first = 1; // the datanet run
+    let r = app.call("POST", &format!("/api/v1/runs/{first}/publish"), Some(&ann), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let sha = r.json()["adapter_sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha, merit_core::sha256_hex(b"weights after 4 steps"));
+    let again = app.call("POST", &format!("/api/v1/runs/{first}/publish"), Some(&ann), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let entries = app.call("GET", &format!("/api/v1/ledger/entries?subject=run:{first}"), None, None).await.json();
+    let event = &entries["entries"][0]["event"];
+    assert_eq!(event["type"], "adapter.published", "{entries}");
+    assert_eq!((event["adapter_sha256"].as_str(), event["datanets"].clone()), (Some(sha.as_str()), json!(["qa@1"])));
 
     // A failing run says why.
     let r =

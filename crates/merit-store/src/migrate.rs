@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_ledger.sql")),
     (3, include_str!("migrations/0003_runs.sql")),
     (4, include_str!("migrations/0004_sessions.sql")),
+    (5, include_str!("migrations/0005_publish.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

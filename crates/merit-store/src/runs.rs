@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use merit_ledger::event::Event;
+
 use crate::{col, now_ms, Backend, Store, StoreError, User};
 
 /// A training run as stored.
@@ -23,6 +25,9 @@ pub struct Run {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// When the adapter was published (on the ledger), and its SHA-256.
+    pub published_at: Option<i64>,
+    pub adapter_sha256: Option<String>,
 }
 
 impl Run {
@@ -33,7 +38,7 @@ impl Run {
 }
 
 const SELECT: &str = "SELECT r.id, r.owner_id, u.name AS owner, r.status, r.config, r.stop_requested, r.summary, \
-                      r.error, r.created_at, r.started_at, r.finished_at FROM runs r JOIN users u ON u.id = r.owner_id";
+                      r.error, r.created_at, r.started_at, r.finished_at, r.published_at, r.adapter_sha256 FROM runs r JOIN users u ON u.id = r.owner_id";
 
 fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
     let json = |name: &str, s: Option<String>| -> Result<Option<Value>, StoreError> {
@@ -51,6 +56,8 @@ fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
         created_at: col(row, "created_at")?,
         started_at: col(row, "started_at")?,
         finished_at: col(row, "finished_at")?,
+        published_at: col(row, "published_at")?,
+        adapter_sha256: col(row, "adapter_sha256")?,
     })
 }
 
@@ -179,5 +186,68 @@ impl Store {
         .await?;
         w.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    /// Queues a run that ended early (stopped, interrupted, failed) again:
+    /// its worker continues from the newest checkpoint in its folder.
+    pub async fn requeue_run(&self, id: i64) -> Result<Run, StoreError> {
+        let mut w = self.write().await?;
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(id).fetch_optional(&mut *w.tx).await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("run {id}")));
+        };
+        let status: String = col(&row, "status")?;
+        if !matches!(status.as_str(), "stopped" | "interrupted" | "failed") {
+            return Err(StoreError::Conflict(format!(
+                "run {id} is {status}; only a stopped, interrupted or failed run resumes"
+            )));
+        }
+        sqlx::query(
+            "UPDATE runs SET status = 'queued', stop_requested = 0, error = NULL, finished_at = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        self.run(id).await?.ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
+    }
+
+    /// Publishes a finished run's adapter: records its SHA-256 and appends an
+    /// `adapter.published` leaf (base, data versions) in the same transaction.
+    pub async fn publish_run(&self, id: i64, publisher: &User, adapter_sha256: &str) -> Result<Run, StoreError> {
+        let run = self.run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+        if !matches!(run.status.as_str(), "done" | "stopped") {
+            return Err(StoreError::Conflict(format!("run {id} is {}; only a finished run is published", run.status)));
+        }
+        let now = now_ms();
+        let mut w = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET published_at = $1, adapter_sha256 = $2 WHERE id = $3 AND published_at IS NULL",
+        )
+        .bind(now)
+        .bind(adapter_sha256)
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("run {id} is already published")));
+        }
+        let datanets = run.config["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().and_then(|s| s.strip_prefix("datanet:")).map(str::to_string))
+            .collect();
+        let event = Event::AdapterPublished {
+            run_id: id,
+            publisher: publisher.name.clone(),
+            base: run.config["base"].as_str().unwrap_or_default().to_string(),
+            adapter_sha256: adapter_sha256.to_string(),
+            datanets,
+            at: now,
+        };
+        crate::ledger::append(&mut w, self.backend, &[event], now).await?;
+        w.commit().await?;
+        self.run(id).await?.ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
     }
 }

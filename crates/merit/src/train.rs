@@ -445,12 +445,14 @@ impl merit_server::RunTrainer for ServeTrainer {
                 &self.data_dir,
                 Some(&self.store),
             ))?;
+            // A resumed run continues from its newest complete checkpoint.
+            let resume = merit_train::checkpoint::latest(dir).ok();
             let summary = train_rows(
                 &config,
                 &rows,
                 &self.data_dir,
                 dir,
-                None,
+                resume.as_deref(),
                 None,
                 stop,
                 &mut |line| tracing::info!("{line}"),

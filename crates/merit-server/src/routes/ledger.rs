@@ -135,7 +135,7 @@ pub struct EntriesQuery {
     #[serde(default)]
     from: u64,
     limit: Option<u64>,
-    /// Only entries about this subject: `contribution:<id>` or `datanet:<name>`.
+    /// Only entries about this subject: `contribution:<id>`, `datanet:<name>` or `run:<id>`.
     subject: Option<String>,
 }
 

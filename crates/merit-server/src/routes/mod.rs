@@ -56,6 +56,8 @@ pub fn api() -> Router<AppState> {
         .route("/runs/{id}", get(runs::runs_show))
         .route("/models", get(runs::models_list))
         .route("/runs/{id}/stop", post(runs::runs_stop))
+        .route("/runs/{id}/resume", post(runs::runs_resume))
+        .route("/runs/{id}/publish", post(runs::runs_publish))
         .route("/runs/{id}/events", get(runs::runs_events))
         .route("/runs/{id}/files/{name}", get(runs::runs_file))
 }

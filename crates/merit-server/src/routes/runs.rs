@@ -158,6 +158,56 @@ pub async fn runs_stop(
     Ok((code, Json(run_json(&run))))
 }
 
+/// A run of the caller's own (administrators: any); others get 404 or 403.
+async fn own_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Run> {
+    let run = visible_run(state, caller, id).await?;
+    let user = caller.user()?;
+    if run.owner_id != user.id && !user.admin {
+        return Err(ApiError::forbidden(format!("only {} can change run {}", run.owner, run.id)));
+    }
+    Ok(run)
+}
+
+/// `POST /runs/{id}/resume`: a stopped, interrupted or failed run is queued
+/// again and continues from its newest checkpoint.
+pub async fn runs_resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let host = host(&state)?;
+    let run = own_run(&state, &caller, &id).await?;
+    let run = state.store.requeue_run(run.id).await?;
+    host.wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(run_json(&run))))
+}
+
+/// `POST /runs/{id}/publish`: records the adapter's SHA-256 and appends an
+/// `adapter.published` entry to the ledger (base and datanet versions).
+pub async fn runs_publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let host = host(&state)?;
+    let run = own_run(&state, &caller, &id).await?;
+    let path = host.run_dir(run.id).join("adapter_model.safetensors");
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("run {} has no adapter yet", run.id)))
+        }
+        Err(e) => {
+            tracing::error!("reading {}: {e}", path.display());
+            return Err(ApiError::internal());
+        }
+    };
+    let sha = merit_core::sha256_hex(&bytes);
+    let user = caller.user()?.clone();
+    let run = state.store.publish_run(run.id, &user, &sha).await?;
+    Ok(Json(run_json(&run)))
+}
+
 /// The files of a run that can be fetched.
 const FILES: &[(&str, &str)] = &[
     ("adapter_config.json", "application/json"),

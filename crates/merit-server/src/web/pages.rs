@@ -56,16 +56,89 @@ pub async fn datanets(State(state): State<AppState>, viewer: Viewer, Query(q): Q
     render(&viewer, "datanets.html", "Datanets", json!({ "datanets": list, "q": q.q, "tag": q.tag, "tags": tags }))
 }
 
+/// Each contributor's submitted and accepted counts over time, as a small
+/// inline SVG (two cumulative lines on one time axis for the whole board).
+fn history_charts(outcomes: &[merit_core::score::Outcome]) -> std::collections::HashMap<String, String> {
+    use std::collections::HashMap;
+    let times = outcomes.iter().flat_map(|o| std::iter::once(o.submitted_at).chain(o.accepted_at));
+    let Some((t0, t1)) = times.fold(None, |acc: Option<(i64, i64)>, t| match acc {
+        None => Some((t, t)),
+        Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+    }) else {
+        return HashMap::new();
+    };
+    let span = t1.saturating_sub(t0).max(1) as f64;
+    let mut by: HashMap<String, Vec<(i64, u8)>> = HashMap::new();
+    for o in outcomes {
+        let e = by.entry(o.contributor.clone()).or_default();
+        e.push((o.submitted_at, 0));
+        if let (Some(at), merit_core::Status::Accepted) = (o.accepted_at, o.status) {
+            e.push((at, 1));
+        }
+    }
+    let (w, h) = (120.0, 28.0);
+    by.into_iter()
+        .map(|(who, mut ev)| {
+            ev.sort();
+            let total = ev.iter().filter(|(_, k)| *k == 0).count().max(1) as f64;
+            let line = |kind: u8| {
+                let mut n = 0.0;
+                let mut pts = vec![format!("0,{h}")];
+                for (t, k) in &ev {
+                    if *k == kind {
+                        let x = (*t - t0) as f64 / span * w;
+                        pts.push(format!("{x:.1},{:.1}", h - n / total * (h - 2.0)));
+                        n += 1.0;
+                        pts.push(format!("{x:.1},{:.1}", h - n / total * (h - 2.0)));
+                    }
+                }
+                pts.push(format!("{w},{:.1}", h - n / total * (h - 2.0)));
+                pts.join(" ")
+            };
+            let svg = format!(
+                "<svg class=\"spark\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"submitted and accepted over time\">\
+                 <polyline fill=\"none\" stroke=\"#9ca3af\" stroke-width=\"1.5\" points=\"{}\"/>\
+                 <polyline fill=\"none\" stroke=\"#15803d\" stroke-width=\"1.5\" points=\"{}\"/></svg>",
+                line(0),
+                line(1)
+            );
+            (who, svg)
+        })
+        .collect()
+}
+
+/// Adds each contributor's history chart to a leaderboard.
+fn with_history(board: Value, outcomes: &[merit_core::score::Outcome]) -> Value {
+    let charts = history_charts(outcomes);
+    match board {
+        Value::Array(rows) => Value::Array(
+            rows.into_iter()
+                .map(|mut r| {
+                    let who = r["contributor"].as_str().unwrap_or_default().to_string();
+                    r["history"] = json!(charts.get(&who));
+                    r
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 pub async fn datanet(State(state): State<AppState>, viewer: Viewer, Path(name): Path<String>) -> Response {
     let d = match ok(&viewer, datanets::datanets_show(State(state.clone()), viewer.caller(), Path(name.clone())).await)
     {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let board = datanets::leaderboard_datanet(State(state), viewer.caller(), Path(name.clone()))
+    let board = datanets::leaderboard_datanet(State(state.clone()), viewer.caller(), Path(name.clone()))
         .await
         .map(|j| j.0)
         .unwrap_or(Value::Array(vec![]));
+    let outcomes = match state.store.datanet(&name).await {
+        Ok(Some(dn)) => state.store.outcomes(Some(&dn)).await.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let board = with_history(board, &outcomes);
     let title = format!("Datanet {name}");
     render(&viewer, "datanet.html", &title, json!({ "d": d, "leaderboard": board }))
 }
@@ -133,10 +206,15 @@ pub async fn rows(
 }
 
 pub async fn leaderboard(State(state): State<AppState>, viewer: Viewer) -> Response {
-    let board = match ok(&viewer, datanets::leaderboard_global(State(state)).await) {
+    let board = match ok(&viewer, datanets::leaderboard_global(State(state.clone())).await) {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let mut outcomes = Vec::new();
+    for d in state.store.datanets().await.unwrap_or_default().iter().filter(|d| d.published) {
+        outcomes.extend(state.store.outcomes(Some(d)).await.unwrap_or_default());
+    }
+    let board = with_history(board, &outcomes);
     render(&viewer, "leaderboard.html", "Leaderboard", json!({ "leaderboard": board }))
 }
 
@@ -221,4 +299,33 @@ pub async fn chat(viewer: Viewer, Query(q): Query<ChatQuery>) -> Response {
         return r;
     }
     render(&viewer, "chat.html", "Chat", json!({ "model": q.model }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use merit_core::score::Outcome;
+    use merit_core::Status;
+
+    #[test]
+    fn history_charts_draw_cumulative_lines() {
+        assert!(history_charts(&[]).is_empty());
+        let o = |who: &str, status, at, accepted| Outcome {
+            contributor: who.into(),
+            status,
+            credit: 1.0,
+            submitted_at: at,
+            accepted_at: accepted,
+        };
+        let charts = history_charts(&[
+            o("ann", Status::Accepted, 0, Some(10)),
+            o("ann", Status::Rejected, 50, None),
+            o("bob", Status::Accepted, 100, Some(100)),
+        ]);
+        let ann = &charts["ann"];
+        assert_eq!(ann.matches("<polyline").count(), 2);
+        // ann: two submitted (ends at the top), one accepted (ends half way).
+        assert!(ann.contains("120,2.0") && ann.contains("120,15.0"), "{ann}");
+        assert!(charts["bob"].contains("120,2.0"));
+    }
 }

@@ -261,10 +261,31 @@ function initRun() {
     $("#run-status").textContent = r.status;
     $("#run-status").className = "status status-" + r.status;
     $("#stop-run").hidden = true;
+    if ($("#resume-run")) $("#resume-run").hidden = !["stopped", "interrupted", "failed"].includes(r.status);
+    if ($("#publish-run")) $("#publish-run").hidden = !["done", "stopped"].includes(r.status) || !!r.published_at;
     line(`ended: ${r.status}${r.error ? " — " + r.error : ""}`);
     if (r.error) flash(`Run ${r.id} failed: ${r.error}`);
   });
   src.onerror = () => { if (src.readyState === EventSource.CLOSED) line("(stream closed)"); };
+  const resume = $("#resume-run");
+  if (resume) {
+    resume.addEventListener("click", async () => {
+      resume.disabled = true;
+      try { await api("POST", `/runs/${run.id}/resume`); location.reload(); } catch (e) { flash(e.message); resume.disabled = false; }
+    });
+  }
+  const publish = $("#publish-run");
+  if (publish) {
+    publish.addEventListener("click", async () => {
+      publish.disabled = true;
+      try {
+        const r = await api("POST", `/runs/${run.id}/publish`);
+        $("#adapter-sha").textContent = r.adapter_sha256;
+        $("#published").hidden = false;
+        publish.hidden = true;
+      } catch (e) { flash(e.message); publish.disabled = false; }
+    });
+  }
   const stop = $("#stop-run");
   stop.addEventListener("click", async () => {
     stop.disabled = true;

@@ -1,0 +1,2 @@
+ALTER TABLE runs ADD COLUMN published_at BIGINT;
+ALTER TABLE runs ADD COLUMN adapter_sha256 TEXT;
