@@ -14,18 +14,18 @@ const browser = await chromium.launch({
     "--disable-component-update", "--disable-sync"],
 });
 const failures = [];
+
+/** Every visible form control of the page has a label (a <label>, aria-label or aria-labelledby). */
+async function labelled(page) {
+  const bare = await page.evaluate(() => Array.from(document.querySelectorAll("input, select, textarea"))
+    .filter((e) => e.type !== "hidden" && e.offsetParent !== null)
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.getAttribute("aria-labelledby"))
+    .map((e) => e.id || e.name || e.outerHTML.slice(0, 60)));
+  assert.deepEqual(bare, [], `${page.url()}: controls without a label`);
+}
 try {
-  for (const [label, viewport] of [["laptop", { width: 1280, height: 900 }], ["phone", { width: 390, height: 844 }]]) {
-    if (label === "phone") {
-      // The phone width: the pages lay out without sideways scrolling.
-      const page = await browser.newPage({ viewport });
-      await page.goto(`${url}/datanets`);
-      const wide = await page.evaluate(() => document.documentElement.scrollWidth);
-      assert.ok(wide <= 390 + 1, `the datanets page is ${wide}px wide on a phone`);
-      await page.screenshot({ path: `${shots}/phone-datanets.png`, fullPage: true });
-      await page.close();
-      continue;
-    }
+  {
+    const viewport = { width: 1280, height: 900 };
     const page = await browser.newPage({ viewport });
     page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
     const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
@@ -153,6 +153,29 @@ try {
     assert.equal(resp.status(), 404);
     assert.match(await page.locator(".error-page").textContent(), /not found/);
     await shot("12-not-found");
+
+    step("every page: labelled controls at laptop width, no sideways scrolling at phone width");
+    const pages = ["/datanets", "/datanets/new", "/datanets/essays", "/datanets/essays/edit", "/leaderboard", "/runs",
+      "/runs/new", "/runs/1", "/chat", "/ledger", "/login"];
+    for (const p of pages) {
+      await page.goto(url + p);
+      await labelled(page);
+    }
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, storageState: await page.context().storageState() });
+    const small = await phone.newPage();
+    for (const p of pages) {
+      await small.goto(url + p);
+      await small.waitForLoadState("networkidle");
+      const wide = await small.evaluate(() => document.documentElement.scrollWidth);
+      assert.ok(wide <= 391, `${p} is ${wide}px wide on a 390px phone`);
+      await small.screenshot({ path: `${shots}/phone${p.replaceAll("/", "-")}.png`, fullPage: true });
+    }
+    await phone.close();
+
+    step("keyboard only: the skip link and the chat form");
+    await page.goto(`${url}/chat`);
+    await page.keyboard.press("Tab");
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
 
     step("signing out ends the session");
     await page.goto(`${url}/datanets`);

@@ -261,6 +261,8 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(pages::run))
         .route("/ledger", get(pages::ledger))
         .route("/chat", get(pages::chat))
+        // A failure inside a page is an error page, not the API's JSON.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| page_error(None, ApiError::internal())))
 }
 
 #[cfg(test)]
