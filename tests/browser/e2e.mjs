@@ -59,11 +59,16 @@ try {
     await page.getByLabel("Description (markdown)").fill("Essays **about anything**.\n\n<script>alert(1)</script>");
     await page.getByLabel("Tags (comma-separated)").fill("essays, english");
     await page.getByLabel("Largest file (bytes)").fill("0");
+    await page.locator('[id="err-max_file_bytes"]:not([hidden])').waitFor(); // checked as it is typed
     await page.getByLabel("Publish now").check();
+    await page.getByLabel("Largest file (bytes)").fill("300000000");
     await page.getByRole("button", { name: "Create datanet" }).click();
     await page.locator('[id="err-max_file_bytes"]:not([hidden])').waitFor();
     await shot("02-datanet-form-error");
     await page.getByLabel("Largest file (bytes)").fill("5000000");
+    await page.getByLabel(/Languages/).fill("english");
+    await page.locator('[id="err-gates.languages"]:not([hidden])').waitFor();
+    await page.getByLabel(/Languages/).fill("en");
     await page.getByRole("button", { name: "Create datanet" }).click();
     await page.waitForURL(/\/datanets\/essays$/);
     assert.equal(await page.locator(".markdown strong").textContent(), "about anything");

@@ -146,12 +146,15 @@ async function initReview() {
           load();
         } catch (e) { flash(e.message); }
       };
-      list.append(el("li", { class: "verdict" },
-        el("strong", { text: c.filename }), ` by ${c.contributor} · ${c.rows} rows · `,
-        el("a", { href: `/api/v1/datanets/${encodeURIComponent(name)}/contributions/${c.id}/file`, text: "preview file" }), " ",
-        el("button", { type: "button", onclick: () => act("approve"), text: "Approve" }), " ",
-        el("label", { for: `reason-${c.id}`, text: "Reason" }), reason,
-        el("button", { type: "button", onclick: () => act("reject"), text: "Reject" })));
+      const head = [el("strong", { text: c.filename }), ` by ${c.contributor} · ${c.rows} rows · `,
+        el("a", { href: `/api/v1/datanets/${encodeURIComponent(name)}/contributions/${c.id}/file`, text: "preview file" }), " "];
+      // Nobody reviews their own file: the API would refuse, so the page does not offer it.
+      const actions = c.contributor === box.dataset.me
+        ? [el("span", { class: "muted", text: "your own: another curator or the owner reviews it" })]
+        : [el("button", { type: "button", onclick: () => act("approve"), text: "Approve" }), " ",
+          el("label", { for: `reason-${c.id}`, text: "Reason" }), reason,
+          el("button", { type: "button", onclick: () => act("reject"), text: "Reject" })];
+      list.append(el("li", { class: "verdict" }, ...head, ...actions));
     }
   };
   load();
@@ -559,9 +562,31 @@ function initDatanetForm() {
     target.hidden = false;
     (key ? key.previousElementSibling : target).focus?.();
   };
+  // Inline checks as the values change; the server checks again on submit.
+  const live = () => {
+    const problems = {};
+    const name = f("name").value.trim();
+    if (!d && name && !/^[a-z0-9][a-z0-9._-]*$/.test(name)) problems.name = "Lower-case letters, digits, - _ . only, starting with a letter or digit.";
+    const mfb = Number(f("max_file_bytes").value);
+    if (!(mfb >= 1 && mfb <= 268435456)) problems.max_file_bytes = "Between 1 byte and 268435456 (256 MiB).";
+    const lo = Number(f("gates.min_words").value), hi = Number(f("gates.max_words").value);
+    if (!(lo >= 0)) problems["gates.min_words"] = "0 or more.";
+    if (hi > 0 && lo > hi) problems["gates.max_words"] = "At least the fewest words, or 0 for no limit.";
+    if (!(Number(f("limits.user_files_per_day").value) >= 0)) problems["limits.user_files_per_day"] = "0 or more.";
+    const langs = list(f("gates.languages").value);
+    if (langs.some((l) => !/^[a-z]{2}$/.test(l))) problems["gates.languages"] = "Two-letter ISO 639-1 codes, such as en, fr.";
+    for (const e of $$(".field-error", form)) {
+      const key = e.id.slice(4);
+      e.textContent = problems[key] || "";
+      e.hidden = !problems[key];
+    }
+    return Object.keys(problems).length === 0;
+  };
+  form.addEventListener("input", live);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     clear();
+    if (!live()) { $(".field-error:not([hidden])", form).previousElementSibling.focus(); return; }
     if (!d && !f("name").value.trim()) return fail({ key: "name", message: "A datanet needs a name (lower-case letters, digits, - _ .)." });
     const body = { summary: f("summary").value, description: f("description").value, tags: list(f("tags").value) };
     if (!d || !d.published) body.policy = toml();
