@@ -115,6 +115,9 @@ pub struct DecoderConfig {
     /// Attend only to the last `n` positions (Mistral).
     pub sliding_window: Option<usize>,
     pub tie_word_embeddings: bool,
+    /// The context the model was trained for (`max_position_embeddings`,
+    /// GPT-2's `n_positions`, GGUF's `context_length`), when it is known.
+    pub context_length: Option<usize>,
     /// End-of-sequence token ids.
     pub eos_token_ids: Vec<u32>,
 }
@@ -277,6 +280,10 @@ impl DecoderConfig {
             qk_norm: family == Family::Qwen3,
             sliding_window,
             tie_word_embeddings: bool_key(v, "tie_word_embeddings", tie_default),
+            context_length: ["max_position_embeddings", "n_positions", "seq_length"]
+                .iter()
+                .find_map(|k| get(v, k).and_then(Value::as_u64))
+                .map(|n| n as usize),
             eos_token_ids,
         })
     }

@@ -150,6 +150,8 @@ pub enum StopReason {
     Eos,
     Stop,
     Length,
+    /// The caller asked to stop (a client went away).
+    Cancelled,
 }
 
 /// What a generation produced (new tokens only).
@@ -218,6 +220,38 @@ pub fn generate_batch(
     params: &SamplingParams,
     max_new: usize,
     stop: &[String],
+    on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>, LmError> {
+    generate_rows(model, tok, prompts, params, max_new, stop, None, on_text)
+}
+
+/// [`generate`] that also stops, with [`StopReason::Cancelled`], as soon as
+/// `cancel` is set (checked before every new token).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_cancellable(
+    model: &Decoder,
+    tok: &TextTokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    max_new: usize,
+    stop: &[String],
+    cancel: &std::sync::atomic::AtomicBool,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation, LmError> {
+    let mut out =
+        generate_rows(model, tok, &[prompt.to_vec()], params, max_new, stop, Some(cancel), |_, p| on_text(p))?;
+    out.pop().ok_or_else(|| LmError::Config("no generation".into()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_rows(
+    model: &Decoder,
+    tok: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    max_new: usize,
+    stop: &[String],
+    cancel: Option<&std::sync::atomic::AtomicBool>,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Generation>, LmError> {
     params.check()?;
@@ -249,6 +283,12 @@ pub fn generate_batch(
     let mut width = longest;
     for _ in 0..max_new {
         if rows.iter().all(|r| r.done.is_some()) {
+            break;
+        }
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            for r in rows.iter_mut().filter(|r| r.done.is_none()) {
+                r.done = Some(StopReason::Cancelled);
+            }
             break;
         }
         let ids = Tensor::from_vec(input, (rows.len(), width), &device)?;

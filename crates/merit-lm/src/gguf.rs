@@ -150,6 +150,7 @@ pub fn load_gguf_as(path: &Path, device: &Device, dequantize: bool) -> Result<(D
         qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
         sliding_window: None,
         tie_word_embeddings: !has_output,
+        context_length: meta_u64(&content, &k("context_length")).ok().map(|n| n as usize),
         eos_token_ids: eos_ids,
     };
     let mut tensors = HashMap::new();

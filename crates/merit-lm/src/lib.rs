@@ -32,7 +32,9 @@ pub mod tokenizer;
 
 pub use candle_core::{self, Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
-pub use generate::{generate, generate_batch, nll, Generation, Sampler, SamplingParams, StopReason, TextStream};
+pub use generate::{
+    generate, generate_batch, generate_cancellable, nll, Generation, Sampler, SamplingParams, StopReason, TextStream,
+};
 pub use linear::{Dropout, Linear, Lora, LoraRows, Weight};
 pub use model::{Cache, Decoder, LoraConfig};
 pub use nf4::Nf4Weight;

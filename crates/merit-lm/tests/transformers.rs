@@ -523,3 +523,30 @@ fn checkpointed_gradients_match_the_plain_backward_pass() {
         }
     }
 }
+
+/// A cancelled generation stops at its next token.
+#[test]
+fn cancelled_generation_stops_at_the_next_token() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (dir, r) = fixture("smollm");
+    let model = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+    let prompt = ids(&r["prompt_token_ids"]);
+    let cancel = AtomicBool::new(true);
+    let g =
+        merit_lm::generate_cancellable(&model, &tok, &prompt, &Default::default(), 20, &[], &cancel, |_| {}).unwrap();
+    assert_eq!((g.token_ids.len(), g.stop_reason), (0, merit_lm::StopReason::Cancelled));
+    let cancel = AtomicBool::new(false);
+    let mut pieces = 0;
+    let g = merit_lm::generate_cancellable(&model, &tok, &prompt, &Default::default(), 20, &[], &cancel, |_| {
+        pieces += 1;
+        if pieces == 2 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!(g.stop_reason, merit_lm::StopReason::Cancelled);
+    assert!(g.token_ids.len() < 20, "{} tokens", g.token_ids.len());
+    // The fixture's config.json says max_position_embeddings = 256.
+    assert_eq!(model.config.context_length, Some(256));
+}

@@ -36,6 +36,18 @@ pub struct GenRequest {
     pub top_p: f64,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// Set when the client has gone away: the generator stops at its next token.
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets `cancel` when dropped: a request future or stream that goes away
+/// (the client disconnected) stops its generation.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a generation produced.
@@ -223,6 +235,7 @@ fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool), Response> {
         top_p,
         seed: body.seed.unwrap_or(0),
         stop,
+        cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     Ok((req, body.stream))
 }
@@ -251,6 +264,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_u64());
     let created = now_s();
     let model = gen.model.clone();
+    let guard = CancelOnDrop(gen.cancel.clone());
     if !stream {
         let out = tokio::task::spawn_blocking(move || g.generate(&gen, &mut |_| {})).await;
         let out = match out {
@@ -258,6 +272,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
             Ok(Err(e)) => return gen_error(e),
             Err(_) => return gen_error(GenError::Internal("the generation task panicked".into())),
         };
+        drop(guard);
         let usage = json!({ "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                             "total_tokens": out.prompt_tokens + out.completion_tokens });
         let choice = if chat {
@@ -289,6 +304,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     };
     // The first event tells whether the model exists: a missing one is a 404, not a broken stream.
     let first = chunk.clone();
+    let cancel = gen.cancel.clone();
     tokio::task::spawn_blocking(move || {
         let mut started = false;
         let result = g.generate(&gen, &mut |piece| {
@@ -296,7 +312,10 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                 started = true;
                 let _ = tx.send(Ok(first(json!({ "role": "assistant", "content": "" }), None, None)));
             }
-            let _ = tx.send(Ok(first(json!({ "content": piece }), None, None)));
+            if tx.send(Ok(first(json!({ "content": piece }), None, None))).is_err() {
+                // Nobody reads the stream any more.
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         });
         match result {
             Ok(out) => {
@@ -318,20 +337,21 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         Some(Err(e)) => return gen_error(e),
         None => return gen_error(GenError::Internal("the generation ended without output".into())),
     };
-    let rest = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+    // The stream owns the guard: a client that disconnects drops it and frees the model.
+    let rest = futures_util::stream::unfold((rx, false, guard), |(mut rx, done, guard)| async move {
         if done {
             return None;
         }
         match rx.recv().await {
-            Some(Ok(v)) => Some((Event::default().data(v.to_string()), (rx, false))),
+            Some(Ok(v)) => Some((Event::default().data(v.to_string()), (rx, false, guard))),
             Some(Err(e)) => {
                 let msg = match e {
                     GenError::NotFound(m) | GenError::BadRequest(m) | GenError::Internal(m) => m,
                 };
                 let err = json!({ "error": { "message": msg, "type": "server_error", "param": null, "code": null } });
-                Some((Event::default().data(err.to_string()), (rx, false)))
+                Some((Event::default().data(err.to_string()), (rx, false, guard)))
             }
-            None => Some((Event::default().data("[DONE]"), (rx, true))),
+            None => Some((Event::default().data("[DONE]"), (rx, true, guard))),
         }
     });
     use futures_util::StreamExt;

@@ -749,3 +749,64 @@ async fn openai_compatible_chat_and_completions() {
     assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     assert_eq!(e.json()["error"]["code"], "invalid_api_key");
 }
+
+/// Streams pieces until it is cancelled (or 10 s pass), and says whether it was.
+struct EndlessGenerator(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl merit_server::openai::Generator for EndlessGenerator {
+    fn models(&self) -> Vec<String> {
+        vec!["base".into()]
+    }
+
+    fn generate(
+        &self,
+        req: &merit_server::openai::GenRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<merit_server::openai::GenOutput, merit_server::openai::GenError> {
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if req.cancel.load(Ordering::Relaxed) {
+                self.0.store(true, Ordering::Relaxed);
+                break;
+            }
+            on_text("x");
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(merit_server::openai::GenOutput {
+            text: "x".repeat(n),
+            prompt_tokens: 1,
+            completion_tokens: n,
+            finish_reason: "length".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_its_generation() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = common::App::with_generator(std::sync::Arc::new(EndlessGenerator(cancelled.clone()))).await;
+    let ann = app.user("ann").await;
+    let body = json!({ "model": "base", "messages": [{ "role": "user", "content": "go" }], "stream": true });
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {ann}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).starts_with("data: "));
+    drop(body); // the client goes away mid-stream
+    let start = std::time::Instant::now();
+    while !cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "the generation went on after the client left");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

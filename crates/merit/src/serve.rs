@@ -125,6 +125,18 @@ impl Generator for ServeGenerator {
         if ids.is_empty() {
             return Err(GenError::BadRequest("the prompt is empty".into()));
         }
+        let mut max_new = req.max_tokens;
+        if let Some(ctx) = m.config.context_length {
+            if ids.len() >= ctx {
+                return Err(GenError::BadRequest(format!(
+                    "the prompt has {} tokens; `{}` reads at most {ctx} (its context length)",
+                    ids.len(),
+                    req.model
+                )));
+            }
+            // Generation stops at the end of the context (finish_reason "length").
+            max_new = max_new.min(ctx - ids.len());
+        }
         let params = merit_lm::SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -132,10 +144,12 @@ impl Generator for ServeGenerator {
             ..Default::default()
         };
         params.check().map_err(|e| GenError::BadRequest(e.to_string()))?;
-        let g = merit_lm::generate(m, tok, &ids, &params, req.max_tokens, &req.stop, |piece| on_text(piece))
-            .map_err(internal)?;
+        let g = merit_lm::generate_cancellable(m, tok, &ids, &params, max_new, &req.stop, &req.cancel, |piece| {
+            on_text(piece)
+        })
+        .map_err(internal)?;
         let finish_reason = match g.stop_reason {
-            merit_lm::StopReason::Length => "length",
+            merit_lm::StopReason::Length | merit_lm::StopReason::Cancelled => "length",
             _ => "stop",
         };
         Ok(GenOutput {

@@ -720,6 +720,11 @@ try:
     raise SystemExit("an unknown adapter was served")
 except openai.NotFoundError as e:
     assert "run-9" in str(e)
+try:
+    c.completions.create(model="tiny", prompt="word " * 5000, max_tokens=2)
+    raise SystemExit("a prompt over the context was served")
+except openai.BadRequestError as e:
+    assert "context length" in str(e), e
 print("openai client ok")
 "#;
     let out = Command::new("python3")
