@@ -36,7 +36,7 @@ pub use generate::{
     generate, generate_batch, generate_cancellable, nll, Generation, Sampler, SamplingParams, StopReason, TextStream,
 };
 pub use linear::{Dropout, Linear, Lora, LoraRows, Weight};
-pub use model::{Cache, Decoder, LoraConfig};
+pub use model::{Adapters, Cache, Decoder, LoraConfig};
 pub use nf4::Nf4Weight;
 pub use quant::QWeight;
 pub use tokenizer::{Message, TextTokenizer};

@@ -195,6 +195,29 @@ struct Layer {
     post_mlp_out_norm: Option<Norm>,
 }
 
+/// The LoRA adapters of a model, one entry per linear layer (see
+/// [`Decoder::adapters`]); the default is no adapter anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Adapters(Vec<Option<Lora>>);
+
+impl Adapters {
+    /// Bytes of adapter weights held (shared A/B counted once).
+    pub fn size_in_bytes(&self) -> usize {
+        let mut seen = Vec::new();
+        let mut bytes = 0;
+        for l in self.0.iter().flatten() {
+            for v in [&l.a, &l.b] {
+                let id = v.as_tensor().id();
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    bytes += v.elem_count() * v.dtype().size_in_bytes();
+                }
+            }
+        }
+        bytes
+    }
+}
+
 /// Keys and values of the positions seen so far, per layer.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
@@ -1050,6 +1073,32 @@ impl Decoder {
             }
         }
         Ok((before, after))
+    }
+
+    /// The adapters attached to every linear layer (cheap: tensors are
+    /// shared), so a server can keep several adapters for one loaded base
+    /// and swap them with [`Decoder::set_adapters`].
+    pub fn adapters(&self) -> Adapters {
+        Adapters(self.layers.iter().flat_map(|l| l.linears().map(|lin| lin.lora.clone())).collect())
+    }
+
+    /// Attaches `adapters` (from [`Decoder::adapters`] of this model), or
+    /// removes every adapter with `Adapters::default()`.
+    pub fn set_adapters(&mut self, adapters: &Adapters) -> Result<(), LmError> {
+        let slots: usize = self.layers.iter().map(|l| l.linears().count()).sum();
+        if !adapters.0.is_empty() && adapters.0.len() != slots {
+            return Err(LmError::Config(format!(
+                "these adapters cover {} layers, the model has {slots}",
+                adapters.0.len()
+            )));
+        }
+        let mut it = adapters.0.iter();
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                lin.lora = it.next().cloned().flatten();
+            }
+        }
+        Ok(())
     }
 
     /// Switches LoRA dropout on (training) or off (evaluation, generation).

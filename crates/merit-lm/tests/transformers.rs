@@ -550,3 +550,24 @@ fn cancelled_generation_stops_at_the_next_token() {
     // The fixture's config.json says max_position_embeddings = 256.
     assert_eq!(model.config.context_length, Some(256));
 }
+
+/// One loaded base serves several adapters: they are taken off and put
+/// back without reloading, with the same logits as loading them.
+#[test]
+fn adapters_swap_on_one_loaded_base() {
+    let (dir, r) = fixture("llama");
+    let prompt = Tensor::new(ids(&r["prompt_token_ids"]).as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits =
+        |m: &merit_lm::Decoder| m.forward(&prompt, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut m = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let base = logits(&m);
+    merit_lm::adapter::load_peft(&mut m, &dir.join("adapter")).unwrap();
+    let tuned = logits(&m);
+    assert_ne!(base, tuned);
+    let adapter = m.adapters();
+    assert!(adapter.size_in_bytes() > 0);
+    m.set_adapters(&merit_lm::Adapters::default()).unwrap();
+    assert_eq!(logits(&m), base);
+    m.set_adapters(&adapter).unwrap();
+    assert_eq!(logits(&m), tuned);
+}

@@ -1,6 +1,8 @@
 //! The generator behind `merit serve`'s OpenAI-compatible API: base models
-//! from the registry, adapters of finished training runs (`<base>:run-<id>`),
-//! a few loaded models kept in memory (least recently used goes first).
+//! from the registry and the adapters of training runs (`<base>:run-<id>`).
+//! Each base is loaded once (a few kept, least recently used goes first);
+//! its adapters load onto it on first use and stay in a cache bounded in
+//! bytes, swapped in per request without reloading the base.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,19 +12,67 @@ use merit_server::openai::{GenError, GenOutput, GenRequest, Generator};
 
 use crate::model;
 
-/// Loaded models kept at once.
-const CACHE: usize = 3;
+/// Base models kept loaded at once.
+const BASES: usize = 3;
 
-type Loaded = Arc<Mutex<(Decoder, TextTokenizer)>>;
+/// Adapter weights kept per base, in bytes (`MERIT_ADAPTER_CACHE_BYTES`).
+fn adapter_budget() -> usize {
+    std::env::var("MERIT_ADAPTER_CACHE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 20)
+}
+
+/// A loaded base and the adapters loaded onto it, least recently used first.
+struct Base {
+    model: Decoder,
+    tok: TextTokenizer,
+    adapters: Vec<(PathBuf, merit_lm::Adapters)>,
+}
+
+impl Base {
+    /// Puts the adapter in `dir` (or none) on the model, loading it on first use.
+    fn select(&mut self, dir: Option<&Path>) -> Result<(), GenError> {
+        let Some(dir) = dir else {
+            return self
+                .model
+                .set_adapters(&merit_lm::Adapters::default())
+                .map_err(|e| GenError::Internal(e.to_string()));
+        };
+        let adapters = match self.adapters.iter().position(|(d, _)| d == dir) {
+            Some(i) => {
+                let hit = self.adapters.remove(i);
+                let a = hit.1.clone();
+                self.adapters.push(hit);
+                a
+            }
+            None => {
+                self.model
+                    .set_adapters(&merit_lm::Adapters::default())
+                    .map_err(|e| GenError::Internal(e.to_string()))?;
+                merit_lm::adapter::load_peft(&mut self.model, dir)
+                    .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
+                let a = self.model.adapters();
+                self.adapters.push((dir.to_path_buf(), a.clone()));
+                // Bounded in bytes: the least recently used go first (never the one in use).
+                let budget = adapter_budget();
+                while self.adapters.len() > 1
+                    && self.adapters.iter().map(|(_, a)| a.size_in_bytes()).sum::<usize>() > budget
+                {
+                    self.adapters.remove(0);
+                }
+                a
+            }
+        };
+        self.model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))
+    }
+}
 
 pub struct ServeGenerator {
     pub data_dir: PathBuf,
-    loaded: Mutex<Vec<(String, Loaded)>>,
+    bases: Mutex<Vec<(String, Arc<Mutex<Base>>)>>,
 }
 
 impl ServeGenerator {
     pub fn new(data_dir: PathBuf) -> ServeGenerator {
-        ServeGenerator { data_dir, loaded: Mutex::new(Vec::new()) }
+        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()) }
     }
 
     /// The adapters of runs: (run id, base as the run named it, folder).
@@ -65,27 +115,27 @@ impl ServeGenerator {
         }
     }
 
-    fn get(&self, id: &str) -> Result<Loaded, GenError> {
-        if let Ok(mut cache) = self.loaded.lock() {
-            if let Some(i) = cache.iter().position(|(k, _)| k == id) {
-                let hit = cache.remove(i);
-                let m = hit.1.clone();
-                cache.push(hit);
-                return Ok(m);
+    /// The loaded base of that name, loading it (once) on first use.
+    fn base(&self, name: &str) -> Result<Arc<Mutex<Base>>, GenError> {
+        if let Ok(mut bases) = self.bases.lock() {
+            if let Some(i) = bases.iter().position(|(k, _)| k == name) {
+                let hit = bases.remove(i);
+                let b = hit.1.clone();
+                bases.push(hit);
+                return Ok(b);
             }
         }
-        let (base, adapter) = self.resolve(id)?;
-        let loaded = model::load(&self.data_dir, &base, adapter.as_deref().map(Path::new))
-            .map_err(|e| GenError::Internal(format!("loading `{id}`: {e:#}")))?;
-        let m = Arc::new(Mutex::new(loaded));
-        if let Ok(mut cache) = self.loaded.lock() {
-            cache.retain(|(k, _)| k != id);
-            if cache.len() >= CACHE {
-                cache.remove(0);
+        let (model, tok) = model::load(&self.data_dir, name, None)
+            .map_err(|e| GenError::Internal(format!("loading `{name}`: {e:#}")))?;
+        let b = Arc::new(Mutex::new(Base { model, tok, adapters: Vec::new() }));
+        if let Ok(mut bases) = self.bases.lock() {
+            bases.retain(|(k, _)| k != name);
+            if bases.len() >= BASES {
+                bases.remove(0);
             }
-            cache.push((id.to_string(), m.clone()));
+            bases.push((name.to_string(), b.clone()));
         }
-        Ok(m)
+        Ok(b)
     }
 }
 
@@ -102,9 +152,11 @@ impl Generator for ServeGenerator {
     }
 
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError> {
-        let loaded = self.get(&req.model)?;
-        let guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
-        let (m, tok) = &*guard;
+        let (base, adapter) = self.resolve(&req.model)?;
+        let loaded = self.base(&base)?;
+        let mut guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
+        guard.select(adapter.as_deref())?;
+        let Base { model: m, tok, .. } = &*guard;
         let internal = |e: merit_lm::LmError| {
             let msg = e.to_string();
             if msg.contains("longer than") {

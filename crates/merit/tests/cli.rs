@@ -737,3 +737,75 @@ print("openai client ok")
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("openai client ok"));
 }
+
+/// One loaded base serves its adapters: `<base>:run-<id>` answers exactly as
+/// `merit generate --adapter` does, also after switching to the base and back.
+#[tokio::test]
+async fn served_adapters_answer_like_merit_generate() {
+    let server = Server::start().await;
+    let token = server.user("ann");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures");
+    let add = merit()
+        .args(["model", "add"])
+        .arg(fixtures.join("llama"))
+        .args(["--name", "lm", "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    // Two finished "runs": the PEFT fixture adapter, and the same with its B halved.
+    for (run, halve) in [(7, false), (8, true)] {
+        let dir = server.dir.path().join(format!("runs/{run}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg: Value =
+            serde_json::from_slice(&std::fs::read(fixtures.join("llama/adapter/adapter_config.json")).unwrap())
+                .unwrap();
+        cfg["base_model_name_or_path"] = "lm".into();
+        if halve {
+            cfg["lora_alpha"] = (cfg["lora_alpha"].as_f64().unwrap() / 2.0).into();
+        }
+        std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(fixtures.join("llama/adapter/adapter_model.safetensors"), dir.join("adapter_model.safetensors"))
+            .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let ask = |model: &str| {
+        let body = serde_json::json!({ "model": model, "prompt": "The river", "max_tokens": 8, "temperature": 0 });
+        let req = http.post(format!("{}/v1/completions", server.url)).bearer_auth(&token).json(&body);
+        async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let local = |adapter: Option<&Path>| {
+        let mut c = merit();
+        c.args([
+            "generate",
+            "--model",
+            "lm",
+            "--prompt",
+            "The river",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(server.dir.path());
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    let (seven, eight) = (server.dir.path().join("runs/7"), server.dir.path().join("runs/8"));
+    let want = [("lm:run-7", local(Some(&seven))), ("lm", local(None)), ("lm:run-8", local(Some(&eight)))];
+    assert_ne!(want[0].1, want[1].1, "the adapter changes the answer");
+    for round in 0..2 {
+        for (model, text) in &want {
+            assert_eq!(&ask(model).await, text, "{model}, round {round}");
+        }
+    }
+}
