@@ -172,10 +172,10 @@ pub fn generate(
     params: &SamplingParams,
     max_new: usize,
     stop: &[String],
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation, LmError> {
-    let mut out = generate_batch(model, tok, &[prompt.to_vec()], params, max_new, stop, |_, piece| on_text(piece))?;
-    out.pop().ok_or_else(|| LmError::Config("no generation".into()))
+    let never = std::sync::atomic::AtomicBool::new(false);
+    generate_cancellable(model, tok, prompt, params, max_new, stop, &never, on_text)
 }
 
 /// One prompt's progress in a batch.

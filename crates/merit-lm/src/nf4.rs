@@ -224,55 +224,14 @@ impl Nf4Weight {
         self.dequantize_rows(0, self.rows)
     }
 
-    /// Rows per dequantized chunk: 4 MiB of f32.
-    fn chunk_rows(&self) -> usize {
-        ((4 << 20) / (4 * self.cols.max(1))).clamp(1, self.rows.max(1))
-    }
-
     /// `x Wᵀ` (… × in → … × out), a chunk of rows of W at a time.
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let dims = x.dims().to_vec();
-        let x2 = x.reshape(((), self.cols))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let chunk = self.chunk_rows();
-        let mut parts = Vec::with_capacity(self.rows.div_ceil(chunk));
-        let mut start = 0;
-        while start < self.rows {
-            let n = chunk.min(self.rows - start);
-            parts.push(x2.matmul(&self.dequantize_rows(start, n)?.t()?)?);
-            start += n;
-        }
-        let y = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
-        let mut shape = dims;
-        if let Some(last) = shape.last_mut() {
-            *last = self.rows;
-        }
-        y.reshape(shape)?.to_device(x.device())?.to_dtype(x.dtype())
+        crate::chunked::forward(x, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))
     }
 
     /// `g W` (… × out → … × in): the gradient of `x Wᵀ` with respect to `x`.
     pub fn backward_input(&self, g: &Tensor) -> CResult<Tensor> {
-        let dims = g.dims().to_vec();
-        let g2 = g.reshape(((), self.rows))?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let chunk = self.chunk_rows();
-        let mut acc: Option<Tensor> = None;
-        let mut start = 0;
-        while start < self.rows {
-            let n = chunk.min(self.rows - start);
-            let part = g2.narrow(1, start, n)?.contiguous()?.matmul(&self.dequantize_rows(start, n)?)?;
-            acc = Some(match acc {
-                Some(a) => (a + part)?,
-                None => part,
-            });
-            start += n;
-        }
-        let mut shape = dims;
-        if let Some(last) = shape.last_mut() {
-            *last = self.cols;
-        }
-        acc.unwrap_or(Tensor::zeros((0, self.cols), DType::F32, &Device::Cpu)?)
-            .reshape(shape)?
-            .to_device(g.device())?
-            .to_dtype(g.dtype())
+        crate::chunked::input_grad(g, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))
     }
 
     /// The rows `[start, start + n)`, requantized as their own weight.

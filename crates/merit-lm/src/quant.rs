@@ -544,16 +544,9 @@ impl QWeight {
     /// `x Wᵀ` (m × in → m × out, row-major) through dense products on chunks
     /// of dequantized rows.
     fn matmul_dequantized(&self, x: &Tensor) -> CResult<Vec<f32>> {
-        let chunk = ((4 << 20) / (4 * self.cols.max(1))).clamp(1, self.rows.max(1));
-        let mut parts = Vec::with_capacity(self.rows.div_ceil(chunk));
-        let mut start = 0;
-        while start < self.rows {
-            let n = chunk.min(self.rows - start);
-            parts.push(x.matmul(&self.dequantize_rows(start, n)?.t()?)?);
-            start += n;
-        }
-        let y = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
-        y.flatten_all()?.to_vec1::<f32>()
+        crate::chunked::forward(x, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))?
+            .flatten_all()?
+            .to_vec1::<f32>()
     }
 
     /// `x Wᵀ` for a tensor `x` (… × in) on the CPU.
@@ -571,31 +564,9 @@ impl QWeight {
     }
 
     /// `g W` (… × out → … × in) without materialising W: the rows are
-    /// dequantized in chunks of a few hundred kilobytes.
+    /// dequantized a few MiB at a time.
     pub fn backward_input(&self, g: &Tensor) -> CResult<Tensor> {
-        let dims = g.dims().to_vec();
-        let g2 = g.reshape(((), self.rows))?.to_dtype(candle_core::DType::F32)?;
-        // 4 MiB of f32 rows at a time: large enough for efficient products,
-        // a small fraction of the base.
-        let chunk = ((4 << 20) / (4 * self.cols.max(1))).clamp(1, self.rows);
-        let mut acc: Option<Tensor> = None;
-        let mut start = 0;
-        while start < self.rows {
-            let n = chunk.min(self.rows - start);
-            let part = g2.narrow(1, start, n)?.contiguous()?.matmul(&self.dequantize_rows(start, n)?)?;
-            acc = Some(match acc {
-                Some(a) => (a + part)?,
-                None => part,
-            });
-            start += n;
-        }
-        let mut shape = dims;
-        if let Some(last) = shape.last_mut() {
-            *last = self.cols;
-        }
-        acc.unwrap_or(Tensor::zeros((0, self.cols), candle_core::DType::F32, g.device())?)
-            .reshape(shape)?
-            .to_dtype(g.dtype())
+        crate::chunked::input_grad(g, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))
     }
 }
 

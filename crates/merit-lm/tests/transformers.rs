@@ -252,6 +252,24 @@ fn loss(model: &merit_lm::Decoder, ids: &[u32]) -> Tensor {
     (logp.mul(&onehot).unwrap().sum_all().unwrap() * (-1.0 / n as f64)).unwrap()
 }
 
+/// Sets every LoRA B (f64) to seeded values in ±0.2, so gradients are not trivial.
+fn randomize_lora_b(vars: &[(String, candle_core::Var)], seed: u64) {
+    let mut x = seed;
+    for (name, v) in vars {
+        if name.ends_with("lora_B.weight") {
+            let vals: Vec<f64> = (0..v.elem_count())
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ((x % 2001) as f64 / 1000.0 - 1.0) * 0.2
+                })
+                .collect();
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+}
+
 #[test]
 fn lora_gradients_match_finite_differences() {
     use candle_core::DType;
@@ -275,20 +293,7 @@ fn lora_gradients_match_finite_differences() {
         let l0 = loss(&model, &prompt).to_scalar::<f64>().unwrap();
         assert!((l0 - loss(&base, &prompt).to_scalar::<f64>().unwrap()).abs() < 1e-12, "{family}");
         // Random B so that every gradient is non-trivial.
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        for (name, v) in &vars {
-            if name.ends_with("lora_B.weight") {
-                let vals: Vec<f64> = (0..v.elem_count())
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        ((x % 2001) as f64 / 1000.0 - 1.0) * 0.2
-                    })
-                    .collect();
-                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
-            }
-        }
+        randomize_lora_b(&vars, 0x2545_F491_4F6C_DD1D);
         let grads = loss(&model, &prompt).backward().unwrap();
         let eps = 1e-5;
         let mut checked = 0;
@@ -477,20 +482,7 @@ fn checkpointed_gradients_match_the_plain_backward_pass() {
             seed: 3,
         };
         let vars = model.add_lora(&cfg).unwrap();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for (name, v) in &vars {
-            if name.ends_with("lora_B.weight") {
-                let vals: Vec<f64> = (0..v.elem_count())
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        ((x % 2001) as f64 / 1000.0 - 1.0) * 0.2
-                    })
-                    .collect();
-                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
-            }
-        }
+        randomize_lora_b(&vars, 0x9E37_79B9_7F4A_7C15);
         model.set_training(true);
         // Two rows, the second shorter (padding weighted 0), more rows than one head chunk.
         let prompt = ids(&r["prompt_token_ids"]);

@@ -19,15 +19,7 @@ async fn the_web_app_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let server = Server::start().await;
     let token = server.user("ann");
-    let tiny = root.join("crates/merit-lm/tests/fixtures/smollm");
-    let add = merit()
-        .args(["model", "add"])
-        .arg(&tiny)
-        .args(["--name", "tiny", "--data-dir"])
-        .arg(server.dir.path())
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    server.add_fixture_model("smollm", "tiny");
     let good = server.file("good-essay.txt", prose(7).as_bytes());
     let bad = server.file("too-short.txt", b"Far too short to be an essay.\n");
     let shots = root.join("target/browser-shots");

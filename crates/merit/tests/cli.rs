@@ -343,16 +343,9 @@ async fn ledger_survives_sigkill_during_a_burst() {
 #[test]
 fn generate_with_a_registered_tiny_model_matches_transformers() {
     let data = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/llama");
+    let fixture = fixtures().join("llama");
     let reference: Value = serde_json::from_slice(&std::fs::read(fixture.join("reference.json")).unwrap()).unwrap();
-    let added = merit()
-        .args(["model", "add"])
-        .arg(&fixture)
-        .args(["--name", "tiny-llama", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    add_fixture_model(data.path(), "llama", "tiny-llama");
     let listed = merit().args(["model", "list", "--data-dir"]).arg(data.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("tiny-llama"));
     let prompt = reference["prompt"].as_str().unwrap();
@@ -694,15 +687,7 @@ async fn openai_python_client_works_unchanged() {
     }
     let server = Server::start().await;
     let token = server.user("ann");
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
-    let add = merit()
-        .args(["model", "add"])
-        .arg(&tiny)
-        .args(["--name", "tiny", "--data-dir"])
-        .arg(server.dir.path())
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    server.add_fixture_model("smollm", "tiny");
     let script = r#"
 import os, openai
 c = openai.OpenAI(base_url=os.environ["URL"] + "/v1", api_key=os.environ["TOKEN"])
@@ -744,15 +729,8 @@ print("openai client ok")
 async fn served_adapters_answer_like_merit_generate() {
     let server = Server::start().await;
     let token = server.user("ann");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures");
-    let add = merit()
-        .args(["model", "add"])
-        .arg(fixtures.join("llama"))
-        .args(["--name", "lm", "--data-dir"])
-        .arg(server.dir.path())
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    server.add_fixture_model("llama", "lm");
+    let fixtures = fixtures();
     // Two finished "runs": the PEFT fixture adapter, and the same with its B halved.
     for (run, halve) in [(7, false), (8, true)] {
         let dir = server.dir.path().join(format!("runs/{run}"));

@@ -88,6 +88,11 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `merit model add` a fixture model of merit-lm (`llama`, `smollm`, …) as `name`.
+    pub fn add_fixture_model(&self, fixture: &str, name: &str) {
+        add_fixture_model(self.dir.path(), fixture, name);
+    }
+
     pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, content).unwrap();
@@ -127,4 +132,21 @@ pub fn prose(seed: u64) -> String {
     }
     out.push_str(&format!("\nThis note carries the number {seed} so it stays unique.\n"));
     out
+}
+
+/// merit-lm's fixture models.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures")
+}
+
+/// `merit model add` a fixture model as `name` in `data_dir`.
+pub fn add_fixture_model(data_dir: &Path, fixture: &str, name: &str) {
+    let added = merit()
+        .args(["model", "add"])
+        .arg(fixtures().join(fixture))
+        .args(["--name", name, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
 }
