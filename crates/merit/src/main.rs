@@ -95,6 +95,41 @@ impl Remote {
 }
 
 #[derive(Subcommand)]
+enum RunCommand {
+    /// Your runs, newest first
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One run: status, settings, summary
+    Show {
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a run (a running one stops after its step, with a final checkpoint)
+    Stop {
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Queue a stopped, interrupted or failed run again; it continues from its newest checkpoint
+    Resume {
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Publish a finished run's adapter: its SHA-256, base and datanet versions go on the ledger
+    Publish {
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the API server on the embedded defaults (SQLite in WAL mode, blobs under ./merit-data)
     Serve {
@@ -171,6 +206,9 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Training runs on a server (`merit train --server` starts one): list, show, stop, resume, publish
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -832,6 +870,62 @@ async fn run(cli: Cli) -> Result<u8> {
             } else {
                 print_verdicts(std::slice::from_ref(&v));
             }
+        }
+        Command::Run(cmd) => {
+            let (c, v) = match cmd {
+                RunCommand::List { json, remote } => {
+                    let c = remote.client()?;
+                    let v = c.get("/runs").await?;
+                    if !json {
+                        println!("{:>5}  {:<12} {:<20} {:<8} {:>11}  data", "run", "status", "base", "method", "steps");
+                        for r in v.as_array().into_iter().flatten() {
+                            let steps = match (r["summary"]["steps"].as_u64(), r["summary"]["total_steps"].as_u64()) {
+                                (Some(s), Some(t)) => format!("{s}/{t}"),
+                                _ => "-".into(),
+                            };
+                            let data: Vec<&str> = r["config"]["sources"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|s| s.as_str())
+                                .collect();
+                            println!(
+                                "{:>5}  {:<12} {:<20} {:<8} {:>11}  {}",
+                                r["id"],
+                                r["status"].as_str().unwrap_or(""),
+                                r["config"]["base"].as_str().unwrap_or(""),
+                                r["config"]["method"].as_str().unwrap_or(""),
+                                steps,
+                                data.join(", ")
+                            );
+                        }
+                        return Ok(0);
+                    }
+                    (c, v)
+                }
+                RunCommand::Show { id, remote } => {
+                    let c = remote.client()?;
+                    let v = c.get(&format!("/runs/{id}")).await?;
+                    (c, v)
+                }
+                RunCommand::Stop { id, remote } => {
+                    let c = remote.client()?;
+                    let v = c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/stop"))).await?;
+                    (c, v)
+                }
+                RunCommand::Resume { id, remote } => {
+                    let c = remote.client()?;
+                    let v = c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/resume"))).await?;
+                    (c, v)
+                }
+                RunCommand::Publish { id, remote } => {
+                    let c = remote.client()?;
+                    let v = c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/publish"))).await?;
+                    (c, v)
+                }
+            };
+            drop(c);
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Leaderboard { name, json, from_ledger, remote } => {
             let c = remote.client()?;

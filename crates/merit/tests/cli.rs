@@ -675,6 +675,17 @@ async fn train_on_the_server_streams_metrics_and_stops() {
     let statuses: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["stopped", "done"]);
     assert!(list[0]["summary"]["steps"].as_u64().unwrap() < 100000);
+    // The runs from the CLI: list, publish (ledger), and a clear error for a run that ended.
+    let done = list[1]["id"].as_i64().unwrap().to_string();
+    let table = server.ok(&ann, &["run", "list"]);
+    assert!(table.contains("stopped") && table.contains("done"), "{table}");
+    let published: Value = serde_json::from_str(&server.ok(&ann, &["run", "publish", &done])).unwrap();
+    assert_eq!(published["adapter_sha256"].as_str().unwrap().len(), 64);
+    let ledger = server.ok(&ann, &["ledger", "show", "--json"]);
+    assert!(ledger.contains("adapter.published"), "{ledger}");
+    let again = server.run(&ann, &["run", "stop", &done]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already ended"));
 }
 
 /// The official `openai` Python client, unchanged, against `merit serve`
