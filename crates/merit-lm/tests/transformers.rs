@@ -252,6 +252,22 @@ fn loss(model: &merit_lm::Decoder, ids: &[u32]) -> Tensor {
     (logp.mul(&onehot).unwrap().sum_all().unwrap() * (-1.0 / n as f64)).unwrap()
 }
 
+/// Every family of the decoder, by fixture name.
+const FAMILIES: [&str; 11] =
+    ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"];
+
+/// A fixture model in f64 with rank-2 LoRA on every linear layer.
+fn f64_with_lora(
+    dir: &std::path::Path,
+    dropout: f64,
+    seed: u64,
+) -> (merit_lm::Decoder, Vec<(String, candle_core::Var)>) {
+    let mut model = merit_lm::loader::load_hf_dir_as(dir, &Device::Cpu, candle_core::DType::F64).unwrap();
+    let cfg = merit_lm::LoraConfig { rank: 2, alpha: 4.0, rslora: false, targets: vec!["all".into()], dropout, seed };
+    let vars = model.add_lora(&cfg).unwrap();
+    (model, vars)
+}
+
 /// Sets every LoRA B (f64) to seeded values in ±0.2, so gradients are not trivial.
 fn randomize_lora_b(vars: &[(String, candle_core::Var)], seed: u64) {
     let mut x = seed;
@@ -273,19 +289,9 @@ fn randomize_lora_b(vars: &[(String, candle_core::Var)], seed: u64) {
 #[test]
 fn lora_gradients_match_finite_differences() {
     use candle_core::DType;
-    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"]
-    {
+    for family in FAMILIES {
         let (dir, r) = fixture(family);
-        let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
-        let cfg = merit_lm::LoraConfig {
-            rank: 2,
-            alpha: 4.0,
-            rslora: false,
-            targets: vec!["all".into()],
-            dropout: 0.0,
-            seed: 1,
-        };
-        let vars = model.add_lora(&cfg).unwrap();
+        let (model, vars) = f64_with_lora(&dir, 0.0, 1);
         assert!(!vars.is_empty());
         // Untrained adapters (B = 0) leave the model as it was.
         let prompt = ids(&r["prompt_token_ids"]);
@@ -467,21 +473,9 @@ fn merit_adapters_match_peft() {
 /// backward pass (f64, with LoRA dropout on), for every family.
 #[test]
 fn checkpointed_gradients_match_the_plain_backward_pass() {
-    use candle_core::DType;
-    for family in ["llama", "llama2", "smollm", "mistral", "qwen2", "qwen3", "deepseek", "glm", "glm4", "bloom", "gpt2"]
-    {
+    for family in FAMILIES {
         let (dir, r) = fixture(family);
-        let mut model = merit_lm::loader::load_hf_dir_as(&dir, &Device::Cpu, DType::F64).unwrap();
-        let cfg = merit_lm::LoraConfig {
-            rank: 2,
-            alpha: 4.0,
-            rslora: false,
-            // Not the first layers' q: the backward pass must still reach layer 0's MLP.
-            targets: vec!["all".into()],
-            dropout: 0.2,
-            seed: 3,
-        };
-        let vars = model.add_lora(&cfg).unwrap();
+        let (model, vars) = f64_with_lora(&dir, 0.2, 3);
         randomize_lora_b(&vars, 0x9E37_79B9_7F4A_7C15);
         model.set_training(true);
         // Two rows, the second shorter (padding weighted 0), more rows than one head chunk.

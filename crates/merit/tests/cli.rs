@@ -550,16 +550,19 @@ fn export_merges_and_compare_answers_side_by_side() {
     let rows = work.path().join("rows.jsonl");
     std::fs::write(&rows, "{\"text\": \"The baker lit her ovens before the sun, and the river ran.\"}\n").unwrap();
     let merged = work.path().join("merged");
-    let out = merit()
-        .arg("export")
-        .arg("--base")
-        .arg(&fixture)
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--out")
-        .arg(&merged)
-        .output()
-        .unwrap();
+    let export = || {
+        merit()
+            .arg("export")
+            .arg("--base")
+            .arg(&fixture)
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&merged)
+            .output()
+            .unwrap()
+    };
+    let out = export();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(merged.join("config.json").exists() && merged.join("tokenizer.json").exists());
     let eval = |model: &Path, adapter: Option<&Path>| -> f64 {
@@ -578,16 +581,7 @@ fn export_merges_and_compare_answers_side_by_side() {
     assert!((merged_loss - with_adapter).abs() < 1e-5, "merged {merged_loss} vs base + adapter {with_adapter}");
     assert!((base - with_adapter).abs() > 1e-4, "the adapter changes nothing");
     // Exporting over an existing folder is refused.
-    let again = merit()
-        .arg("export")
-        .arg("--base")
-        .arg(&fixture)
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--out")
-        .arg(&merged)
-        .output()
-        .unwrap();
+    let again = export();
     assert!(!again.status.success());
 
     let prompts = work.path().join("prompts.jsonl");
