@@ -256,11 +256,14 @@ fn ce_rows<T: candle_core::WithDType + Into<f64>>(xs: &[T], vocab: usize, mut f:
     }
 }
 
-/// log Σ exp over f32 values: f32 exponentials summed in f64.
-fn lse32(row: &[f32]) -> f64 {
+/// `buf ← exp(row − max(row))`; returns (max, Σ buf) with the sum in f64.
+fn shifted_exp32(row: &[f32], buf: &mut [f32]) -> (f32, f64) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let sum: f64 = row.iter().map(|v| (v - max).exp() as f64).sum();
-    max as f64 + sum.ln()
+    for (b, v) in buf.iter_mut().zip(row) {
+        *b = v - max;
+    }
+    crate::vmath::exp_in_place(buf);
+    (max, buf.iter().map(|v| *v as f64).sum())
 }
 
 fn logsumexp<T: Copy + Into<f64>>(row: &[T]) -> f64 {
@@ -302,13 +305,15 @@ impl candle_core::CustomOp1 for CrossEntropy {
                 let v = self.vocab;
                 candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
                     let ptr = &ptr;
+                    let mut buf = vec![0f32; v];
                     for r in range {
                         let w = self.weights[r];
                         if w == 0.0 {
                             continue;
                         }
                         let row = &xs[r * v..(r + 1) * v];
-                        let nll = w as f64 * (lse32(row) - row[self.targets[r] as usize] as f64);
+                        let (max, sum) = shifted_exp32(row, &mut buf);
+                        let nll = w as f64 * (max as f64 + sum.ln() - row[self.targets[r] as usize] as f64);
                         // SAFETY: each row writes its own element.
                         unsafe { *ptr.0.add(r) = nll as f32 };
                     }
@@ -336,28 +341,29 @@ impl candle_core::CustomOp1 for CrossEntropy {
                 Tensor::from_vec(out, logits.shape(), logits.device())?
             }
             _ => {
-                let xs: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 let v = self.vocab;
-                let rows = xs.len() / v.max(1);
-                let mut out = vec![0f32; xs.len()];
-                let ptr = crate::quant::SendPtr(out.as_mut_ptr());
-                candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-                    let ptr = &ptr;
-                    for r in range {
-                        let scale = (self.weights[r] as f64 * g[r]) as f32;
-                        if scale == 0.0 {
-                            continue;
+                let out = with_slice(&logits.to_dtype(DType::F32)?, |xs| {
+                    let rows = xs.len() / v.max(1);
+                    let mut out = vec![0f32; xs.len()];
+                    let ptr = crate::quant::SendPtr(out.as_mut_ptr());
+                    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+                        let ptr = &ptr;
+                        for r in range {
+                            let scale = (self.weights[r] as f64 * g[r]) as f32;
+                            if scale == 0.0 {
+                                continue;
+                            }
+                            // SAFETY: each row writes its own slice.
+                            let o = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * v), v) };
+                            // softmax · scale = exp(x − max) · scale / Σ exp(x − max).
+                            let (_, sum) = shifted_exp32(&xs[r * v..(r + 1) * v], o);
+                            let k = (scale as f64 / sum) as f32;
+                            o.iter_mut().for_each(|o| *o *= k);
+                            o[self.targets[r] as usize] -= scale;
                         }
-                        let row = &xs[r * v..(r + 1) * v];
-                        let lse = lse32(row) as f32;
-                        // SAFETY: each row writes its own slice.
-                        let o = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * v), v) };
-                        for (o, x) in o.iter_mut().zip(row) {
-                            *o = (x - lse).exp() * scale;
-                        }
-                        o[self.targets[r] as usize] -= scale;
-                    }
-                });
+                    });
+                    Ok(out)
+                })?;
                 Tensor::from_vec(out, logits.shape(), logits.device())?.to_dtype(logits.dtype())?
             }
         };
@@ -492,10 +498,12 @@ pub mod train {
         fn of(x: f64) -> Self;
         fn slice(s: &CpuStorage) -> Option<&[Self]>;
         fn storage(v: Vec<Self>) -> CpuStorage;
+        /// `x ← eˣ` for every element (vectorised for f32, see [`crate::vmath`]).
+        fn exp_in_place(xs: &mut [Self]);
     }
 
     macro_rules! float {
-        ($t:ty, $variant:ident) => {
+        ($t:ty, $variant:ident, $exp:expr) => {
             impl Float for $t {
                 fn exp(self) -> Self {
                     <$t>::exp(self)
@@ -515,11 +523,32 @@ pub mod train {
                 fn storage(v: Vec<Self>) -> CpuStorage {
                     CpuStorage::$variant(v)
                 }
+                fn exp_in_place(xs: &mut [Self]) {
+                    $exp(xs)
+                }
             }
         };
     }
-    float!(f32, F32);
-    float!(f64, F64);
+    float!(f32, F32, crate::vmath::exp_in_place);
+    float!(f64, F64, |xs: &mut [f64]| xs.iter_mut().for_each(|x| *x = x.exp()));
+
+    /// `o ← softmax(o)` given the row's maximum: exponentials summed in f64.
+    fn normalize_exp<T: Float>(o: &mut [T], max: T) {
+        o.iter_mut().for_each(|v| *v = *v - max);
+        T::exp_in_place(o);
+        let sum: f64 = o.iter().map(|v| v.to_f64()).sum();
+        let inv = T::of(1.0 / sum);
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+
+    /// σ(x) for every element of `xs`, into `out`.
+    fn sigmoid_into<T: Float>(xs: &[T], out: &mut [T]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = -*x;
+        }
+        T::exp_in_place(out);
+        out.iter_mut().for_each(|o| *o = T::of(1.0) / (T::of(1.0) + *o));
+    }
 
     /// Applies `f(row_index, out_row)` to every row of an output of `n` rows × `d`, rows in parallel.
     fn par_rows<T: Float>(n: usize, d: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
@@ -692,9 +721,8 @@ pub mod train {
 
     struct SiluMul;
 
-    fn sigmoid<T: Float>(x: T) -> T {
-        T::of(1.0) / (T::of(1.0) + (-x).exp())
-    }
+    /// Elements per parallel work item of [`SiluMul`].
+    const SILU_CHUNK: usize = 4096;
 
     impl CustomOp2 for SiluMul {
         fn name(&self) -> &'static str {
@@ -703,7 +731,18 @@ pub mod train {
 
         fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
             fn go<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
-                g.iter().zip(u).map(|(g, u)| *g * sigmoid(*g) * *u).collect()
+                let n = g.len();
+                let mut out = par_rows(n.div_ceil(SILU_CHUNK), SILU_CHUNK, |c, o| {
+                    let at = c * SILU_CHUNK;
+                    let len = SILU_CHUNK.min(n - at);
+                    let (g, u, o) = (&g[at..at + len], &u[at..at + len], &mut o[..len]);
+                    sigmoid_into(g, o);
+                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                        *o = *g * *o * *u;
+                    }
+                });
+                out.truncate(n);
+                out
             }
             let out = match s1 {
                 CpuStorage::F32(_) => f32::storage(go(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?)),
@@ -722,14 +761,38 @@ pub mod train {
             let u = b.to_dtype(a.dtype())?.contiguous()?;
             let dy = grad.to_dtype(a.dtype())?.contiguous()?;
             let (dg, du) = dispatch!(a, |g: T| {
-                let u: Vec<T> = u.flatten_all()?.to_vec1()?;
-                let dy: Vec<T> = dy.flatten_all()?.to_vec1()?;
-                let mut dg = vec![T::of(0.0); g.len()];
-                let mut du = vec![T::of(0.0); g.len()];
-                for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    du[i] = dy[i] * g[i] * s;
-                    dg[i] = dy[i] * u[i] * s * (T::of(1.0) + g[i] * (T::of(1.0) - s));
+                let (u, dy) = (&*u.flatten_all()?.to_vec1::<T>()?, &*dy.flatten_all()?.to_vec1::<T>()?);
+                let n = g.len();
+                let mut dg = vec![T::of(0.0); n];
+                let mut du = vec![T::of(0.0); n];
+                let (pg, pu) = (Ptr(dg.as_mut_ptr()), Ptr(du.as_mut_ptr()));
+                let work = |chunks: std::ops::Range<usize>| {
+                    let (pg, pu) = (&pg, &pu);
+                    let mut s = vec![T::of(0.0); SILU_CHUNK];
+                    for c in chunks {
+                        let at = c * SILU_CHUNK;
+                        let len = SILU_CHUNK.min(n - at);
+                        // SAFETY: each chunk owns its range of both outputs.
+                        let (dg, du) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(pg.0.add(at), len),
+                                std::slice::from_raw_parts_mut(pu.0.add(at), len),
+                            )
+                        };
+                        let s = &mut s[..len];
+                        sigmoid_into(&g[at..at + len], s);
+                        for i in 0..len {
+                            let (x, s, dy) = (g[at + i], s[i], dy[at + i]);
+                            du[i] = dy * x * s;
+                            dg[i] = dy * u[at + i] * s * (T::of(1.0) + x * (T::of(1.0) - s));
+                        }
+                    }
+                };
+                let chunks = n.div_ceil(SILU_CHUNK);
+                if chunks < 2 {
+                    work(0..chunks);
+                } else {
+                    candle_core::utils::barrier_pool().execute_chunked(chunks, work);
                 }
                 (Tensor::from_vec(dg, a.shape(), a.device())?, Tensor::from_vec(du, a.shape(), a.device())?)
             });
@@ -751,13 +814,8 @@ pub mod train {
             par_rows(xs.len() / d, d, |r, o| {
                 let row = &xs[r * d..(r + 1) * d];
                 let max = row.iter().fold(T::of(f64::NEG_INFINITY), |m, v| if *v > m { *v } else { m });
-                let mut sum = 0f64;
-                for (o, v) in o.iter_mut().zip(row) {
-                    *o = (*v - max).exp();
-                    sum += o.to_f64();
-                }
-                let inv = T::of(1.0 / sum);
-                o.iter_mut().for_each(|v| *v *= inv);
+                o.copy_from_slice(row);
+                normalize_exp(o, max);
             })
         }
 
@@ -926,13 +984,7 @@ pub mod train {
                     o.iter_mut().for_each(|v| *v = T::of(0.0));
                     return;
                 }
-                let mut sum = 0f64;
-                for o in o.iter_mut() {
-                    *o = (*o - max).exp();
-                    sum += o.to_f64();
-                }
-                let inv = T::of(1.0 / sum);
-                o.iter_mut().for_each(|v| *v *= inv);
+                normalize_exp(o, max);
             });
             Tensor::from_vec(out, shape, q.device())
         }

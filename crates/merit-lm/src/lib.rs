@@ -21,6 +21,7 @@
 pub mod adapter;
 mod chunked;
 pub mod config;
+mod dense;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
@@ -30,6 +31,7 @@ pub mod model;
 pub mod nf4;
 pub mod quant;
 pub mod tokenizer;
+pub mod vmath;
 
 pub use candle_core::{self, Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};

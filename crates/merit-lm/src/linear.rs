@@ -127,6 +127,9 @@ impl CustomOp1 for Frozen {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        if let Weight::Dense(w) = &self.0 {
+            return crate::dense::frozen_forward(w, storage, layout);
+        }
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::msg("frozen linear: input not contiguous"))?;
@@ -141,7 +144,7 @@ impl CustomOp1 for Frozen {
         let flat = y.flatten_all()?;
         let out = match y.dtype() {
             DType::F64 => CpuStorage::F64(flat.to_vec1()?),
-            _ => CpuStorage::F32(flat.to_dtype(DType::F32)?.to_vec1()?),
+            _ => CpuStorage::F32(flat.to_vec1()?),
         };
         Ok((out, shape))
     }
@@ -265,6 +268,12 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if let Some(y) = self.fused_lora(x)? {
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let mut y = if x.track_op() && x.device().is_cpu() {
             x.contiguous()?.apply_op1(Frozen(self.weight.clone()))?
         } else {
@@ -290,6 +299,21 @@ impl Linear {
             y = (y + delta)?;
         }
         Ok(y)
+    }
+}
+
+impl Linear {
+    /// Training on the CPU with a dense base and a plain adapter (no dropout,
+    /// no row slice): the whole product as one op, [`crate::dense::LoraProduct`].
+    fn fused_lora(&self, x: &Tensor) -> CResult<Option<Tensor>> {
+        let (Weight::Dense(w), Some(l)) = (&self.weight, &self.lora) else { return Ok(None) };
+        let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F64) && w.dtype() == x.dtype();
+        let detached = NO_GRAD.with(|g| g.get());
+        if detached || !x.device().is_cpu() || !dtype_ok || l.dropout.is_some() || l.rows.is_some() {
+            return Ok(None);
+        }
+        let op = crate::dense::LoraProduct { weight: w.clone(), scale: l.scale };
+        Ok(Some(x.contiguous()?.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?))
     }
 }
 

@@ -1075,6 +1075,25 @@ impl Decoder {
         Ok((before, after))
     }
 
+    /// Stores the dense decoder weights that are wider than tall (in > out,
+    /// such as `down_proj`) transposed: the same matrix as a strided view of
+    /// in × out storage. gemm packs such a weight about twice as fast for
+    /// the forward product, and the backward product stays fast, so a
+    /// training step gets quicker at no cost in memory.
+    pub fn layout_for_training(&mut self) -> Result<(), LmError> {
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                if let Weight::Dense(w) = &lin.weight {
+                    let (out, inp) = w.dims2()?;
+                    if inp > out && w.is_contiguous() {
+                        lin.weight = Weight::Dense(w.t()?.contiguous()?.t()?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The adapters attached to every linear layer (cheap: tensors are
     /// shared), so a server can keep several adapters for one loaded base
     /// and swap them with [`Decoder::set_adapters`].

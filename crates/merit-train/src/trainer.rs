@@ -208,6 +208,7 @@ impl Trainer<'_> {
             seed: cfg.seed,
         };
         let vars = self.model.add_lora(&lora)?;
+        self.model.layout_for_training()?;
         if vars.is_empty() {
             return Err(TrainError::Config("the LoRA targets match no layer of this model".into()));
         }
