@@ -31,6 +31,11 @@ impl<'a, T> Mat<'a, T> {
         Mat { data, rows, cols, rs: cols, cs: 1 }.checked()
     }
 
+    /// `rows × cols` of `data` with element (i, j) at `i * rs + j * cs`.
+    pub(crate) fn strided(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> CResult<Mat<'a, T>> {
+        Mat { data, rows, cols, rs, cs }.checked()
+    }
+
     /// The transpose (a view).
     pub(crate) fn t(self) -> Mat<'a, T> {
         Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
@@ -81,28 +86,49 @@ fn storage_rows<'a, T: Float>(s: &'a CpuStorage, l: &Layout, d: usize) -> CResul
 /// `out = (accumulate ? out : 0) + beta · a b`, `out` row-major
 /// `a.rows × b.cols`.
 pub(crate) fn gemm_into<T: Float>(out: &mut [T], accumulate: bool, a: Mat<T>, b: Mat<T>, beta: T) -> CResult<()> {
+    if out.len() != a.rows * b.cols {
+        candle_core::bail!("dense product: {}×{} result into {} values", a.rows, b.cols, out.len());
+    }
+    let parallel = a.rows * a.cols * b.cols >= 1 << 18;
+    // SAFETY: `out` holds exactly the a.rows × b.cols row-major values written.
+    unsafe { gemm_raw(out.as_mut_ptr(), b.cols, accumulate, a, b, beta, parallel) }
+}
+
+/// [`gemm_into`] into rows `out_rs` apart, on this thread unless `parallel`.
+///
+/// # Safety
+/// `out` must be valid for writes (and reads, when accumulating) at
+/// `i * out_rs + j` for every i < a.rows, j < b.cols, and no one else may
+/// touch those elements meanwhile.
+pub(crate) unsafe fn gemm_raw<T: Float>(
+    out: *mut T,
+    out_rs: usize,
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    beta: T,
+    parallel: bool,
+) -> CResult<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || out.len() != m * n {
-        candle_core::bail!("dense product: {m}×{k} · {}×{n} into {} values", b.rows, out.len());
+    if b.rows != k {
+        candle_core::bail!("dense product: {m}×{k} · {}×{n}", b.rows);
     }
     if m == 0 || n == 0 {
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
-    // Below ~a quarter million multiply-adds a thread hand-off costs more than it saves.
-    let parallelism =
-        if threads > 1 && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: `Mat::checked` bounds every index the strides reach (m, k in
-    // `a`; k, n in `b`), `out` holds m × n row-major values, and gemm supports
-    // f32 and f64 (the only `Float` types).
+    // `a`; k, n in `b`), the caller vouches for `out`, and gemm supports f32
+    // and f64 (the only `Float` types).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
-            n as isize,
+            out_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,

@@ -491,6 +491,8 @@ pub mod train {
         + std::ops::Div<Output = Self>
         + std::ops::Neg<Output = Self>
         + std::ops::MulAssign
+        + std::ops::SubAssign
+        + std::ops::AddAssign
         + candle_core::WithDType
     {
         fn exp(self) -> Self;
@@ -533,8 +535,8 @@ pub mod train {
     float!(f64, F64, |xs: &mut [f64]| xs.iter_mut().for_each(|x| *x = x.exp()));
 
     /// `o ← softmax(o)` given the row's maximum: exponentials summed in f64.
-    fn normalize_exp<T: Float>(o: &mut [T], max: T) {
-        o.iter_mut().for_each(|v| *v = *v - max);
+    pub(crate) fn normalize_exp<T: Float>(o: &mut [T], max: T) {
+        o.iter_mut().for_each(|v| *v -= max);
         T::exp_in_place(o);
         let sum: f64 = o.iter().map(|v| v.to_f64()).sum();
         let inv = T::of(1.0 / sum);
@@ -551,7 +553,7 @@ pub mod train {
     }
 
     /// Applies `f(row_index, out_row)` to every row of an output of `n` rows × `d`, rows in parallel.
-    fn par_rows<T: Float>(n: usize, d: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    pub(crate) fn par_rows<T: Float>(n: usize, d: usize, f: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
         let mut out = vec![T::of(0.0); n * d];
         let ptr = Ptr(out.as_mut_ptr());
         let work = |range: std::ops::Range<usize>| {
@@ -569,7 +571,7 @@ pub mod train {
         out
     }
 
-    struct Ptr<T>(*mut T);
+    pub(crate) struct Ptr<T>(pub(crate) *mut T);
     // SAFETY: workers write disjoint rows; the buffer outlives the pool call.
     unsafe impl<T> Sync for Ptr<T> {}
     unsafe impl<T> Send for Ptr<T> {}
@@ -633,7 +635,7 @@ pub mod train {
         Ok((out, l.shape().clone()))
     }
 
-    fn vec_f64(t: &Tensor) -> CResult<Vec<f64>> {
+    pub(crate) fn vec_f64(t: &Tensor) -> CResult<Vec<f64>> {
         t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()
     }
 
@@ -863,31 +865,38 @@ pub mod train {
             heads,
             t,
             d,
+            token_major: false,
         };
         x.contiguous()?.apply_op1(op)
     }
 
-    struct Rope {
-        cos: Vec<f64>,
-        sin: Vec<f64>,
-        r: usize,
-        interleaved: bool,
-        per_row: bool,
-        heads: usize,
-        t: usize,
-        d: usize,
+    /// Rotary tables and the layout of the rows they rotate: b × heads × t
+    /// × d, or b × t × heads × d when `token_major`.
+    pub(crate) struct Rope {
+        pub(crate) cos: Vec<f64>,
+        pub(crate) sin: Vec<f64>,
+        pub(crate) r: usize,
+        pub(crate) interleaved: bool,
+        /// One table per batch row (b × t positions) rather than per position.
+        pub(crate) per_row: bool,
+        pub(crate) heads: usize,
+        pub(crate) t: usize,
+        pub(crate) d: usize,
+        pub(crate) token_major: bool,
     }
 
     impl Rope {
         /// Rotates every row by +θ (`sign` 1) or −θ (`sign` −1).
-        fn rotate<T: Float>(&self, xs: &[T], sign: f64) -> Vec<T> {
+        pub(crate) fn rotate<T: Float>(&self, xs: &[T], sign: f64) -> Vec<T> {
             let (r, half, t, d) = (self.r, self.r / 2, self.t, self.d);
             let cos: Vec<T> = self.cos.iter().map(|v| T::of(*v)).collect();
             let sin: Vec<T> = self.sin.iter().map(|v| T::of(*v * sign)).collect();
             par_rows(xs.len() / d, d, |row, dst| {
                 let src = &xs[row * d..(row + 1) * d];
                 dst.copy_from_slice(src);
-                let pos = if self.per_row { (row / (self.heads * t)) * t + row % t } else { row % t };
+                // The token (b · t + position) this row belongs to.
+                let token = if self.token_major { row / self.heads } else { (row / (self.heads * t)) * t + row % t };
+                let pos = if self.per_row { token } else { token % t };
                 let (c, s) = (&cos[pos * r..(pos + 1) * r], &sin[pos * r..(pos + 1) * r]);
                 for j in 0..half {
                     let (i0, i1) = if self.interleaved { (2 * j, 2 * j + 1) } else { (j, j + half) };

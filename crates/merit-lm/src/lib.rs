@@ -19,6 +19,7 @@
 //! DeepSeek-V2/V3 (MLA + MoE) are not supported yet.
 
 pub mod adapter;
+mod attention;
 mod chunked;
 pub mod config;
 mod dense;

@@ -1143,6 +1143,13 @@ impl Decoder {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let [q, k, v] = forward_many([&a.q, &a.k, &a.v], x)?;
+        let train = fused::cpu_float(&q) && (q.track_op() || k.track_op() || v.track_op());
+        if train && kv_cache.is_none() && a.q_norm.is_none() && a.k_norm.is_none() {
+            // Training: one op from the projections to o_proj's input.
+            let rope = rope.map(|r| (&r.cos, &r.sin, r.rotary_dim, r.interleaved));
+            let out = crate::attention::attention_block(&q, &k, &v, bias, (nh, nkv, d), 1.0 / (d as f64).sqrt(), rope)?;
+            return a.o.forward(&out);
+        }
         let mut q = q.reshape((b, t, nh, d))?;
         let mut k = k.reshape((b, t, nkv, d))?;
         let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
