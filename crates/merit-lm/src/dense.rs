@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use crate::fused::train::Float;
+use crate::linear::Weight;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -182,22 +183,34 @@ pub(crate) fn frozen_forward(w: &Tensor, s: &CpuStorage, l: &Layout) -> CResult<
 /// pair `A` (r × in), `B` (out × r), as one op of `(x, A, B)` whose
 /// backward gives the gradients of x, A and B (never of W).
 pub(crate) struct LoraProduct {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub scale: f64,
 }
 
 impl LoraProduct {
     fn fwd<T: Float>(&self, x: Mat<T>, a: Mat<T>, b: Mat<T>) -> CResult<Vec<T>> {
-        with_mat::<T, _>(&self.weight, |w| {
-            let mut y = product(x, w)?;
-            let u = product(x, a)?;
-            gemm_into(&mut y, true, Mat::rows(&u, x.rows, a.rows)?, b.t(), T::of(self.scale))?;
-            Ok(y)
-        })
+        let mut y = match &self.weight {
+            Weight::Dense(w) => with_mat::<T, _>(w, |w| product(x, w))?,
+            // Packed weights: their own chunked product on a tensor of x.
+            packed => {
+                let xt = Tensor::from_slice(&x.data[..x.rows * x.cols], (x.rows, x.cols), &candle_core::Device::Cpu)?;
+                packed.product(&xt)?.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?
+            }
+        };
+        let u = product(x, a)?;
+        gemm_into(&mut y, true, Mat::rows(&u, x.rows, a.rows)?, b.t(), T::of(self.scale))?;
+        Ok(y)
     }
 
-    /// (dx, dA, dB) for the output gradient `g` (m × out).
-    fn grads<T: Float>(&self, x: Mat<T>, a: Mat<T>, b: Mat<T>, g: Mat<T>) -> CResult<[Vec<T>; 3]> {
+    /// (dx, dA, dB) for the output gradient `g` (m × out); `dx_frozen`:
+    /// `g W` when the weight is packed (computed by its own kernels).
+    fn grads<T: Float>(
+        &self,
+        x: Mat<T>,
+        (a, b): (Mat<T>, Mat<T>),
+        g: Mat<T>,
+        dx_frozen: Option<Vec<T>>,
+    ) -> CResult<[Vec<T>; 3]> {
         let (m, r, s) = (x.rows, a.rows, T::of(self.scale));
         let zeros = |n: usize| vec![T::of(0.0); n];
         // g B (m × r) and x Aᵀ (m × r): the low-rank sides of both gradients.
@@ -206,8 +219,15 @@ impl LoraProduct {
         let gb = Mat::rows(&gb, m, r)?;
         let u = product(x, a)?;
         let u = Mat::rows(&u, m, r)?;
-        let mut dx = zeros(m * x.cols);
-        with_mat::<T, _>(&self.weight, |w| gemm_into(&mut dx, false, g, w, T::of(1.0)))?;
+        let mut dx = match (&self.weight, dx_frozen) {
+            (_, Some(dx)) => dx,
+            (Weight::Dense(w), None) => {
+                let mut dx = zeros(m * x.cols);
+                with_mat::<T, _>(w, |w| gemm_into(&mut dx, false, g, w, T::of(1.0)))?;
+                dx
+            }
+            (_, None) => candle_core::bail!("lora linear: no input gradient for the packed weight"),
+        };
         gemm_into(&mut dx, true, gb, a, s)?;
         let mut da = zeros(r * x.cols);
         gemm_into(&mut da, false, gb.t(), x, s)?;
@@ -264,8 +284,14 @@ impl CustomOp3 for LoraProduct {
             b: &Tensor,
             g: &Tensor,
         ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let dx_frozen = match &op.weight {
+                Weight::Dense(_) => None,
+                packed => Some(packed.input_grad(g)?.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?),
+            };
             let [dx, da, db] = with_rows::<T, _>(x, |xm| {
-                with_mat::<T, _>(a, |am| with_mat::<T, _>(b, |bm| with_rows::<T, _>(g, |gm| op.grads(xm, am, bm, gm))))
+                with_mat::<T, _>(a, |am| {
+                    with_mat::<T, _>(b, |bm| with_rows::<T, _>(g, |gm| op.grads(xm, (am, bm), gm, dx_frozen)))
+                })
             })?;
             let dev = x.device();
             Ok((
@@ -303,7 +329,7 @@ mod tests {
             let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 13), &dev).unwrap()).unwrap();
             let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, (7, 3), &dev).unwrap()).unwrap();
             let weights = Tensor::randn(0f64, 1.0, (2, 5, 7), &dev).unwrap();
-            let op = LoraProduct { weight: w.clone(), scale: 0.75 };
+            let op = LoraProduct { weight: Weight::Dense(w.clone()), scale: 0.75 };
             let y = x.as_tensor().apply_op3(a.as_tensor(), b.as_tensor(), op).unwrap();
             let want = (x.broadcast_matmul(&w.t().unwrap()).unwrap()
                 + (x.broadcast_matmul(&a.t().unwrap()).unwrap().broadcast_matmul(&b.t().unwrap()).unwrap() * 0.75)

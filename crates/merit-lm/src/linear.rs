@@ -70,7 +70,7 @@ impl Weight {
     }
 
     /// `x Wᵀ`, no gradient tracking.
-    fn product(&self, x: &Tensor) -> CResult<Tensor> {
+    pub(crate) fn product(&self, x: &Tensor) -> CResult<Tensor> {
         match self {
             Weight::Dense(w) => x.broadcast_matmul(&w.t()?),
             Weight::Quant(q) => with_f32_rows(x, |rows, m| q.matmul_rows(rows, m), q.rows),
@@ -79,7 +79,7 @@ impl Weight {
     }
 
     /// `g W`: the gradient of `x Wᵀ` with respect to `x`.
-    fn input_grad(&self, g: &Tensor) -> CResult<Tensor> {
+    pub(crate) fn input_grad(&self, g: &Tensor) -> CResult<Tensor> {
         match self {
             Weight::Dense(w) => g.broadcast_matmul(w),
             Weight::Quant(q) => q.backward_input(g),
@@ -303,16 +303,20 @@ impl Linear {
 }
 
 impl Linear {
-    /// Training on the CPU with a dense base and a plain adapter (no dropout,
-    /// no row slice): the whole product as one op, [`crate::dense::LoraProduct`].
+    /// Training on the CPU with a plain adapter (no dropout, no row slice):
+    /// the whole product as one op, [`crate::dense::LoraProduct`].
     fn fused_lora(&self, x: &Tensor) -> CResult<Option<Tensor>> {
-        let (Weight::Dense(w), Some(l)) = (&self.weight, &self.lora) else { return Ok(None) };
-        let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F64) && w.dtype() == x.dtype();
+        let Some(l) = &self.lora else { return Ok(None) };
+        let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F64)
+            && match &self.weight {
+                Weight::Dense(w) => w.dtype() == x.dtype(),
+                Weight::Quant(_) | Weight::Nf4(_) => true,
+            };
         let detached = NO_GRAD.with(|g| g.get());
         if detached || !x.device().is_cpu() || !dtype_ok || l.dropout.is_some() || l.rows.is_some() {
             return Ok(None);
         }
-        let op = crate::dense::LoraProduct { weight: w.clone(), scale: l.scale };
+        let op = crate::dense::LoraProduct { weight: self.weight.clone(), scale: l.scale };
         Ok(Some(x.contiguous()?.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?))
     }
 }
