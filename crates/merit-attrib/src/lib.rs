@@ -1,0 +1,10 @@
+//! Attribution of generated answers to the training rows behind them.
+//!
+//! [`span`] is the verbatim-span method (as OLMoTrace over infini-gram): a
+//! suffix array over the tokenized rows of the datanet versions an adapter
+//! was trained on, queried for the maximal spans of an answer that occur in
+//! those rows, each credited to the rows containing it by length and rarity.
+
+pub mod span;
+
+pub use span::{Attribution, Span, SpanIndex, SpanIndexError};
