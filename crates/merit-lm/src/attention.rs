@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::dense::{gemm_raw, Mat};
-use crate::fused::train::{normalize_exp, Float, Ptr, Rope};
+use crate::fused::train::{contiguous as slice, normalize_exp, Float, Ptr, Rope};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -343,12 +343,6 @@ impl AttentionBlock {
         };
         Ok([unrotate(&self.q_rope, dq), unrotate(&self.k_rope, dk), dv])
     }
-}
-
-/// A contiguous op input as a slice.
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("attention: not contiguous"))?;
-    Ok(&T::slice(s).ok_or_else(|| candle_core::Error::msg("attention: dtype mismatch"))?[a..b])
 }
 
 impl CustomOp3 for AttentionBlock {

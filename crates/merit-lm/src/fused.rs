@@ -576,7 +576,7 @@ pub mod train {
     unsafe impl<T> Sync for Ptr<T> {}
     unsafe impl<T> Send for Ptr<T> {}
 
-    fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [T]> {
+    pub(crate) fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [T]> {
         let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::msg("fused op: not contiguous"))?;
         Ok(&T::slice(s).ok_or_else(|| candle_core::Error::msg("fused op: dtype mismatch"))?[a..b])
     }
