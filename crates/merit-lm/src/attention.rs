@@ -120,7 +120,35 @@ fn par_items(items: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
     }
 }
 
+/// Runs `f(item, scratch)` for every item on candle's CPU pool, with one
+/// scratch value per worker; returns the first error.
+fn par_try<S: Default>(items: usize, f: impl Fn(usize, &mut S) -> CResult<()> + Sync) -> CResult<()> {
+    let err = std::sync::Mutex::new(None);
+    par_items(items, |range| {
+        let mut scratch = S::default();
+        for item in range {
+            if let Err(e) = f(item, &mut scratch) {
+                err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            }
+        }
+    });
+    match err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 impl AttentionBlock {
+    /// Query work item `item` of b × heads × blocks: (batch row, head, its
+    /// query rows, how many keys they see).
+    fn query_block(&self, item: usize) -> (usize, usize, std::ops::Range<usize>, usize) {
+        let blocks = self.t.div_ceil(BLOCK);
+        let (bi, h, blk) = (item / (self.heads * blocks), (item / blocks) % self.heads, item % blocks);
+        let rows = blk * BLOCK..((blk + 1) * BLOCK).min(self.t);
+        let kn = self.visible(bi, h, rows.clone());
+        (bi, h, rows, kn)
+    }
+
     /// The bias row of query `i` of head `h` in batch row `bi`.
     fn bias_row(&self, bi: usize, h: usize, i: usize) -> &[f64] {
         let (bi, h) = (if self.bb == 1 { 0 } else { bi }, if self.bh == 1 { 0 } else { h });
@@ -197,45 +225,20 @@ impl AttentionBlock {
         let (q, k) = (Self::rotated(&self.q_rope, q), Self::rotated(&self.k_rope, k));
         let mut out = vec![T::of(0.0); self.b * t * nh * d];
         let out_ptr = Ptr(out.as_mut_ptr());
-        let blocks = t.div_ceil(BLOCK);
-        let err = std::sync::Mutex::new(None);
-        par_items(self.b * nh * blocks, |range| {
-            let out_ptr = &out_ptr;
-            let mut p = Vec::new();
-            for item in range {
-                let (bi, h, blk) = (item / (nh * blocks), (item / blocks) % nh, item % blocks);
-                let rows = blk * BLOCK..((blk + 1) * BLOCK).min(t);
-                let kn = self.visible(bi, h, rows.clone());
-                if kn == 0 {
-                    continue;
-                }
-                let res = (|| -> CResult<()> {
-                    p.resize(rows.len() * kn, T::of(0.0));
-                    self.probs((&q, &k), (bi, h), rows.clone(), kn, &mut p)?;
-                    let vm = self.head(v, self.kv_heads, bi, h / rep, 0..kn)?;
-                    let at = (bi * t + rows.start) * nh * d + h * d;
-                    // SAFETY: this item alone writes head h of these rows.
-                    unsafe {
-                        gemm_raw(
-                            out_ptr.0.add(at),
-                            nh * d,
-                            false,
-                            Mat::rows(&p, rows.len(), kn)?,
-                            vm,
-                            T::of(1.0),
-                            false,
-                        )
-                    }
-                })();
-                if let Err(e) = res {
-                    *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                }
+        par_try(self.b * nh * t.div_ceil(BLOCK), |item, p: &mut Vec<T>| {
+            let (bi, h, rows, kn) = self.query_block(item);
+            if kn == 0 {
+                return Ok(());
             }
-        });
-        match err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+            p.resize(rows.len() * kn, T::of(0.0));
+            self.probs((&q, &k), (bi, h), rows.clone(), kn, p)?;
+            let vm = self.head(v, self.kv_heads, bi, h / rep, 0..kn)?;
+            let at = (bi * t + rows.start) * nh * d + h * d;
+            let pm = Mat::rows(p, rows.len(), kn)?;
+            // SAFETY: this item alone writes head h of these rows.
+            unsafe { gemm_raw(out_ptr.at(at), nh * d, false, pm, vm, T::of(1.0), false) }
+        })?;
+        Ok(out)
     }
 
     /// (dq, dk, dv) for the output gradient `go`.
@@ -249,94 +252,69 @@ impl AttentionBlock {
         let mut ds_all = vec![T::of(0.0); b * nh * t * t];
         let mut dq = vec![T::of(0.0); q.len()];
         let (pp, dsp, dqp) = (Ptr(p_all.as_mut_ptr()), Ptr(ds_all.as_mut_ptr()), Ptr(dq.as_mut_ptr()));
-        let err = std::sync::Mutex::new(None);
-        let fail = |e| *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         // Query pass: P, dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale, dQ = dS K.
-        par_items(b * nh * blocks, |range| {
-            let (pp, dsp, dqp) = (&pp, &dsp, &dqp);
-            let mut p = Vec::new();
-            let mut dp = Vec::new();
-            for item in range {
-                let (bi, h, blk) = (item / (nh * blocks), (item / blocks) % nh, item % blocks);
-                let rows = blk * BLOCK..((blk + 1) * BLOCK).min(t);
-                let kn = self.visible(bi, h, rows.clone());
-                if kn == 0 {
-                    continue;
-                }
-                let res = (|| -> CResult<()> {
-                    let n = rows.len();
-                    p.resize(n * kn, T::of(0.0));
-                    dp.resize(n * kn, T::of(0.0));
-                    self.probs((&q, &k), (bi, h), rows.clone(), kn, &mut p)?;
-                    let gm = self.head(go, nh, bi, h, rows.clone())?;
-                    let vm = self.head(v, nkv, bi, h / rep, 0..kn)?;
-                    let km = self.head(&k, nkv, bi, h / rep, 0..kn)?;
-                    // SAFETY: `dp` holds n × kn values.
-                    unsafe { gemm_raw(dp.as_mut_ptr(), kn, false, gm, vm.t(), T::of(1.0), false)? };
-                    let scale = T::of(self.scale);
-                    for r in 0..n {
-                        let (pr, dpr) = (&p[r * kn..(r + 1) * kn], &mut dp[r * kn..(r + 1) * kn]);
-                        let dot = T::of(pr.iter().zip(dpr.iter()).map(|(a, b)| (*a * *b).to_f64()).sum::<f64>());
-                        for (o, p) in dpr.iter_mut().zip(pr) {
-                            *o = *p * (*o - dot) * scale;
-                        }
-                    }
-                    let base = (bi * nh + h) * t * t;
-                    for (r, i) in rows.clone().enumerate() {
-                        // SAFETY: rows of head (bi, h) belong to this item.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(p[r * kn..].as_ptr(), pp.0.add(base + i * t), kn);
-                            std::ptr::copy_nonoverlapping(dp[r * kn..].as_ptr(), dsp.0.add(base + i * t), kn);
-                        }
-                    }
-                    let at = (bi * t + rows.start) * nh * d + h * d;
-                    // SAFETY: this item alone writes head h of these rows of dq.
-                    unsafe { gemm_raw(dqp.0.add(at), nh * d, false, Mat::rows(&dp, n, kn)?, km, T::of(1.0), false) }
-                })();
-                if let Err(e) = res {
-                    fail(e);
+        par_try(b * nh * blocks, |item, (p, dp): &mut (Vec<T>, Vec<T>)| {
+            let (bi, h, rows, kn) = self.query_block(item);
+            if kn == 0 {
+                return Ok(());
+            }
+            let n = rows.len();
+            p.resize(n * kn, T::of(0.0));
+            dp.resize(n * kn, T::of(0.0));
+            self.probs((&q, &k), (bi, h), rows.clone(), kn, p)?;
+            let gm = self.head(go, nh, bi, h, rows.clone())?;
+            let vm = self.head(v, nkv, bi, h / rep, 0..kn)?;
+            let km = self.head(&k, nkv, bi, h / rep, 0..kn)?;
+            // SAFETY: `dp` holds n × kn values.
+            unsafe { gemm_raw(dp.as_mut_ptr(), kn, false, gm, vm.t(), T::of(1.0), false)? };
+            let scale = T::of(self.scale);
+            for r in 0..n {
+                let (pr, dpr) = (&p[r * kn..(r + 1) * kn], &mut dp[r * kn..(r + 1) * kn]);
+                let dot = T::of(pr.iter().zip(dpr.iter()).map(|(a, b)| (*a * *b).to_f64()).sum::<f64>());
+                for (o, p) in dpr.iter_mut().zip(pr) {
+                    *o = *p * (*o - dot) * scale;
                 }
             }
-        });
+            let base = (bi * nh + h) * t * t;
+            for (r, i) in rows.clone().enumerate() {
+                // SAFETY: rows of head (bi, h) belong to this item.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p[r * kn..].as_ptr(), pp.at(base + i * t), kn);
+                    std::ptr::copy_nonoverlapping(dp[r * kn..].as_ptr(), dsp.at(base + i * t), kn);
+                }
+            }
+            let at = (bi * t + rows.start) * nh * d + h * d;
+            // SAFETY: this item alone writes head h of these rows of dq.
+            unsafe { gemm_raw(dqp.at(at), nh * d, false, Mat::rows(dp, n, kn)?, km, T::of(1.0), false) }
+        })?;
         // Key pass: dK = Σ_heads dSᵀ Q, dV = Σ_heads Pᵀ dO over the group's query heads.
         let mut dk = vec![T::of(0.0); k.len()];
         let mut dv = vec![T::of(0.0); v.len()];
         let (dkp, dvp) = (Ptr(dk.as_mut_ptr()), Ptr(dv.as_mut_ptr()));
         let (p_all, ds_all) = (&p_all, &ds_all);
-        par_items(b * nkv * blocks, |range| {
-            let (dkp, dvp) = (&dkp, &dvp);
-            for item in range {
-                let (bi, g, blk) = (item / (nkv * blocks), (item / blocks) % nkv, item % blocks);
-                let keys = blk * BLOCK..((blk + 1) * BLOCK).min(t);
-                let res = (|| -> CResult<()> {
-                    let at = (bi * t + keys.start) * nkv * d + g * d;
-                    for h in g * rep..(g + 1) * rep {
-                        // Queries before the first one that sees these keys contribute zeros.
-                        let from = (0..t).find(|&i| self.visible(bi, h, i..i + 1) > keys.start).unwrap_or(t);
-                        if from == t {
-                            continue;
-                        }
-                        let base = (bi * nh + h) * t * t + from * t + keys.start;
-                        let pm = Mat::strided(&p_all[base..], t - from, keys.len(), t, 1)?;
-                        let dsm = Mat::strided(&ds_all[base..], t - from, keys.len(), t, 1)?;
-                        let qm = self.head(&q, nh, bi, h, from..t)?;
-                        let gm = self.head(go, nh, bi, h, from..t)?;
-                        // SAFETY: this item alone writes kv head g of these keys.
-                        unsafe {
-                            gemm_raw(dkp.0.add(at), nkv * d, true, dsm.t(), qm, T::of(1.0), false)?;
-                            gemm_raw(dvp.0.add(at), nkv * d, true, pm.t(), gm, T::of(1.0), false)?;
-                        }
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = res {
-                    fail(e);
+        par_try(b * nkv * blocks, |item, _: &mut ()| {
+            let (bi, g, blk) = (item / (nkv * blocks), (item / blocks) % nkv, item % blocks);
+            let keys = blk * BLOCK..((blk + 1) * BLOCK).min(t);
+            let at = (bi * t + keys.start) * nkv * d + g * d;
+            for h in g * rep..(g + 1) * rep {
+                // Queries before the first one that sees these keys contribute zeros.
+                let from = (0..t).find(|&i| self.visible(bi, h, i..i + 1) > keys.start).unwrap_or(t);
+                if from == t {
+                    continue;
+                }
+                let base = (bi * nh + h) * t * t + from * t + keys.start;
+                let pm = Mat::strided(&p_all[base..], t - from, keys.len(), t, 1)?;
+                let dsm = Mat::strided(&ds_all[base..], t - from, keys.len(), t, 1)?;
+                let qm = self.head(&q, nh, bi, h, from..t)?;
+                let gm = self.head(go, nh, bi, h, from..t)?;
+                // SAFETY: this item alone writes kv head g of these keys.
+                unsafe {
+                    gemm_raw(dkp.at(at), nkv * d, true, dsm.t(), qm, T::of(1.0), false)?;
+                    gemm_raw(dvp.at(at), nkv * d, true, pm.t(), gm, T::of(1.0), false)?;
                 }
             }
-        });
-        if let Some(e) = err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
+            Ok(())
+        })?;
         let unrotate = |rope: &Option<Rope>, g: Vec<T>| match rope {
             Some(r) => r.rotate(&g, -1.0),
             None => g,

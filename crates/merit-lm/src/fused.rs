@@ -572,6 +572,14 @@ pub mod train {
     }
 
     pub(crate) struct Ptr<T>(pub(crate) *mut T);
+
+    impl<T> Ptr<T> {
+        /// The element `n` places on (no access; a closure calling this
+        /// captures the whole `Ptr`, which is `Sync`, not its raw field).
+        pub(crate) fn at(&self, n: usize) -> *mut T {
+            self.0.wrapping_add(n)
+        }
+    }
     // SAFETY: workers write disjoint rows; the buffer outlives the pool call.
     unsafe impl<T> Sync for Ptr<T> {}
     unsafe impl<T> Send for Ptr<T> {}
