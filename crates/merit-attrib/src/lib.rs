@@ -7,4 +7,4 @@
 
 pub mod span;
 
-pub use span::{Attribution, Span, SpanIndex, SpanIndexError};
+pub use span::{normalize, Attribution, Span, SpanIndex, SpanIndexError};

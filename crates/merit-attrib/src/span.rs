@@ -169,6 +169,12 @@ impl SpanIndex {
     /// to 1 (an empty list when nothing matched). Sorted by score, highest
     /// first.
     pub fn attribute(&self, answer: &[u32], min_len: usize) -> Vec<Attribution> {
+        normalize(self.credits(answer, min_len))
+    }
+
+    /// [`SpanIndex::attribute`] before normalising: each id's summed span
+    /// weight, so the credits of several indexes can be merged first.
+    pub fn credits(&self, answer: &[u32], min_len: usize) -> Vec<Attribution> {
         let total_rows = self.rows() as f64;
         let mut by_id: Vec<Attribution> = Vec::new();
         for span in self.find_spans(answer, min_len) {
@@ -194,11 +200,6 @@ impl SpanIndex {
                 }
             }
         }
-        let total: f64 = by_id.iter().map(|a| a.score).sum();
-        if total > 0.0 {
-            by_id.iter_mut().for_each(|a| a.score /= total);
-        }
-        by_id.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
         by_id
     }
 
@@ -262,6 +263,16 @@ impl SpanIndex {
         }
         Ok(SpanIndex { tokens, sa, starts, ids })
     }
+}
+
+/// Scales credits (from one or several indexes) so they sum to 1, highest first.
+pub fn normalize(mut credits: Vec<Attribution>) -> Vec<Attribution> {
+    let total: f64 = credits.iter().map(|a| a.score).sum();
+    if total > 0.0 {
+        credits.iter_mut().for_each(|a| a.score /= total);
+    }
+    credits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    credits
 }
 
 /// The suffix array of `s` by prefix doubling: suffixes sorted by their

@@ -12,6 +12,7 @@
 // The OpenAPI document is one large `json!`.
 #![recursion_limit = "256"]
 
+pub mod attribution;
 pub mod error;
 mod extract;
 pub mod openai;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub runs: Option<Arc<RunHost>>,
     /// Serves models on the OpenAI-compatible API; `None`: `/v1` answers 503.
     pub generator: Option<Arc<dyn openai::Generator>>,
+    /// Span indexes for `"attribution": true`.
+    pub indexes: Arc<attribution::Indexes>,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -55,6 +58,7 @@ impl AppState {
             signer: Arc::new(signer),
             runs: None,
             generator: None,
+            indexes: Arc::new(attribution::Indexes::new(None)),
             buckets: Arc::new(ratelimit::Buckets::default()),
         }
     }
@@ -62,6 +66,12 @@ impl AppState {
     /// Serves models with `generator` on `/v1` (and the web app's chat).
     pub fn with_generator(mut self, generator: Arc<dyn openai::Generator>) -> AppState {
         self.generator = Some(generator);
+        self
+    }
+
+    /// Keeps span-attribution indexes in `dir` (built once, read back after a restart).
+    pub fn with_attribution_dir(mut self, dir: std::path::PathBuf) -> AppState {
+        self.indexes = Arc::new(attribution::Indexes::new(Some(dir)));
         self
     }
 

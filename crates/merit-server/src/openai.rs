@@ -76,6 +76,9 @@ pub trait Generator: Send + Sync + 'static {
     fn models(&self) -> Vec<String>;
     /// Generates (blocking), calling `on_text` with each new piece of text.
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError>;
+    /// `text` as `base`'s tokenizer splits it: (token id, byte start, byte
+    /// end) per token, no special tokens added (span attribution).
+    fn tokenize(&self, base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, GenError>;
 }
 
 /// An error in OpenAI's shape.
@@ -164,6 +167,36 @@ struct Body {
     #[serde(default)]
     stream: bool,
     n: Option<usize>,
+    /// Merit's extension: `true` or `{"method": "span", "min_tokens": 8}`.
+    attribution: Option<Value>,
+}
+
+/// The shortest credited span asked for by `attribution`, or None when off.
+fn attribution_request(v: Option<&Value>) -> Result<Option<usize>, String> {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(crate::attribution::MIN_SPAN_TOKENS)),
+        Some(Value::Object(o)) => {
+            match o.get("method").and_then(Value::as_str).unwrap_or("span") {
+                "span" => {}
+                "gradient" => {
+                    return Err("gradient attribution is not available on this server yet; use \"span\"".into())
+                }
+                other => return Err(format!("attribution method `{other}` is not span or gradient")),
+            }
+            if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "method" | "min_tokens")) {
+                return Err(format!("attribution has an unknown field `{k}`"));
+            }
+            match o.get("min_tokens") {
+                None => Ok(Some(crate::attribution::MIN_SPAN_TOKENS)),
+                Some(n) => match n.as_u64() {
+                    Some(n @ 1..=256) => Ok(Some(n as usize)),
+                    _ => Err(format!("attribution.min_tokens must be 1 to 256, got {n}")),
+                },
+            }
+        }
+        Some(other) => Err(format!("attribution must be true, false or an object, got {other}")),
+    }
 }
 
 /// Message content: a string, or a list of `{"type": "text", "text"}` parts.
@@ -176,8 +209,9 @@ fn content_text(v: &Value) -> Option<String> {
     }
 }
 
-fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool), Response> {
+fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool, Option<usize>), Response> {
     let bad = |m: String, p: &str| oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", m, Some(p));
+    let attribution = attribution_request(body.attribution.as_ref()).map_err(|m| bad(m, "attribution"))?;
     if body.n.is_some_and(|n| n != 1) {
         return Err(bad("only n = 1 is supported".into(), "n"));
     }
@@ -237,7 +271,7 @@ fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool), Response> {
         stop,
         cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
-    Ok((req, body.stream))
+    Ok((req, body.stream, attribution))
 }
 
 fn now_s() -> u64 {
@@ -257,7 +291,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         Ok(Json(b)) => b,
         Err(e) => return oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", e.body_text(), None),
     };
-    let (gen, stream) = match parse(body, chat) {
+    let (gen, stream, attribution) = match parse(body, chat) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -266,6 +300,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     let model = gen.model.clone();
     let guard = CancelOnDrop(gen.cancel.clone());
     if !stream {
+        let g2 = g.clone();
         let out = tokio::task::spawn_blocking(move || g.generate(&gen, &mut |_| {})).await;
         let out = match out {
             Ok(Ok(o)) => o,
@@ -281,8 +316,14 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
             json!({ "index": 0, "text": out.text, "finish_reason": out.finish_reason, "logprobs": null })
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
-        return Json(json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage }))
-            .into_response();
+        let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage });
+        if let Some(k) = attribution {
+            match crate::attribution::attribute(&state, &g2, &model, &out.text, k).await {
+                Ok(a) => v["attribution"] = a,
+                Err(e) => return gen_error(e),
+            }
+        }
+        return Json(v).into_response();
     }
     // Streaming: pieces flow through a channel from the blocking generator.
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Value, GenError>>();
@@ -305,6 +346,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     // The first event tells whether the model exists: a missing one is a 404, not a broken stream.
     let first = chunk.clone();
     let cancel = gen.cancel.clone();
+    let (rt, st, g2, model2) = (tokio::runtime::Handle::current(), state.clone(), g.clone(), model.clone());
     tokio::task::spawn_blocking(move || {
         let mut started = false;
         let result = g.generate(&gen, &mut |piece| {
@@ -324,7 +366,18 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                 }
                 let usage = json!({ "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                                     "total_tokens": out.prompt_tokens + out.completion_tokens });
-                let _ = tx.send(Ok(first(json!({}), Some(&out.finish_reason), Some(usage))));
+                let mut last = first(json!({}), Some(&out.finish_reason), Some(usage));
+                if let Some(k) = attribution {
+                    // The last chunk carries the attribution, as it carries the usage.
+                    match rt.block_on(crate::attribution::attribute(&st, &g2, &model2, &out.text, k)) {
+                        Ok(a) => last["attribution"] = a,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(Ok(last));
             }
             Err(e) => {
                 let _ = tx.send(Err(e));

@@ -642,12 +642,30 @@ async fn runs_answer_503_without_a_trainer() {
     assert_eq!(r.json()["error"]["code"], "no_trainer");
 }
 
+/// Words as tokens (for the fake generators): a stable id per word, with its byte range.
+fn word_tokens(text: &str) -> Vec<(u32, usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for w in text.split(' ') {
+        if !w.is_empty() {
+            let id = w.bytes().fold(2_166_136_261u32, |h, b| (h ^ b as u32).wrapping_mul(16_777_619)) % 1_000_000;
+            out.push((id, at, at + w.len()));
+        }
+        at += w.len() + 1;
+    }
+    out
+}
+
 /// Echoes the last message back, word by word.
 struct EchoGenerator;
 
 impl merit_server::openai::Generator for EchoGenerator {
     fn models(&self) -> Vec<String> {
         vec!["base".into(), "base:run-1".into()]
+    }
+
+    fn tokenize(&self, _base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, merit_server::openai::GenError> {
+        Ok(word_tokens(text))
     }
 
     fn generate(
@@ -758,6 +776,10 @@ impl merit_server::openai::Generator for EndlessGenerator {
         vec!["base".into()]
     }
 
+    fn tokenize(&self, _base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, merit_server::openai::GenError> {
+        Ok(word_tokens(text))
+    }
+
     fn generate(
         &self,
         req: &merit_server::openai::GenRequest,
@@ -808,5 +830,88 @@ async fn a_client_that_goes_away_stops_its_generation() {
     while !cancelled.load(std::sync::atomic::Ordering::Relaxed) {
         assert!(start.elapsed() < std::time::Duration::from_secs(5), "the generation went on after the client left");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// `"attribution": true` credits an adapter's answer to the contributions
+/// whose rows it repeats, once the run is published; bad requests name the field.
+#[tokio::test]
+async fn answers_are_attributed_to_the_rows_they_repeat() {
+    use std::sync::Arc;
+    let app = common::App::with_trainer_and_generator(Arc::new(FakeTrainer), Arc::new(EchoGenerator)).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    assert_eq!(app.datanet(&ann, "qa", "", true).await.status, StatusCode::CREATED);
+    for (token, seed) in [(&ann, 1), (&bob, 2)] {
+        let r = app.upload("qa", Some(token), &[("a.txt", prose(seed).as_bytes())], false).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = app
+        .call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "datanets": ["qa"], "max_steps": 2 })))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(id, 1, "the echo generator serves base:run-1");
+    for _ in 0..200 {
+        if app.call("GET", "/api/v1/runs/1", Some(&ann), None).await.json()["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Bob's first sentence, then words found nowhere.
+    let bob_text = prose(2);
+    let sentence = bob_text.split_inclusive('.').next().unwrap().trim().to_string();
+    let question = format!("{sentence} and then zyx qwv");
+    let chat = |attribution: Value, model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": question }], "attribution": attribution });
+    let post = |body: Value| {
+        let (app, ann) = (&app, ann.clone());
+        async move { app.call("POST", "/v1/chat/completions", Some(&ann), Some(body)).await }
+    };
+    // Not published yet: nothing to credit.
+    let r = post(chat(json!(true), "base:run-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["attribution"], json!([]));
+    let r = app.call("POST", "/api/v1/runs/1/publish", Some(&ann), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+
+    let r = post(chat(json!(true), "base:run-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let a = r.json()["attribution"].clone();
+    let top = &a[0];
+    assert_eq!(top["contributor"], "bob", "{a}");
+    assert_eq!(top["datanet"], "qa");
+    assert!(top["score"].as_f64().unwrap() > 0.8, "{a}");
+    let total: f64 = a.as_array().unwrap().iter().map(|x| x["score"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    let span = &top["spans"][0];
+    assert_eq!(span["start"], 0);
+    assert_eq!(span["text"], sentence.as_str());
+    assert_eq!(span["end"].as_u64().unwrap() as usize, sentence.chars().count());
+    // The same in a stream: the last chunk carries it.
+    let mut body = chat(json!({ "method": "span", "min_tokens": 8 }), "base:run-1");
+    body["stream"] = json!(true);
+    let r = post(body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks.last().unwrap()["attribution"], a);
+    // Off, a base model, and bad requests.
+    assert!(post(chat(json!(false), "base:run-1")).await.json().get("attribution").is_none());
+    assert_eq!(post(chat(json!(true), "base")).await.json()["attribution"], json!([]));
+    for bad in [
+        json!({ "method": "gradient" }),
+        json!({ "method": "magic" }),
+        json!({ "min_tokens": 0 }),
+        json!({ "k": 3 }),
+        json!("yes"),
+    ] {
+        let r = post(chat(bad.clone(), "base:run-1")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.json()["error"]["param"], "attribution");
     }
 }

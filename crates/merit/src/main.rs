@@ -649,7 +649,8 @@ async fn run(cli: Cli) -> Result<u8> {
             let generator = serve::ServeGenerator::new(local.data_dir.clone());
             let state = merit_server::AppState::new(store, rate, signer)
                 .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
-                .with_generator(std::sync::Arc::new(generator));
+                .with_generator(std::sync::Arc::new(generator))
+                .with_attribution_dir(local.data_dir.join("attribution"));
             merit_server::start_worker(&state);
             // The embedded defaults include a model to chat with and fine-tune.
             if default_model != "none" && model::registry(&local.data_dir)?.is_empty() {

@@ -151,6 +151,15 @@ impl Generator for ServeGenerator {
         ids
     }
 
+    fn tokenize(&self, base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, GenError> {
+        let (base, _) = self.resolve(base)?;
+        let loaded = self.base(&base)?;
+        let guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
+        let (ids, offsets) =
+            guard.tok.encode_with_offsets(text, false).map_err(|e| GenError::Internal(e.to_string()))?;
+        Ok(ids.into_iter().zip(offsets).map(|(id, (a, b))| (id, a, b)).collect())
+    }
+
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError> {
         let (base, adapter) = self.resolve(&req.model)?;
         let loaded = self.base(&base)?;

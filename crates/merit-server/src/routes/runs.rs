@@ -205,6 +205,13 @@ pub async fn runs_publish(
     let sha = merit_core::sha256_hex(&bytes);
     let user = caller.user()?.clone();
     let run = state.store.publish_run(run.id, &user, &sha).await?;
+    // Span-attribution indexes of its datanet versions, built ahead of the first request.
+    let (st, id) = (state.clone(), run.id);
+    tokio::spawn(async move {
+        if let Err(e) = crate::attribution::prepare(&st, id).await {
+            tracing::warn!("attribution index for run {id}: {e:?}");
+        }
+    });
     Ok(Json(run_json(&run)))
 }
 

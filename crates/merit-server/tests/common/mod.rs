@@ -53,11 +53,30 @@ impl App {
         app
     }
 
+    /// An app that trains with `trainer` and serves with `generator`.
+    pub async fn with_trainer_and_generator(
+        trainer: std::sync::Arc<dyn merit_server::RunTrainer>,
+        generator: std::sync::Arc<dyn merit_server::openai::Generator>,
+    ) -> App {
+        App::build_with(RateLimit { per_second: 10_000.0, burst: 10_000.0 }, Some(trainer), Some(generator)).await
+    }
+
     async fn build(rate: RateLimit, trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>) -> App {
+        App::build_with(rate, trainer, None).await
+    }
+
+    async fn build_with(
+        rate: RateLimit,
+        trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>,
+        generator: Option<std::sync::Arc<dyn merit_server::openai::Generator>>,
+    ) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;
         let signer = merit_ledger::checkpoint::NoteSigner::from_seed("merit.test/ledger", &[1; 32]).unwrap();
-        let mut state = AppState::new(store.clone(), rate, signer);
+        let mut state = AppState::new(store.clone(), rate, signer).with_attribution_dir(dir.path().join("attribution"));
+        if let Some(g) = generator {
+            state = state.with_generator(g);
+        }
         if let Some(t) = trainer {
             state = state.with_trainer(t, dir.path().join("runs"));
             merit_server::start_worker(&state);

@@ -1,0 +1,209 @@
+//! Span attribution of served answers (`"attribution": true` on `/v1`).
+//!
+//! A published adapter (`<base>:run-<id>`) was trained on datanet versions;
+//! for each of them a [`SpanIndex`] over its rows, tokenized with the base's
+//! tokenizer, is built once (when the adapter is published, or on the first
+//! request that needs it) and kept on disk beside the other indexes
+//! (`DIR/<datanet>@<version>.<base>.spans`) and in memory. An answer is
+//! tokenized the same way and credited to the contributions whose rows hold
+//! its maximal verbatim spans (see `merit_attrib::span`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use merit_attrib::SpanIndex;
+use serde_json::{json, Value};
+
+use crate::openai::{GenError, Generator};
+use crate::AppState;
+
+/// Shortest span credited, in tokens (OLMoTrace's default is similar).
+pub const MIN_SPAN_TOKENS: usize = 8;
+/// Rows read from the store at a time while building an index.
+const PAGE: i64 = 1000;
+
+/// Built indexes, by file name; `dir` keeps them across restarts.
+#[derive(Default)]
+pub struct Indexes {
+    dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<String, Arc<SpanIndex>>>,
+    /// Serialises builds: two requests never build the same index twice.
+    building: tokio::sync::Mutex<()>,
+}
+
+impl Indexes {
+    pub fn new(dir: Option<PathBuf>) -> Indexes {
+        Indexes { dir, ..Indexes::default() }
+    }
+}
+
+/// The text of a row: every string in it, in order, one per line.
+fn row_text(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => items.iter().for_each(|i| row_text(i, out)),
+        Value::Object(map) => map.values().for_each(|i| row_text(i, out)),
+        _ => {}
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> GenError {
+    GenError::Internal(e.to_string())
+}
+
+/// The index of `datanet@version` for `base`'s tokenizer, built if needed.
+async fn index(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    base: &str,
+    datanet: &str,
+    version: i64,
+) -> Result<Arc<SpanIndex>, GenError> {
+    let safe = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect::<String>()
+    };
+    let name = format!("{}@{version}.{}.spans", safe(datanet), safe(base));
+    let ix = &state.indexes;
+    let cached = |ix: &Indexes| ix.loaded.lock().ok().and_then(|m| m.get(&name).cloned());
+    if let Some(hit) = cached(ix) {
+        return Ok(hit);
+    }
+    let _building = ix.building.lock().await;
+    if let Some(hit) = cached(ix) {
+        return Ok(hit);
+    }
+    let path = ix.dir.as_ref().map(|d| d.join(&name));
+    let loaded = match &path {
+        Some(p) if p.exists() => {
+            let p = p.clone();
+            Some(tokio::task::spawn_blocking(move || SpanIndex::load(&p)).await.map_err(internal)?.map_err(internal)?)
+        }
+        _ => None,
+    };
+    let built = match loaded {
+        Some(ix) => ix,
+        None => {
+            let d = state.store.datanet(datanet).await.map_err(internal)?;
+            let d = d.ok_or_else(|| internal(format!("datanet `{datanet}` of the run no longer exists")))?;
+            let v = state.store.version(&d, version).await.map_err(internal)?;
+            let v = v.ok_or_else(|| internal(format!("version {version} of `{datanet}` does not exist")))?;
+            let mut rows = Vec::new();
+            let mut offset = 0;
+            while offset < v.row_count {
+                let page = state.store.rows(&d, &v, offset, PAGE, None).await.map_err(internal)?;
+                if page.is_empty() {
+                    break;
+                }
+                offset += page.len() as i64;
+                rows.extend(page.into_iter().map(|r| {
+                    let mut text = String::new();
+                    row_text(&r.content, &mut text);
+                    (r.contribution_id as u64, text)
+                }));
+            }
+            let (g, base, path) = (g.clone(), base.to_string(), path.clone());
+            tokio::task::spawn_blocking(move || -> Result<SpanIndex, GenError> {
+                let mut tokenized = Vec::with_capacity(rows.len());
+                for (id, text) in rows {
+                    tokenized.push((id, g.tokenize(&base, &text)?.into_iter().map(|t| t.0).collect::<Vec<u32>>()));
+                }
+                let ix = SpanIndex::build(tokenized.iter().map(|(id, t)| (*id, &t[..]))).map_err(internal)?;
+                if let Some(p) = path {
+                    if let Some(parent) = p.parent() {
+                        std::fs::create_dir_all(parent).map_err(internal)?;
+                    }
+                    ix.save(&p).map_err(internal)?;
+                }
+                Ok(ix)
+            })
+            .await
+            .map_err(internal)??
+        }
+    };
+    let built = Arc::new(built);
+    if let Ok(mut m) = ix.loaded.lock() {
+        m.insert(name, built.clone());
+    }
+    Ok(built)
+}
+
+/// The published run behind a model id `<base>:run-<id>` and its datanet
+/// versions; None for a base model or an unpublished run (nothing to credit).
+async fn sources(state: &AppState, model: &str) -> Result<Option<(String, Vec<(String, i64)>)>, GenError> {
+    let Some((base, adapter)) = model.split_once(':') else { return Ok(None) };
+    let Some(id) = adapter.strip_prefix("run-").and_then(|n| n.parse::<i64>().ok()) else { return Ok(None) };
+    let Some(run) = state.store.run(id).await.map_err(internal)? else { return Ok(None) };
+    if run.published_at.is_none() {
+        return Ok(None);
+    }
+    let versions = run.config["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.strip_prefix("datanet:"))
+        .filter_map(|s| {
+            let (name, v) = s.rsplit_once('@')?;
+            Some((name.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    Ok(Some((base.to_string(), versions)))
+}
+
+/// Builds the indexes of a published run's datanet versions (after publishing).
+pub async fn prepare(state: &AppState, run_id: i64) -> Result<(), GenError> {
+    let Some(g) = state.generator.clone() else { return Ok(()) };
+    let Some(config) = state.store.run(run_id).await.map_err(internal)?.map(|r| r.config) else { return Ok(()) };
+    let base = config["base"].as_str().unwrap_or_default().to_string();
+    if let Some((base, versions)) = sources(state, &format!("{base}:run-{run_id}")).await? {
+        for (name, v) in versions {
+            index(state, &g, &base, &name, v).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `attribution` for an answer of `model`: `[{contribution_id, contributor,
+/// datanet, score, spans: [{start, end, text}]}]`, scores summing to 1
+/// (empty when no span of at least `min_tokens` tokens is found, or the
+/// model is a base or an unpublished run). `start`/`end` count characters
+/// of `answer`.
+pub async fn attribute(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    model: &str,
+    answer: &str,
+    min_tokens: usize,
+) -> Result<Value, GenError> {
+    let Some((base, versions)) = sources(state, model).await? else { return Ok(json!([])) };
+    let mut indexes = Vec::new();
+    for (name, v) in &versions {
+        indexes.push(index(state, g, &base, name, *v).await?);
+    }
+    let (g2, base2, text) = (g.clone(), base.clone(), answer.to_string());
+    let tokens = tokio::task::spawn_blocking(move || g2.tokenize(&base2, &text)).await.map_err(internal)??;
+    let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
+    let credits = merit_attrib::normalize(indexes.iter().flat_map(|ix| ix.credits(&ids, min_tokens)).collect());
+    let chars = |byte: usize| answer.get(..byte).map_or(0, |s| s.chars().count());
+    let mut out = Vec::with_capacity(credits.len());
+    for c in credits {
+        let contribution = state.store.contribution(c.id as i64).await.map_err(internal)?;
+        let (contributor, datanet) = contribution.map(|k| (k.contributor, k.datanet)).unwrap_or_default();
+        let spans: Vec<Value> = c
+            .spans
+            .iter()
+            .map(|s| {
+                let (a, b) = (tokens[s.start].1, tokens[s.end - 1].2);
+                json!({ "start": chars(a), "end": chars(b), "text": answer.get(a..b).unwrap_or_default() })
+            })
+            .collect();
+        out.push(json!({ "contribution_id": c.id, "contributor": contributor, "datanet": datanet,
+                         "score": c.score, "spans": spans }));
+    }
+    Ok(Value::Array(out))
+}
