@@ -139,6 +139,8 @@ try {
     await page.keyboard.press("Enter");
     await page.locator(".msg-assistant .muted", { hasText: "tokens" }).waitFor({ timeout: 60000 });
     assert.ok((await page.locator(".msg-assistant .answer").textContent()).length > 0, "the answer streamed in");
+    // The published adapter's answer comes with its attribution (contributions or none found).
+    await page.locator(".msg-assistant .attribution").waitFor({ timeout: 60000 });
     await shot("09-chat");
 
     step("comparing runs overlays their curves");

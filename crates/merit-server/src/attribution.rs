@@ -109,11 +109,10 @@ async fn index(
             }
             let (g, base, path) = (g.clone(), base.to_string(), path.clone());
             tokio::task::spawn_blocking(move || -> Result<SpanIndex, GenError> {
-                let mut tokenized = Vec::with_capacity(rows.len());
-                for (id, text) in rows {
-                    tokenized.push((id, g.tokenize(&base, &text)?.into_iter().map(|t| t.0).collect::<Vec<u32>>()));
-                }
-                let ix = SpanIndex::build(tokenized.iter().map(|(id, t)| (*id, &t[..]))).map_err(internal)?;
+                let (ids, texts): (Vec<u64>, Vec<String>) = rows.into_iter().unzip();
+                let tokenized: Vec<Vec<u32>> =
+                    g.tokenize(&base, &texts)?.into_iter().map(|t| t.into_iter().map(|t| t.0).collect()).collect();
+                let ix = SpanIndex::build(ids.into_iter().zip(tokenized.iter().map(|t| &t[..]))).map_err(internal)?;
                 if let Some(p) = path {
                     if let Some(parent) = p.parent() {
                         std::fs::create_dir_all(parent).map_err(internal)?;
@@ -186,7 +185,8 @@ pub async fn attribute(
         indexes.push(index(state, g, &base, name, *v).await?);
     }
     let (g2, base2, text) = (g.clone(), base.clone(), answer.to_string());
-    let tokens = tokio::task::spawn_blocking(move || g2.tokenize(&base2, &text)).await.map_err(internal)??;
+    let tokens = tokio::task::spawn_blocking(move || g2.tokenize(&base2, &[text])).await.map_err(internal)??;
+    let tokens = tokens.into_iter().next().unwrap_or_default();
     let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
     let credits = merit_attrib::normalize(indexes.iter().flat_map(|ix| ix.credits(&ids, min_tokens)).collect());
     let chars = |byte: usize| answer.get(..byte).map_or(0, |s| s.chars().count());

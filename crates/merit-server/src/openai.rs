@@ -50,6 +50,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A text's tokens: (token id, byte start, byte end) each.
+pub type Tokens = Vec<(u32, usize, usize)>;
+
 /// What a generation produced.
 #[derive(Debug, Clone)]
 pub struct GenOutput {
@@ -76,9 +79,9 @@ pub trait Generator: Send + Sync + 'static {
     fn models(&self) -> Vec<String>;
     /// Generates (blocking), calling `on_text` with each new piece of text.
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError>;
-    /// `text` as `base`'s tokenizer splits it: (token id, byte start, byte
-    /// end) per token, no special tokens added (span attribution).
-    fn tokenize(&self, base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, GenError>;
+    /// Each of `texts` as `base`'s tokenizer splits it: (token id, byte
+    /// start, byte end) per token, no special tokens added (span attribution).
+    fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError>;
 }
 
 /// An error in OpenAI's shape.

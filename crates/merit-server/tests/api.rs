@@ -664,8 +664,12 @@ impl merit_server::openai::Generator for EchoGenerator {
         vec!["base".into(), "base:run-1".into()]
     }
 
-    fn tokenize(&self, _base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, merit_server::openai::GenError> {
-        Ok(word_tokens(text))
+    fn tokenize(
+        &self,
+        _base: &str,
+        texts: &[String],
+    ) -> Result<Vec<merit_server::openai::Tokens>, merit_server::openai::GenError> {
+        Ok(texts.iter().map(|t| word_tokens(t)).collect())
     }
 
     fn generate(
@@ -776,8 +780,12 @@ impl merit_server::openai::Generator for EndlessGenerator {
         vec!["base".into()]
     }
 
-    fn tokenize(&self, _base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, merit_server::openai::GenError> {
-        Ok(word_tokens(text))
+    fn tokenize(
+        &self,
+        _base: &str,
+        texts: &[String],
+    ) -> Result<Vec<merit_server::openai::Tokens>, merit_server::openai::GenError> {
+        Ok(texts.iter().map(|t| word_tokens(t)).collect())
     }
 
     fn generate(

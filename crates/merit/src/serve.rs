@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use merit_lm::{Decoder, TextTokenizer};
-use merit_server::openai::{GenError, GenOutput, GenRequest, Generator};
+use merit_server::openai::{GenError, GenOutput, GenRequest, Generator, Tokens};
 
 use crate::model;
 
@@ -151,13 +151,18 @@ impl Generator for ServeGenerator {
         ids
     }
 
-    fn tokenize(&self, base: &str, text: &str) -> Result<Vec<(u32, usize, usize)>, GenError> {
+    fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError> {
         let (base, _) = self.resolve(base)?;
         let loaded = self.base(&base)?;
         let guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
-        let (ids, offsets) =
-            guard.tok.encode_with_offsets(text, false).map_err(|e| GenError::Internal(e.to_string()))?;
-        Ok(ids.into_iter().zip(offsets).map(|(id, (a, b))| (id, a, b)).collect())
+        texts
+            .iter()
+            .map(|text| {
+                let (ids, offsets) =
+                    guard.tok.encode_with_offsets(text, false).map_err(|e| GenError::Internal(e.to_string()))?;
+                Ok(ids.into_iter().zip(offsets).map(|(id, (a, b))| (id, a, b)).collect())
+            })
+            .collect()
     }
 
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError> {

@@ -659,6 +659,25 @@ async function streamChat(body, onText, signal) {
   return last;
 }
 
+/** The `attribution` of an answer: who it draws on, with their shares and the spans. */
+function attributionList(items) {
+  const box = el("div", { class: "attribution" });
+  if (!items.length) {
+    box.append(el("p", { class: "hint", text: "No verbatim span of 8+ tokens from a published adapter's training rows." }));
+    return box;
+  }
+  const list = el("ul");
+  for (const a of items) {
+    const spans = a.spans.map((s) => `“${s.text}”`).join(" · ");
+    list.append(el("li", {},
+      el("strong", { text: `${Math.round(a.score * 100)}% ${a.contributor}` }),
+      el("span", { class: "hint", text: ` ${a.datanet}, contribution #${a.contribution_id}` }),
+      el("p", { class: "span-text", text: spans })));
+  }
+  box.append(el("p", { class: "hint", text: "Drawn from:" }), list);
+  return box;
+}
+
 function initChat() {
   const form = $("#chat-form");
   if (!form) return;
@@ -701,9 +720,11 @@ function initChat() {
       const last = await streamChat({
         model: select.value, messages, temperature: Number($("#chat-temperature").value), top_p: Number($("#chat-top-p").value),
         max_tokens: Number($("#chat-max-tokens").value), seed: Number($("#chat-seed").value),
+        attribution: $("#chat-attribution").checked,
       }, (piece) => { out.textContent += piece; }, abort.signal);
       history.push({ role: "assistant", content: out.textContent });
       if (last && last.usage) meta.textContent = `${last.usage.completion_tokens} tokens · ${last.choices[0].finish_reason}`;
+      if (last && Array.isArray(last.attribution)) meta.after(attributionList(last.attribution));
     } catch (x) {
       if (x.name === "AbortError") meta.textContent = "stopped";
       else { out.classList.add("error"); out.textContent = x.message; history.pop(); }
