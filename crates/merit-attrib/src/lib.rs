@@ -5,6 +5,8 @@
 //! was trained on, queried for the maximal spans of an answer that occur in
 //! those rows, each credited to the rows containing it by length and rarity.
 
+pub mod rewards;
 pub mod span;
 
+pub use rewards::{split, Payment, Role, Shares};
 pub use span::{normalize, Attribution, Span, SpanIndex, SpanIndexError};

@@ -1,8 +1,9 @@
 //! Ledger leaves: typed events, serialised as canonical JSON (RFC 8785 key
 //! order, no insignificant whitespace) with a schema version.
 //!
-//! Leaves hold only strings, integers and lists of strings, so the canonical
-//! form is simply the compact JSON of a key-sorted object.
+//! Leaves hold only strings, integers, and lists and objects of them (no
+//! floats), so the canonical form is simply the compact JSON of key-sorted
+//! objects.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,74 @@ pub enum Event {
         datanets: Vec<String>,
         at: i64,
     },
+    /// A charged request's answer and the contributions it was credited to.
+    #[serde(rename = "attribution.recorded")]
+    AttributionRecorded {
+        request_id: String,
+        model: String,
+        payer: String,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        credits: Vec<Credit>,
+        at: i64,
+    },
+    /// A request's fee and how it was split: the payer's balance goes down
+    /// by `fee_micros`, each payout's account up by its `micros`.
+    #[serde(rename = "reward.paid")]
+    RewardPaid {
+        request_id: String,
+        model: String,
+        payer: String,
+        fee_micros: i64,
+        /// The model's prices per 1,000 input and output tokens, micro-credits.
+        price_in_micros: i64,
+        price_out_micros: i64,
+        payouts: Vec<Payout>,
+        at: i64,
+    },
+}
+
+/// One contribution's share of an answer's attribution (millionths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    pub contribution_id: i64,
+    pub contributor: String,
+    pub datanet: String,
+    pub score_micros: i64,
+}
+
+/// One payment of a fee split: `role` is publisher, contributor or owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payout {
+    pub account: String,
+    pub role: String,
+    pub micros: i64,
+}
+
+/// An account's totals in micro-credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub balance_micros: i64,
+    pub earned_micros: i64,
+    pub spent_micros: i64,
+}
+
+/// Every account's totals from `reward.paid` events alone.
+pub fn balances<'a>(events: impl IntoIterator<Item = &'a Event>) -> std::collections::BTreeMap<String, Totals> {
+    let mut out: std::collections::BTreeMap<String, Totals> = std::collections::BTreeMap::new();
+    for e in events {
+        if let Event::RewardPaid { payer, fee_micros, payouts, .. } = e {
+            let p = out.entry(payer.clone()).or_default();
+            p.balance_micros -= fee_micros;
+            p.spent_micros += fee_micros;
+            for x in payouts {
+                let a = out.entry(x.account.clone()).or_default();
+                a.balance_micros += x.micros;
+                a.earned_micros += x.micros;
+            }
+        }
+    }
+    out
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,6 +182,9 @@ impl Event {
                 format!("contribution:{contribution_id}")
             }
             Event::AdapterPublished { run_id, .. } => format!("run:{run_id}"),
+            Event::AttributionRecorded { request_id, .. } | Event::RewardPaid { request_id, .. } => {
+                format!("request:{request_id}")
+            }
         }
     }
 
@@ -125,6 +197,8 @@ impl Event {
             Event::ContributionVerdict { .. } => "contribution.verdict",
             Event::DatanetVersion { .. } => "datanet.version",
             Event::AdapterPublished { .. } => "adapter.published",
+            Event::AttributionRecorded { .. } => "attribution.recorded",
+            Event::RewardPaid { .. } => "reward.paid",
         }
     }
 }

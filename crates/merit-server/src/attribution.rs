@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use merit_attrib::SpanIndex;
+use merit_ledger::event::{Credit, Payout};
 use serde_json::{json, Value};
 
 use crate::openai::{GenError, Generator};
@@ -132,9 +133,16 @@ async fn index(
     Ok(built)
 }
 
-/// The published run behind a model id `<base>:run-<id>` and its datanet
-/// versions; None for a base model or an unpublished run (nothing to credit).
-async fn sources(state: &AppState, model: &str) -> Result<Option<(String, Vec<(String, i64)>)>, GenError> {
+/// A published run behind a model id: the run, its base and its datanet versions.
+struct Published {
+    run: merit_store::Run,
+    base: String,
+    versions: Vec<(String, i64)>,
+}
+
+/// The published run behind a model id `<base>:run-<id>`; None for a base
+/// model or an unpublished run (nothing to credit or charge).
+async fn published(state: &AppState, model: &str) -> Result<Option<Published>, GenError> {
     let Some((base, adapter)) = model.split_once(':') else { return Ok(None) };
     let Some(id) = adapter.strip_prefix("run-").and_then(|n| n.parse::<i64>().ok()) else { return Ok(None) };
     let Some(run) = state.store.run(id).await.map_err(internal)? else { return Ok(None) };
@@ -151,7 +159,7 @@ async fn sources(state: &AppState, model: &str) -> Result<Option<(String, Vec<(S
             Some((name.to_string(), v.parse().ok()?))
         })
         .collect();
-    Ok(Some((base.to_string(), versions)))
+    Ok(Some(Published { run, base: base.to_string(), versions }))
 }
 
 /// Builds the indexes of a published run's datanet versions (after publishing).
@@ -159,42 +167,50 @@ pub async fn prepare(state: &AppState, run_id: i64) -> Result<(), GenError> {
     let Some(g) = state.generator.clone() else { return Ok(()) };
     let Some(config) = state.store.run(run_id).await.map_err(internal)?.map(|r| r.config) else { return Ok(()) };
     let base = config["base"].as_str().unwrap_or_default().to_string();
-    if let Some((base, versions)) = sources(state, &format!("{base}:run-{run_id}")).await? {
-        for (name, v) in versions {
-            index(state, &g, &base, &name, v).await?;
+    if let Some(p) = published(state, &format!("{base}:run-{run_id}")).await? {
+        for (name, v) in &p.versions {
+            index(state, &g, &p.base, name, *v).await?;
         }
     }
     Ok(())
 }
 
-/// `attribution` for an answer of `model`: `[{contribution_id, contributor,
-/// datanet, score, spans: [{start, end, text}]}]`, scores summing to 1
-/// (empty when no span of at least `min_tokens` tokens is found, or the
-/// model is a base or an unpublished run). `start`/`end` count characters
-/// of `answer`.
-pub async fn attribute(
+/// One contribution's credit for an answer.
+#[derive(Debug, Clone)]
+pub struct Credited {
+    pub contribution_id: i64,
+    pub contributor: String,
+    pub datanet: String,
+    /// Its share; the shares of an answer sum to 1.
+    pub score: f64,
+    /// `{start, end, text}`, characters of the answer.
+    pub spans: Vec<Value>,
+}
+
+/// The contributions an answer of `model` draws on (see [`attribute`]).
+pub async fn credits(
     state: &AppState,
     g: &Arc<dyn Generator>,
     model: &str,
     answer: &str,
     min_tokens: usize,
-) -> Result<Value, GenError> {
-    let Some((base, versions)) = sources(state, model).await? else { return Ok(json!([])) };
+) -> Result<Vec<Credited>, GenError> {
+    let Some(p) = published(state, model).await? else { return Ok(Vec::new()) };
     let mut indexes = Vec::new();
-    for (name, v) in &versions {
-        indexes.push(index(state, g, &base, name, *v).await?);
+    for (name, v) in &p.versions {
+        indexes.push(index(state, g, &p.base, name, *v).await?);
     }
-    let (g2, base2, text) = (g.clone(), base.clone(), answer.to_string());
+    let (g2, base2, text) = (g.clone(), p.base.clone(), answer.to_string());
     let tokens = tokio::task::spawn_blocking(move || g2.tokenize(&base2, &[text])).await.map_err(internal)??;
     let tokens = tokens.into_iter().next().unwrap_or_default();
     let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
-    let credits = merit_attrib::normalize(indexes.iter().flat_map(|ix| ix.credits(&ids, min_tokens)).collect());
+    let found = merit_attrib::normalize(indexes.iter().flat_map(|ix| ix.credits(&ids, min_tokens)).collect());
     let chars = |byte: usize| answer.get(..byte).map_or(0, |s| s.chars().count());
-    let mut out = Vec::with_capacity(credits.len());
-    for c in credits {
+    let mut out = Vec::with_capacity(found.len());
+    for c in found {
         let contribution = state.store.contribution(c.id as i64).await.map_err(internal)?;
         let (contributor, datanet) = contribution.map(|k| (k.contributor, k.datanet)).unwrap_or_default();
-        let spans: Vec<Value> = c
+        let spans = c
             .spans
             .iter()
             .map(|s| {
@@ -202,8 +218,92 @@ pub async fn attribute(
                 json!({ "start": chars(a), "end": chars(b), "text": answer.get(a..b).unwrap_or_default() })
             })
             .collect();
-        out.push(json!({ "contribution_id": c.id, "contributor": contributor, "datanet": datanet,
-                         "score": c.score, "spans": spans }));
+        out.push(Credited { contribution_id: c.id as i64, contributor, datanet, score: c.score, spans });
     }
-    Ok(Value::Array(out))
+    Ok(out)
+}
+
+/// `attribution` for an answer of `model`: `[{contribution_id, contributor,
+/// datanet, score, spans: [{start, end, text}]}]`, scores summing to 1
+/// (empty when no span of at least `min_tokens` tokens is found, or the
+/// model is a base or an unpublished run). `start`/`end` count characters
+/// of `answer`.
+pub fn to_json(credits: &[Credited]) -> Value {
+    Value::Array(
+        credits
+            .iter()
+            .map(|c| {
+                json!({ "contribution_id": c.contribution_id, "contributor": c.contributor, "datanet": c.datanet,
+                        "score": c.score, "spans": c.spans })
+            })
+            .collect(),
+    )
+}
+
+/// Charges `payer` for an answer of a published adapter with a price: the
+/// fee `(prompt · price_in + completion · price_out) / 1000` is split
+/// between the publisher, the credited contributors (pro rata to their
+/// scores) and the owners of the run's datanets (`state.shares`), and
+/// recorded with its ledger leaves. Returns the fee in micro-credits (None:
+/// free or not a published adapter).
+#[allow(clippy::too_many_arguments)]
+pub async fn charge(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    payer: &str,
+    model: &str,
+    (prompt_tokens, completion_tokens): (usize, usize),
+    answer: &str,
+    credited: Option<&[Credited]>,
+) -> Result<Option<i64>, GenError> {
+    let Some(p) = published(state, model).await? else { return Ok(None) };
+    let (pin, pout) = (p.run.price_in_micros, p.run.price_out_micros);
+    let fee = (prompt_tokens as i128 * pin as i128 + completion_tokens as i128 * pout as i128) / 1000;
+    let fee = i64::try_from(fee).map_err(|_| internal("the fee overflows"))?;
+    if fee <= 0 {
+        return Ok(None);
+    }
+    let credited = match credited {
+        Some(c) => c.to_vec(),
+        None => credits(state, g, model, answer, MIN_SPAN_TOKENS).await?,
+    };
+    let mut by_contributor: Vec<(String, f64)> = Vec::new();
+    for c in &credited {
+        match by_contributor.iter_mut().find(|(n, _)| *n == c.contributor) {
+            Some(e) => e.1 += c.score,
+            None => by_contributor.push((c.contributor.clone(), c.score)),
+        }
+    }
+    let mut owners = Vec::new();
+    for (name, _) in &p.versions {
+        if let Some(d) = state.store.datanet(name).await.map_err(internal)? {
+            owners.push(d.owner);
+        }
+    }
+    let payouts = merit_attrib::split(fee, state.shares, &p.run.owner, &by_contributor, &owners)
+        .into_iter()
+        .map(|x| Payout { account: x.account, role: x.role.as_str().to_string(), micros: x.micros })
+        .collect();
+    let charge = merit_store::Charge {
+        request_id: format!("{:016x}", crate::openai::rand_u64()),
+        model: model.to_string(),
+        payer: payer.to_string(),
+        prompt_tokens: prompt_tokens as i64,
+        completion_tokens: completion_tokens as i64,
+        credits: credited
+            .iter()
+            .map(|c| Credit {
+                contribution_id: c.contribution_id,
+                contributor: c.contributor.clone(),
+                datanet: c.datanet.clone(),
+                score_micros: (c.score * 1e6).round() as i64,
+            })
+            .collect(),
+        price_in_micros: pin,
+        price_out_micros: pout,
+        fee_micros: fee,
+        payouts,
+    };
+    state.store.charge(&charge).await.map_err(internal)?;
+    Ok(Some(fee))
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub generator: Option<Arc<dyn openai::Generator>>,
     /// Span indexes for `"attribution": true`.
     pub indexes: Arc<attribution::Indexes>,
+    /// How a priced answer's fee is split (publisher, contributors, datanet owners).
+    pub shares: merit_attrib::Shares,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -59,6 +61,7 @@ impl AppState {
             runs: None,
             generator: None,
             indexes: Arc::new(attribution::Indexes::new(None)),
+            shares: merit_attrib::Shares::default(),
             buckets: Arc::new(ratelimit::Buckets::default()),
         }
     }
@@ -72,6 +75,12 @@ impl AppState {
     /// Keeps span-attribution indexes in `dir` (built once, read back after a restart).
     pub fn with_attribution_dir(mut self, dir: std::path::PathBuf) -> AppState {
         self.indexes = Arc::new(attribution::Indexes::new(Some(dir)));
+        self
+    }
+
+    /// Splits priced answers' fees by `shares` instead of the default 0.2 / 0.7 / 0.1.
+    pub fn with_shares(mut self, shares: merit_attrib::Shares) -> AppState {
+        self.shares = shares;
         self
     }
 

@@ -113,10 +113,10 @@ fn generator(state: &AppState) -> Result<Arc<dyn Generator>, Response> {
 }
 
 /// The signed-in caller (a Merit API token as the OpenAI key, or the web app's session).
-async fn signed_in(state: &AppState, parts: &mut axum::http::request::Parts) -> Result<(), Response> {
+async fn signed_in(state: &AppState, parts: &mut axum::http::request::Parts) -> Result<merit_store::User, Response> {
     use axum::extract::FromRequestParts;
     match Caller::from_request_parts(parts, state).await {
-        Ok(Caller(Some(_))) => Ok(()),
+        Ok(Caller(Some(user))) => Ok(user),
         Ok(Caller(None)) => Err(oai_error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -283,9 +283,10 @@ fn now_s() -> u64 {
 
 async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     let (mut parts, body) = req.into_parts();
-    if let Err(r) = signed_in(&state, &mut parts).await {
-        return r;
-    }
+    let payer = match signed_in(&state, &mut parts).await {
+        Ok(u) => u.name,
+        Err(r) => return r,
+    };
     let g = match generator(&state) {
         Ok(g) => g,
         Err(r) => return r,
@@ -320,11 +321,10 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage });
-        if let Some(k) = attribution {
-            match crate::attribution::attribute(&state, &g2, &model, &out.text, k).await {
-                Ok(a) => v["attribution"] = a,
-                Err(e) => return gen_error(e),
-            }
+        match settle(&state, &g2, &payer, &model, &out, attribution).await {
+            Ok(Some(a)) => v["attribution"] = a,
+            Ok(None) => {}
+            Err(e) => return gen_error(e),
         }
         return Json(v).into_response();
     }
@@ -370,14 +370,13 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                 let usage = json!({ "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                                     "total_tokens": out.prompt_tokens + out.completion_tokens });
                 let mut last = first(json!({}), Some(&out.finish_reason), Some(usage));
-                if let Some(k) = attribution {
-                    // The last chunk carries the attribution, as it carries the usage.
-                    match rt.block_on(crate::attribution::attribute(&st, &g2, &model2, &out.text, k)) {
-                        Ok(a) => last["attribution"] = a,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
+                // The last chunk carries the attribution, as it carries the usage.
+                match rt.block_on(settle(&st, &g2, &payer, &model2, &out, attribution)) {
+                    Ok(Some(a)) => last["attribution"] = a,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
                     }
                 }
                 let _ = tx.send(Ok(last));
@@ -417,7 +416,28 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     Sse::new(stream).into_response()
 }
 
-fn rand_u64() -> u64 {
+/// After a generation: the attribution asked for (`min_tokens`, as JSON)
+/// and, for an adapter with a price, the charge (its fee split and recorded).
+async fn settle(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    payer: &str,
+    model: &str,
+    out: &GenOutput,
+    attribution: Option<usize>,
+) -> Result<Option<Value>, GenError> {
+    use crate::attribution as attr;
+    let credited = match attribution {
+        Some(k) => Some(attr::credits(state, g, model, &out.text, k).await?),
+        None => None,
+    };
+    // Fees are always split by the default span length.
+    let reuse = credited.as_deref().filter(|_| attribution == Some(attr::MIN_SPAN_TOKENS));
+    attr::charge(state, g, payer, model, (out.prompt_tokens, out.completion_tokens), &out.text, reuse).await?;
+    Ok(credited.map(|c| attr::to_json(&c)))
+}
+
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));

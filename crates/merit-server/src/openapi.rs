@@ -55,7 +55,8 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { method: "get", path: "/runs/{id}", summary: "One run: status, settings, summary", auth: "required", query: &[], body: "", ok: (200, "Run") },
     Operation { method: "post", path: "/runs/{id}/stop", summary: "Stop a run: a queued one at once (200), a running one after its step with a final checkpoint (202)", auth: "required", query: &[], body: "", ok: (202, "Run") },
     Operation { method: "post", path: "/runs/{id}/resume", summary: "Queue a stopped, interrupted or failed run again; it continues from its newest checkpoint", auth: "required", query: &[], body: "", ok: (202, "Run") },
-    Operation { method: "post", path: "/runs/{id}/publish", summary: "Publish a finished run's adapter: its SHA-256, base and datanet versions go on the ledger (adapter.published)", auth: "required", query: &[], body: "", ok: (200, "Run") },
+    Operation { method: "post", path: "/runs/{id}/publish", summary: "Publish a finished run's adapter: its SHA-256, base and datanet versions go on the ledger (adapter.published); an optional body sets its prices per 1,000 input and output tokens (credits, default 0)", auth: "required", query: &[], body: "json:PublishPrices", ok: (200, "Run") },
+    Operation { method: "get", path: "/accounts/{name}/balance", summary: "A user's balance, earnings and spending from priced answers (credits; reward.paid leaves on the ledger)", auth: "none", query: &[], body: "", ok: (200, "Balance") },
     Operation { method: "get", path: "/runs/{id}/events", summary: "Live metrics as server-sent events: `step`, `eval`, `checkpoint` (id = line of metrics.jsonl, data = the line), `status` on every change, a last `end` with the run. Reconnect with Last-Event-ID", auth: "required", query: &[("after", "integer", "skip the first N metric lines")], body: "", ok: (200, "sse") },
     Operation { method: "get", path: "/models", summary: "Base models the training worker can use, with their shapes (for estimates)", auth: "required", query: &[], body: "", ok: (200, "ModelList") },
     Operation { method: "get", path: "/runs/{id}/files/{name}", summary: "A file of the run: adapter_config.json, adapter_model.safetensors (the newest adapter, PEFT format) or metrics.jsonl", auth: "required", query: &[], body: "", ok: (200, "") },
@@ -75,7 +76,8 @@ fn schemas() -> Value {
         "type": "object",
         "properties": {
             "rank": s("integer"), "contributor": s("string"), "accepted": s("integer"), "rejected": s("integer"),
-            "submitted": s("integer"), "acceptance_rate": s("number"), "active_days": s("integer"), "score": s("number")
+            "submitted": s("integer"), "acceptance_rate": s("number"), "active_days": s("integer"), "score": s("number"),
+            "earned": s("number")
         }
     });
     let version = json!({
@@ -168,7 +170,11 @@ fn schemas() -> Value {
             "status": { "type": "string", "enum": ["queued", "running", "done", "stopped", "failed", "interrupted"] },
             "config": s("object"), "stop_requested": s("boolean"), "summary": s("object"), "error": s("string"),
             "created_at": s("integer"), "started_at": s("integer"), "finished_at": s("integer"),
-            "published_at": s("integer"), "adapter_sha256": s("string") } },
+            "published_at": s("integer"), "adapter_sha256": s("string"),
+            "price_per_1k_input": s("number"), "price_per_1k_output": s("number") } },
+        "PublishPrices": { "type": "object", "properties": { "price_per_1k_input": s("number"), "price_per_1k_output": s("number") } },
+        "Balance": { "type": "object", "properties": { "account": s("string"), "balance": s("number"), "earned": s("number"),
+            "spent": s("number"), "balance_micros": s("integer"), "earned_micros": s("integer"), "spent_micros": s("integer") } },
         "ModelList": { "type": "array", "items": { "type": "object", "properties": { "name": s("string"), "format": s("string"),
             "hidden_size": s("integer"), "intermediate_size": s("integer"), "layers": s("integer"), "heads": s("integer"),
             "kv_heads": s("integer"), "head_dim": s("integer"), "vocab_size": s("integer"), "params": s("integer") } } },

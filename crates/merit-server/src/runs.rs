@@ -148,5 +148,7 @@ pub(crate) fn run_json(run: &merit_store::Run) -> Value {
         "finished_at": run.finished_at,
         "published_at": run.published_at,
         "adapter_sha256": run.adapter_sha256,
+        "price_per_1k_input": run.price_in_micros as f64 / 1e6,
+        "price_per_1k_output": run.price_out_micros as f64 / 1e6,
     })
 }

@@ -923,3 +923,109 @@ async fn answers_are_attributed_to_the_rows_they_repeat() {
         assert_eq!(r.json()["error"]["param"], "attribution");
     }
 }
+
+/// A priced adapter's answers are paid for: the fee is split between the
+/// publisher, the contributor the answer repeats and the datanet's owner,
+/// each charge is an attribution.recorded + reward.paid pair on the ledger,
+/// and replaying those leaves alone gives the balances the API reports.
+#[tokio::test]
+async fn priced_answers_pay_publisher_contributors_and_owners() {
+    use base64::Engine;
+    use std::sync::Arc;
+    let app = common::App::with_trainer_and_generator(Arc::new(FakeTrainer), Arc::new(EchoGenerator)).await;
+    let (ann, bob, carl, dave) =
+        (app.user("ann").await, app.user("bob").await, app.user("carl").await, app.user("dave").await);
+    assert_eq!(app.datanet(&ann, "qa", "", true).await.status, StatusCode::CREATED);
+    for (token, seed) in [(&ann, 1), (&bob, 2)] {
+        assert_eq!(
+            app.upload("qa", Some(token), &[("a.txt", prose(seed).as_bytes())], false).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let body = json!({ "base": "base", "datanets": ["qa"], "max_steps": 2 });
+    assert_eq!(app.call("POST", "/api/v1/runs", Some(&carl), Some(body)).await.status, StatusCode::CREATED);
+    for _ in 0..200 {
+        if app.call("GET", "/api/v1/runs/1", Some(&carl), None).await.json()["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Prices are checked, then set with the publication.
+    for bad in
+        [json!({ "price_per_1k_input": -1 }), json!({ "price": 1 }), json!({ "price_per_1k_output": "x" }), json!([1])]
+    {
+        let r = app.call("POST", "/api/v1/runs/1/publish", Some(&carl), Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let prices = json!({ "price_per_1k_input": 1000, "price_per_1k_output": 2000 });
+    let r = app.call("POST", "/api/v1/runs/1/publish", Some(&carl), Some(prices)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["price_per_1k_output"], 2000.0);
+
+    let sentence = prose(2).split_inclusive('.').next().unwrap().trim().to_string();
+    let ask = |model: &str, content: String| {
+        let body = json!({ "model": model, "messages": [{ "role": "user", "content": content }] });
+        let (app, dave) = (&app, dave.clone());
+        async move { app.call("POST", "/v1/chat/completions", Some(&dave), Some(body)).await }
+    };
+    let balance = |name: &str| {
+        let app = &app;
+        let path = format!("/api/v1/accounts/{name}/balance");
+        async move { app.call("GET", &path, None, None).await.json() }
+    };
+    // A free base model costs nothing.
+    assert_eq!(ask("base", sentence.clone()).await.status, StatusCode::OK);
+    assert_eq!(balance("dave").await["spent_micros"], 0);
+    // The priced adapter: n words in, n words echoed → fee = n · (1000 + 2000) / 1000 credits.
+    let question = format!("{sentence} and then zyx qwv");
+    let r = ask("base:run-1", question.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let n = r.json()["usage"]["prompt_tokens"].as_i64().unwrap();
+    let fee = n * 3_000_000;
+    assert_eq!(balance("dave").await["balance_micros"], -fee);
+    assert_eq!(balance("carl").await["earned_micros"], fee / 5, "the publisher's 20%");
+    let bob_earned = balance("bob").await["earned_micros"].as_i64().unwrap();
+    assert!(bob_earned >= fee * 7 / 10 - 1, "bob's row is repeated: {bob_earned} of {fee}");
+    assert!(balance("ann").await["earned_micros"].as_i64().unwrap() >= fee / 10, "the owner's 10%");
+    // An answer that repeats nobody: the contributors' part goes to the owner.
+    assert_eq!(ask("base:run-1", "zyx qwv zyx".into()).await.status, StatusCode::OK);
+    // Balances add up, and the ledger alone gives the same ones.
+    let names = ["ann", "bob", "carl", "dave"];
+    let mut sum = 0;
+    for name in names {
+        sum += balance(name).await["balance_micros"].as_i64().unwrap();
+    }
+    assert_eq!(sum, 0);
+    let entries = app.call("GET", "/api/v1/ledger/entries?limit=1000", None, None).await.json();
+    let events: Vec<merit_ledger::event::Event> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let leaf = base64::engine::general_purpose::STANDARD.decode(e["leaf"].as_str().unwrap()).unwrap();
+            merit_ledger::event::Event::from_leaf(&leaf).unwrap()
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "attribution.recorded").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == "reward.paid").count(), 2);
+    let replayed = merit_ledger::event::balances(&events);
+    for name in names {
+        let b = balance(name).await;
+        let t = replayed.get(name).copied().unwrap_or_default();
+        assert_eq!(
+            (t.balance_micros, t.earned_micros, t.spent_micros),
+            (
+                b["balance_micros"].as_i64().unwrap(),
+                b["earned_micros"].as_i64().unwrap(),
+                b["spent_micros"].as_i64().unwrap()
+            ),
+            "{name}"
+        );
+    }
+    // The leaderboard shows what contributors earned; unknown accounts are 404.
+    let board = app.call("GET", "/api/v1/leaderboard", None, None).await.json();
+    let bob_row = board.as_array().unwrap().iter().find(|r| r["contributor"] == "bob").unwrap().clone();
+    assert_eq!(bob_row["earned"].as_f64().unwrap(), bob_earned as f64 / 1e6);
+    assert_eq!(app.call("GET", "/api/v1/accounts/nobody/balance", None, None).await.status, StatusCode::NOT_FOUND);
+}

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accounts;
 mod blobs;
 mod contributions;
 mod datanets;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
+pub use accounts::Charge;
 pub use blobs::Blobs;
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};

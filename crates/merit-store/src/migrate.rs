@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_runs.sql")),
     (4, include_str!("migrations/0004_sessions.sql")),
     (5, include_str!("migrations/0005_publish.sql")),
+    (6, include_str!("migrations/0006_rewards.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

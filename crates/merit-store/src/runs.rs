@@ -28,6 +28,9 @@ pub struct Run {
     /// When the adapter was published (on the ledger), and its SHA-256.
     pub published_at: Option<i64>,
     pub adapter_sha256: Option<String>,
+    /// The adapter's prices per 1,000 input and output tokens (micro-credits), set when published.
+    pub price_in_micros: i64,
+    pub price_out_micros: i64,
 }
 
 impl Run {
@@ -38,7 +41,8 @@ impl Run {
 }
 
 const SELECT: &str = "SELECT r.id, r.owner_id, u.name AS owner, r.status, r.config, r.stop_requested, r.summary, \
-                      r.error, r.created_at, r.started_at, r.finished_at, r.published_at, r.adapter_sha256 FROM runs r JOIN users u ON u.id = r.owner_id";
+                      r.error, r.created_at, r.started_at, r.finished_at, r.published_at, r.adapter_sha256, \
+                      r.price_in_micros, r.price_out_micros FROM runs r JOIN users u ON u.id = r.owner_id";
 
 fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
     let json = |name: &str, s: Option<String>| -> Result<Option<Value>, StoreError> {
@@ -58,6 +62,8 @@ fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
         finished_at: col(row, "finished_at")?,
         published_at: col(row, "published_at")?,
         adapter_sha256: col(row, "adapter_sha256")?,
+        price_in_micros: col(row, "price_in_micros")?,
+        price_out_micros: col(row, "price_out_micros")?,
     })
 }
 
@@ -214,7 +220,16 @@ impl Store {
 
     /// Publishes a finished run's adapter: records its SHA-256 and appends an
     /// `adapter.published` leaf (base, data versions) in the same transaction.
-    pub async fn publish_run(&self, id: i64, publisher: &User, adapter_sha256: &str) -> Result<Run, StoreError> {
+    pub async fn publish_run(
+        &self,
+        id: i64,
+        publisher: &User,
+        adapter_sha256: &str,
+        (price_in_micros, price_out_micros): (i64, i64),
+    ) -> Result<Run, StoreError> {
+        if price_in_micros < 0 || price_out_micros < 0 {
+            return Err(StoreError::Invalid("prices cannot be negative".into()));
+        }
         let run = self.run(id).await?.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
         if !matches!(run.status.as_str(), "done" | "stopped") {
             return Err(StoreError::Conflict(format!("run {id} is {}; only a finished run is published", run.status)));
@@ -222,10 +237,13 @@ impl Store {
         let now = now_ms();
         let mut w = self.write().await?;
         let done = sqlx::query(
-            "UPDATE runs SET published_at = $1, adapter_sha256 = $2 WHERE id = $3 AND published_at IS NULL",
+            "UPDATE runs SET published_at = $1, adapter_sha256 = $2, price_in_micros = $3, price_out_micros = $4 \
+             WHERE id = $5 AND published_at IS NULL",
         )
         .bind(now)
         .bind(adapter_sha256)
+        .bind(price_in_micros)
+        .bind(price_out_micros)
         .bind(id)
         .execute(&mut *w.tx)
         .await?;

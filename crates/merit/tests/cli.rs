@@ -673,8 +673,24 @@ async fn train_on_the_server_streams_metrics_and_stops() {
     let done = list[1]["id"].as_i64().unwrap().to_string();
     let table = server.ok(&ann, &["run", "list"]);
     assert!(table.contains("stopped") && table.contains("done"), "{table}");
-    let published: Value = serde_json::from_str(&server.ok(&ann, &["run", "publish", &done])).unwrap();
+    let published: Value =
+        serde_json::from_str(&server.ok(&ann, &["run", "publish", &done, "--price-in", "0.5", "--price-out", "1.5"]))
+            .unwrap();
     assert_eq!(published["adapter_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        (published["price_per_1k_input"].as_f64(), published["price_per_1k_output"].as_f64()),
+        (Some(0.5), Some(1.5))
+    );
+    // Nothing charged yet; an unknown account is an error that names it.
+    let bal = server.ok(&ann, &["balance"]);
+    assert!(bal.starts_with("ann: balance 0.000000, earned 0.000000"), "{bal}");
+    let missing = server.run(&ann, &["balance", "nobody"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nobody"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
     let ledger = server.ok(&ann, &["ledger", "show", "--json"]);
     assert!(ledger.contains("adapter.published"), "{ledger}");
     let again = server.run(&ann, &["run", "stop", &done]);

@@ -362,7 +362,19 @@ pub async fn leaderboard_datanet(
 ) -> ApiResult<Json<Value>> {
     let a = access(&state, &caller, &name).await?;
     let outcomes = state.store.outcomes(Some(&a.datanet)).await?;
-    Ok(Json(json!(merit_core::score::leaderboard(&outcomes))))
+    with_earned(&state, merit_core::score::leaderboard(&outcomes)).await
+}
+
+/// A leaderboard with each contributor's `earned` credits (all their
+/// payouts from served answers: as contributor, publisher or owner).
+async fn with_earned(state: &AppState, standings: Vec<merit_core::score::Standing>) -> ApiResult<Json<Value>> {
+    let accounts = state.store.accounts().await?;
+    let mut v = json!(standings);
+    for s in v.as_array_mut().into_iter().flatten() {
+        let earned = s["contributor"].as_str().and_then(|n| accounts.get(n)).map_or(0, |t| t.earned_micros);
+        s["earned"] = json!(earned as f64 / 1e6);
+    }
+    Ok(Json(v))
 }
 
 pub async fn leaderboard_global(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -371,5 +383,5 @@ pub async fn leaderboard_global(State(state): State<AppState>) -> ApiResult<Json
     for d in state.store.datanets().await?.iter().filter(|d| d.published) {
         outcomes.extend(state.store.outcomes(Some(d)).await?);
     }
-    Ok(Json(json!(merit_core::score::leaderboard(&outcomes))))
+    with_earned(&state, merit_core::score::leaderboard(&outcomes)).await
 }

@@ -182,15 +182,43 @@ pub async fn runs_resume(
     Ok((StatusCode::ACCEPTED, Json(run_json(&run))))
 }
 
+/// The optional body of a publish: `{"price_per_1k_input": X, "price_per_1k_output": Y}`
+/// in credits (default 0: free); returned in micro-credits.
+fn publish_prices(body: &[u8]) -> ApiResult<(i64, i64)> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok((0, 0));
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let Some(map) = v.as_object() else { return Err(ApiError::unprocessable("the body must be a JSON object")) };
+    if let Some(k) = map.keys().find(|k| !matches!(k.as_str(), "price_per_1k_input" | "price_per_1k_output")) {
+        return Err(ApiError::unprocessable(format!("unknown field `{k}` (price_per_1k_input, price_per_1k_output)")));
+    }
+    let price = |key: &str| -> ApiResult<i64> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && (0.0..=1e6).contains(&x) => Ok((x * 1e6).round() as i64),
+                _ => Err(ApiError::unprocessable(format!(
+                    "`{key}` must be a number of credits from 0 to 1000000, got {v}"
+                ))),
+            },
+        }
+    };
+    Ok((price("price_per_1k_input")?, price("price_per_1k_output")?))
+}
+
 /// `POST /runs/{id}/publish`: records the adapter's SHA-256 and appends an
 /// `adapter.published` entry to the ledger (base and datanet versions).
 pub async fn runs_publish(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let host = host(&state)?;
     let run = own_run(&state, &caller, &id).await?;
+    let prices = publish_prices(&body)?;
     let path = host.run_dir(run.id).join("adapter_model.safetensors");
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
@@ -204,7 +232,7 @@ pub async fn runs_publish(
     };
     let sha = merit_core::sha256_hex(&bytes);
     let user = caller.user()?.clone();
-    let run = state.store.publish_run(run.id, &user, &sha).await?;
+    let run = state.store.publish_run(run.id, &user, &sha, prices).await?;
     // Span-attribution indexes of its datanet versions, built ahead of the first request.
     let (st, id) = (state.clone(), run.id);
     tokio::spawn(async move {

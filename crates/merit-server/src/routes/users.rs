@@ -1,4 +1,4 @@
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -32,4 +32,16 @@ pub async fn users_create(
     }
     let (user, token) = state.store.create_user(&body.name, body.admin).await?;
     Ok((StatusCode::CREATED, Json(json!({ "name": user.name, "admin": user.admin, "token": token }))))
+}
+
+/// `GET /accounts/{name}/balance`: what a user has earned from served
+/// answers and spent on them (credits; `*_micros` exact).
+pub async fn accounts_balance(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let t = state.store.account(&name).await?.ok_or_else(|| ApiError::not_found(format!("user `{name}`")))?;
+    let credits = |m: i64| m as f64 / 1e6;
+    Ok(Json(json!({
+        "account": name,
+        "balance": credits(t.balance_micros), "earned": credits(t.earned_micros), "spent": credits(t.spent_micros),
+        "balance_micros": t.balance_micros, "earned_micros": t.earned_micros, "spent_micros": t.spent_micros,
+    })))
 }

@@ -1,0 +1,8 @@
+ALTER TABLE runs ADD COLUMN price_in_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN price_out_micros BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE accounts (
+    user_id BIGINT PRIMARY KEY REFERENCES users(id),
+    balance_micros BIGINT NOT NULL DEFAULT 0,
+    earned_micros BIGINT NOT NULL DEFAULT 0,
+    spent_micros BIGINT NOT NULL DEFAULT 0
+);
