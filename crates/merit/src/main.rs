@@ -5,6 +5,7 @@
 mod client;
 mod compare;
 mod ledger;
+mod loadtest;
 mod model;
 mod serve;
 mod train;
@@ -584,6 +585,25 @@ enum BenchCommand {
         #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
         data_dir: PathBuf,
     },
+    /// Load test of the OpenAI-compatible API on a server on this machine: N chat
+    /// completions, C at a time; prints errors, p50 / p99 latency and tokens/s
+    Serve {
+        /// Model id to ask (a base or `<base>:run-N`)
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// New tokens per answer
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Ledger appends per second (batched) and inclusion-proof latency, on a scratch database
     Ledger {
         /// Leaves to append
@@ -1087,6 +1107,35 @@ async fn run(cli: Cli) -> Result<u8> {
                 train::bench(&data_dir, &name, tokens, steps, &targets, &method, gradient_checkpointing, json)
             })
             .await??
+        }
+        Command::Bench(BenchCommand::Serve { model, requests, concurrency, max_tokens, json, remote }) => {
+            let load = loadtest::Load {
+                server: remote.server.clone(),
+                token: remote.token.clone().filter(|t| !t.is_empty()),
+                model,
+                requests,
+                concurrency,
+                max_tokens,
+            };
+            let r = loadtest::run(load).await?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "{} requests to {} at concurrency {}: {} errors; latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+                     {:.1} completion tokens/s, {:.1} requests/s",
+                    r["requests"], r["model"].as_str().unwrap_or(""), r["concurrency"], r["errors"],
+                    r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["max_ms"].as_f64().unwrap_or(0.0), r["tokens_per_s"].as_f64().unwrap_or(0.0),
+                    r["requests_per_s"].as_f64().unwrap_or(0.0)
+                );
+                if let Some(e) = r["first_error"].as_str() {
+                    println!("first error: {e}");
+                }
+            }
+            if r["errors"].as_u64().unwrap_or(0) > 0 {
+                return Ok(1);
+            }
         }
         Command::Bench(BenchCommand::Ledger { leaves, batch, database_url }) => {
             bench_ledger(leaves, batch, database_url).await?

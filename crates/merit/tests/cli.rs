@@ -808,3 +808,41 @@ async fn served_adapters_answer_like_merit_generate() {
         }
     }
 }
+
+/// The bounded load test: 200 chat completions, 16 at a time, against a
+/// `merit serve` on loopback; no error, and a report with p50 / p99 latency
+/// and tokens/s. A server elsewhere is refused.
+#[tokio::test]
+async fn load_test_of_200_requests_at_16_concurrency() {
+    let server = Server::start_with(&["--rate-limit", "10000", "--rate-burst", "10000"]).await;
+    let token = server.user("ann");
+    server.add_fixture_model("smollm", "tiny");
+    let out = server.run(
+        &token,
+        &[
+            "bench",
+            "serve",
+            "--model",
+            "tiny",
+            "--requests",
+            "200",
+            "--concurrency",
+            "16",
+            "--max-tokens",
+            "4",
+            "--json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("load test: {r}");
+    assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)), "{r}");
+    let (p50, p99) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p99 >= p50, "{r}");
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0 && r["completion_tokens"].as_u64().unwrap() <= 800, "{r}");
+    let far =
+        merit().args(["bench", "serve", "--model", "tiny", "--server", "http://192.0.2.1:8080"]).output().unwrap();
+    assert!(!far.status.success());
+    assert!(String::from_utf8_lossy(&far.stderr).contains("only runs against this machine"));
+}

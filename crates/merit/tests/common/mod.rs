@@ -32,12 +32,17 @@ pub fn merit() -> Command {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(&[]).await
+    }
+
+    /// A server started with extra `merit serve` flags.
+    pub async fn start_with(flags: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let db = match merit_store::testing::fresh_database_url().await {
             Some(url) => vec!["--database-url".to_string(), url],
             None => vec![],
         };
-        Server::start_on(dir, db)
+        Server::spawn(dir, db, flags)
     }
 
     /// Kills the server with SIGKILL and starts it again on the same data.
@@ -51,11 +56,16 @@ impl Server {
     }
 
     pub fn start_on(dir: tempfile::TempDir, db: Vec<String>) -> Server {
+        Server::spawn(dir, db, &[])
+    }
+
+    fn spawn(dir: tempfile::TempDir, db: Vec<String>, flags: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = merit()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path())
             .args(&db)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
