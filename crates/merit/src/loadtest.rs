@@ -30,6 +30,9 @@ fn check_loopback(server: &str) -> Result<()> {
     Ok(())
 }
 
+/// One request: (latency ms, completion tokens), or what went wrong.
+type Outcome = Result<(f64, u64), String>;
+
 /// The value at quantile `q` of sorted `xs`.
 fn quantile(xs: &[f64], q: f64) -> f64 {
     if xs.is_empty() {
@@ -54,7 +57,7 @@ pub async fn run(load: Load) -> Result<Value> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
     let url = format!("{}/v1/chat/completions", load.server.trim_end_matches('/'));
     let next = Arc::new(AtomicUsize::new(0));
-    let results: Arc<Mutex<Vec<Result<(f64, u64), String>>>> = Arc::new(Mutex::new(Vec::new()));
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..load.concurrency.min(load.requests) {
