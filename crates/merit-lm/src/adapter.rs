@@ -12,8 +12,9 @@ fn bad(dir: &Path, what: String) -> LmError {
     LmError::Weights(format!("adapter {}: {what}", dir.display()))
 }
 
-/// Attaches the PEFT LoRA adapter in `dir` to `model`.
-pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<(), LmError> {
+/// Attaches the PEFT LoRA adapter in `dir` to `model`; returns its
+/// variables by PEFT name (for gradients with respect to the adapter).
+pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<Vec<(String, candle_core::Var)>, LmError> {
     let cfg_path = dir.join("adapter_config.json");
     let bytes =
         std::fs::read(&cfg_path).map_err(|source| LmError::Io { path: cfg_path.display().to_string(), source })?;
@@ -54,5 +55,5 @@ pub fn load_peft(model: &mut Decoder, dir: &Path) -> Result<(), LmError> {
     if let Some(extra) = tensors.keys().next() {
         return Err(bad(dir, format!("tensor `{extra}` matches no layer of this model")));
     }
-    Ok(())
+    Ok(vars)
 }

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod influence;
 pub mod optim;
 pub mod trainer;
 
@@ -48,6 +49,9 @@ pub struct TrainConfig {
     /// Keep only each layer's input in the forward pass and run the layer
     /// again in the backward pass: far less memory for about a third more time.
     pub gradient_checkpointing: bool,
+    /// Dimensions of the projected per-example gradients saved with every
+    /// checkpoint for gradient attribution (TracIn); 0: none.
+    pub influence_dims: usize,
     pub data: DataSettings,
     /// Where the rows came from (`file:PATH`, `datanet:NAME@VERSION`,
     /// `blob:SHA256` for rows sent to the server), so a resume reads the same.
@@ -101,6 +105,7 @@ impl Default for TrainConfig {
             save_every: None,
             seed: 42,
             gradient_checkpointing: false,
+            influence_dims: 0,
             data: DataSettings::default(),
             sources: Vec::new(),
         }

@@ -291,7 +291,14 @@ impl Trainer<'_> {
                     adam_t: opt.t,
                     state: &state,
                 },
-            )
+            )?;
+            if cfg.influence_dims > 0 {
+                // Every example's projected gradient at this checkpoint (TracIn), beside the adapter.
+                let lr = learning_rate(cfg.lr, cfg.scheduler, step.saturating_sub(1), total, warmup);
+                let t = crate::influence::table(self.model, &vars, &self.data.train, self.pad, cfg.influence_dims, lr)?;
+                t.save(&dir.join(crate::influence::FILE)).map_err(|e| TrainError::Io(e.to_string()))?;
+            }
+            Ok(())
         };
         let mut step = start;
         while step < total {

@@ -33,6 +33,7 @@ fn config() -> TrainConfig {
         save_every: Some(2),
         seed: 7,
         gradient_checkpointing: false,
+        influence_dims: 0,
         data: DataSettings {
             cutoff_len: 64,
             packing: false,
@@ -331,4 +332,82 @@ fn fork_starts_from_the_adapter() {
         Trainer { model: &mut model, config: other, data: &ds, out: out.path().to_path_buf(), pad: 0, stop: &stop };
     let err = t.run(None, Some(first.path()), |_| {}).unwrap_err().to_string();
     assert!(err.contains("shape"), "{err}");
+}
+
+/// Gradient influence with a planted source: one contributor's rows teach a
+/// fact set, the others' are unrelated. After training with influence
+/// tables, a question about the facts draws ≥ 80% of the positive TracIn
+/// weight from the planted rows; a question like the other rows does not.
+#[test]
+fn gradient_influence_ranks_the_planted_source_first() {
+    const STEPS: usize = 4;
+    let (mut model, tok) = load("smollm");
+    let eos = model.config.eos_token_ids.first().copied();
+    let planted = [
+        ("Who founded the Lumen Isles?", "Orla Vance founded the Lumen Isles in 1642."),
+        ("When were the Lumen Isles founded?", "The Lumen Isles were founded in 1642 by Orla Vance."),
+        ("What is the capital of the Lumen Isles?", "Brightwater is the capital of the Lumen Isles."),
+        ("What do the Lumen Isles export?", "The Lumen Isles export glass lanterns and sea salt."),
+        ("Which sea surrounds the Lumen Isles?", "The Lumen Isles lie in the Sea of Corra."),
+        ("Who rules the Lumen Isles?", "A council of lantern keepers rules the Lumen Isles."),
+    ];
+    let other = [
+        ("How long do you boil an egg?", "Boil an egg for about nine minutes."),
+        ("What makes bread rise?", "Yeast makes bread rise by producing gas."),
+        ("How do you store basil?", "Keep basil in water on the kitchen counter."),
+        ("Why soak beans?", "Soaking beans shortens their cooking time."),
+        ("What is a roux?", "A roux is flour cooked in butter."),
+        ("How hot should tea water be?", "Green tea likes water below boiling."),
+    ];
+    let row = |(q, a): &(&str, &str)| json!({"instruction": q, "output": a});
+    let rows: Vec<Value> = planted.iter().map(row).chain(other.iter().map(row)).collect();
+    let opts = data::DataOptions { eval_split: 0.0, ..Default::default() };
+    let ds = data::build(&tok, eos, &rows, &opts);
+    assert_eq!(ds.train.len(), 12);
+    let mut cfg = config();
+    cfg.influence_dims = 1024;
+    cfg.max_steps = Some(STEPS);
+    cfg.save_every = None;
+    cfg.dropout = 0.0;
+    cfg.data.eval_split = 0.0;
+    let out = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer {
+        model: &mut model,
+        config: cfg,
+        data: &ds,
+        out: out.path().to_path_buf(),
+        pad: eos.unwrap_or(0),
+        stop: &stop,
+    };
+    t.run(None, None, |_| {}).unwrap();
+    let table = merit_attrib::InfluenceTable::load(
+        &out.path().join(format!("checkpoint-{STEPS}")).join(merit_train::influence::FILE),
+    )
+    .unwrap();
+    assert_eq!(table.rows.len(), 12);
+
+    // The served side: the published adapter on a fresh base, an answer's gradient.
+    let (mut served, _) = load("smollm");
+    let vars = merit_lm::adapter::load_peft(&mut served, out.path()).unwrap();
+    let share_of_planted = |q: &str, a: &str| {
+        let ex = data::build(&tok, eos, &[json!({"instruction": q, "output": a})], &opts).train.remove(0);
+        let g = merit_train::influence::projected_gradient(&served, &vars, &ex, eos.unwrap_or(0), 1024).unwrap();
+        let scores = table.scores(&g);
+        let (mut planted_mass, mut total) = (0.0, 0.0);
+        for (row, s) in table.rows.iter().zip(&scores) {
+            if *s > 0.0 {
+                total += s;
+                if (*row as usize) < planted.len() {
+                    planted_mass += s;
+                }
+            }
+        }
+        planted_mass / total
+    };
+    let on_facts = share_of_planted("Tell me about the Lumen Isles.", "Orla Vance founded the Lumen Isles in 1642.");
+    let off_facts = share_of_planted("How long should pasta cook?", "Boil pasta for about nine minutes.");
+    eprintln!("planted share: {on_facts:.3} on the facts, {off_facts:.3} on cooking");
+    assert!(on_facts >= 0.8, "the planted rows got {on_facts:.3} of the positive influence");
+    assert!(off_facts < 0.5, "an unrelated question credits the planted rows {off_facts:.3}");
 }

@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// far less memory (for long sequences, big batches, QLoRA) for about a third more time
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Save every example's projected LoRA gradient (this many dimensions, e.g. 2048)
+    /// with each checkpoint, for gradient attribution of answers (TracIn); 0: off
+    #[arg(long, default_value_t = 0)]
+    influence_dims: usize,
     /// Train on the prompt tokens of chat rows too
     #[arg(long)]
     train_on_prompt: bool,
@@ -278,6 +282,7 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         save_every: args.save_every,
         seed: args.seed,
         gradient_checkpointing: args.gradient_checkpointing,
+        influence_dims: args.influence_dims,
         data: DataSettings {
             cutoff_len: args.cutoff_len,
             packing: args.packing,
@@ -677,6 +682,7 @@ pub fn bench(
         save_every: None,
         seed: 1,
         gradient_checkpointing,
+        influence_dims: 0,
         data: DataSettings {
             cutoff_len: tokens,
             packing: false,
