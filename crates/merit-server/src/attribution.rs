@@ -223,6 +223,62 @@ pub async fn credits(
     Ok(out)
 }
 
+/// The contributions an answer draws on by gradient influence: the run's
+/// TracIn scores per training row (from the generator, over the checkpoints
+/// that saved influence tables), positive ones summed per contribution and
+/// normalised to 1. Empty for a base model, an unpublished run, a run
+/// trained without `influence_dims` or on rows that are not datanet versions.
+pub async fn gradient_credits(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    req: &crate::openai::GenRequest,
+    answer: &str,
+) -> Result<Vec<Credited>, GenError> {
+    let Some(p) = published(state, &req.model).await? else { return Ok(Vec::new()) };
+    let all_datanets = p.run.config["sources"]
+        .as_array()
+        .is_some_and(|s| s.iter().all(|x| x.as_str().is_some_and(|x| x.starts_with("datanet:"))));
+    if !all_datanets {
+        return Ok(Vec::new());
+    }
+    let (g2, req2, text) = (g.clone(), req.clone(), answer.to_string());
+    let scores = tokio::task::spawn_blocking(move || g2.influence(&req2, &text)).await.map_err(internal)??;
+    // The training rows were the versions' rows, one version after another.
+    let mut spans = Vec::new();
+    let mut start = 0u64;
+    for (name, v) in &p.versions {
+        let d = state.store.datanet(name).await.map_err(internal)?;
+        let d = d.ok_or_else(|| internal(format!("datanet `{name}` of the run no longer exists")))?;
+        let version = state.store.version(&d, *v).await.map_err(internal)?;
+        let version = version.ok_or_else(|| internal(format!("version {v} of `{name}` does not exist")))?;
+        let n = version.row_count as u64;
+        spans.push((start, d, version));
+        start += n;
+    }
+    let mut by_id: Vec<Credited> = Vec::new();
+    for (row, score) in scores.into_iter().filter(|(_, s)| *s > 0.0 && s.is_finite()) {
+        let Some((first, d, v)) = spans.iter().rev().find(|(first, _, _)| *first <= row) else { continue };
+        let found = state.store.rows(d, v, (row - first) as i64, 1, None).await.map_err(internal)?;
+        let Some(r) = found.into_iter().next() else { continue };
+        match by_id.iter_mut().find(|c| c.contribution_id == r.contribution_id) {
+            Some(c) => c.score += score,
+            None => by_id.push(Credited {
+                contribution_id: r.contribution_id,
+                contributor: r.contributor,
+                datanet: d.name.clone(),
+                score,
+                spans: Vec::new(),
+            }),
+        }
+    }
+    let total: f64 = by_id.iter().map(|c| c.score).sum();
+    if total > 0.0 {
+        by_id.iter_mut().for_each(|c| c.score /= total);
+    }
+    by_id.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.contribution_id.cmp(&b.contribution_id)));
+    Ok(by_id)
+}
+
 /// `attribution` for an answer of `model`: `[{contribution_id, contributor,
 /// datanet, score, spans: [{start, end, text}]}]`, scores summing to 1
 /// (empty when no span of at least `min_tokens` tokens is found, or the

@@ -82,6 +82,11 @@ pub trait Generator: Send + Sync + 'static {
     /// Each of `texts` as `base`'s tokenizer splits it: (token id, byte
     /// start, byte end) per token, no special tokens added (span attribution).
     fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError>;
+    /// Gradient influence of `answer` to `req` (a `<base>:<adapter>` model)
+    /// on the adapter's training examples: (row of the run's training data,
+    /// TracIn score summed over the checkpoints that saved influence
+    /// tables). Empty when none did.
+    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, f64)>, GenError>;
 }
 
 /// An error in OpenAI's shape.
@@ -174,26 +179,36 @@ struct Body {
     attribution: Option<Value>,
 }
 
-/// The shortest credited span asked for by `attribution`, or None when off.
-fn attribution_request(v: Option<&Value>) -> Result<Option<usize>, String> {
+/// Which attribution a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// Verbatim spans of at least this many tokens.
+    Span(usize),
+    /// Gradient influence (TracIn over the run's checkpoints).
+    Gradient,
+}
+
+/// The attribution asked for by `attribution`, or None when off.
+fn attribution_request(v: Option<&Value>) -> Result<Option<Method>, String> {
     match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
-        Some(Value::Bool(true)) => Ok(Some(crate::attribution::MIN_SPAN_TOKENS)),
+        Some(Value::Bool(true)) => Ok(Some(Method::Span(crate::attribution::MIN_SPAN_TOKENS))),
         Some(Value::Object(o)) => {
-            match o.get("method").and_then(Value::as_str).unwrap_or("span") {
-                "span" => {}
-                "gradient" => {
-                    return Err("gradient attribution is not available on this server yet; use \"span\"".into())
-                }
-                other => return Err(format!("attribution method `{other}` is not span or gradient")),
-            }
             if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "method" | "min_tokens")) {
                 return Err(format!("attribution has an unknown field `{k}`"));
             }
+            match o.get("method").and_then(Value::as_str).unwrap_or("span") {
+                "span" => {}
+                "gradient" if o.contains_key("min_tokens") => {
+                    return Err("attribution.min_tokens applies to the span method only".into())
+                }
+                "gradient" => return Ok(Some(Method::Gradient)),
+                other => return Err(format!("attribution method `{other}` is not span or gradient")),
+            }
             match o.get("min_tokens") {
-                None => Ok(Some(crate::attribution::MIN_SPAN_TOKENS)),
+                None => Ok(Some(Method::Span(crate::attribution::MIN_SPAN_TOKENS))),
                 Some(n) => match n.as_u64() {
-                    Some(n @ 1..=256) => Ok(Some(n as usize)),
+                    Some(n @ 1..=256) => Ok(Some(Method::Span(n as usize))),
                     _ => Err(format!("attribution.min_tokens must be 1 to 256, got {n}")),
                 },
             }
@@ -212,7 +227,7 @@ fn content_text(v: &Value) -> Option<String> {
     }
 }
 
-fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool, Option<usize>), Response> {
+fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool, Option<Method>), Response> {
     let bad = |m: String, p: &str| oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", m, Some(p));
     let attribution = attribution_request(body.attribution.as_ref()).map_err(|m| bad(m, "attribution"))?;
     if body.n.is_some_and(|n| n != 1) {
@@ -304,7 +319,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     let model = gen.model.clone();
     let guard = CancelOnDrop(gen.cancel.clone());
     if !stream {
-        let g2 = g.clone();
+        let (g2, req2) = (g.clone(), gen.clone());
         let out = tokio::task::spawn_blocking(move || g.generate(&gen, &mut |_| {})).await;
         let out = match out {
             Ok(Ok(o)) => o,
@@ -321,7 +336,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage });
-        match settle(&state, &g2, &payer, &model, &out, attribution).await {
+        match settle(&state, &g2, &payer, &req2, &out, attribution).await {
             Ok(Some(a)) => v["attribution"] = a,
             Ok(None) => {}
             Err(e) => return gen_error(e),
@@ -349,7 +364,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     // The first event tells whether the model exists: a missing one is a 404, not a broken stream.
     let first = chunk.clone();
     let cancel = gen.cancel.clone();
-    let (rt, st, g2, model2) = (tokio::runtime::Handle::current(), state.clone(), g.clone(), model.clone());
+    let (rt, st, g2, req2) = (tokio::runtime::Handle::current(), state.clone(), g.clone(), gen.clone());
     tokio::task::spawn_blocking(move || {
         let mut started = false;
         let result = g.generate(&gen, &mut |piece| {
@@ -371,7 +386,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                                     "total_tokens": out.prompt_tokens + out.completion_tokens });
                 let mut last = first(json!({}), Some(&out.finish_reason), Some(usage));
                 // The last chunk carries the attribution, as it carries the usage.
-                match rt.block_on(settle(&st, &g2, &payer, &model2, &out, attribution)) {
+                match rt.block_on(settle(&st, &g2, &payer, &req2, &out, attribution)) {
                     Ok(Some(a)) => last["attribution"] = a,
                     Ok(None) => {}
                     Err(e) => {
@@ -422,17 +437,19 @@ async fn settle(
     state: &AppState,
     g: &Arc<dyn Generator>,
     payer: &str,
-    model: &str,
+    req: &GenRequest,
     out: &GenOutput,
-    attribution: Option<usize>,
+    attribution: Option<Method>,
 ) -> Result<Option<Value>, GenError> {
     use crate::attribution as attr;
+    let model = req.model.as_str();
     let credited = match attribution {
-        Some(k) => Some(attr::credits(state, g, model, &out.text, k).await?),
+        Some(Method::Span(k)) => Some(attr::credits(state, g, model, &out.text, k).await?),
+        Some(Method::Gradient) => Some(attr::gradient_credits(state, g, req, &out.text).await?),
         None => None,
     };
-    // Fees are always split by the default span length.
-    let reuse = credited.as_deref().filter(|_| attribution == Some(attr::MIN_SPAN_TOKENS));
+    // Fees are always split by span attribution of the default length.
+    let reuse = credited.as_deref().filter(|_| attribution == Some(Method::Span(attr::MIN_SPAN_TOKENS)));
     attr::charge(state, g, payer, model, (out.prompt_tokens, out.completion_tokens), &out.text, reuse).await?;
     Ok(credited.map(|c| attr::to_json(&c)))
 }

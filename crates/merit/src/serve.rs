@@ -24,22 +24,24 @@ fn adapter_budget() -> usize {
 struct Base {
     model: Decoder,
     tok: TextTokenizer,
-    adapters: Vec<(PathBuf, merit_lm::Adapters)>,
+    /// Loaded adapters: folder, weights and their variables by PEFT name.
+    adapters: Vec<(PathBuf, merit_lm::Adapters, Vars)>,
 }
 
+type Vars = Vec<(String, merit_lm::candle_core::Var)>;
+
 impl Base {
-    /// Puts the adapter in `dir` (or none) on the model, loading it on first use.
-    fn select(&mut self, dir: Option<&Path>) -> Result<(), GenError> {
+    /// Puts the adapter in `dir` (or none) on the model, loading it on first
+    /// use; returns its variables by PEFT name (none without an adapter).
+    fn select(&mut self, dir: Option<&Path>) -> Result<Vars, GenError> {
         let Some(dir) = dir else {
-            return self
-                .model
-                .set_adapters(&merit_lm::Adapters::default())
-                .map_err(|e| GenError::Internal(e.to_string()));
+            self.model.set_adapters(&merit_lm::Adapters::default()).map_err(|e| GenError::Internal(e.to_string()))?;
+            return Ok(Vec::new());
         };
-        let adapters = match self.adapters.iter().position(|(d, _)| d == dir) {
+        let (adapters, vars) = match self.adapters.iter().position(|(d, _, _)| d == dir) {
             Some(i) => {
                 let hit = self.adapters.remove(i);
-                let a = hit.1.clone();
+                let a = (hit.1.clone(), hit.2.clone());
                 self.adapters.push(hit);
                 a
             }
@@ -47,21 +49,22 @@ impl Base {
                 self.model
                     .set_adapters(&merit_lm::Adapters::default())
                     .map_err(|e| GenError::Internal(e.to_string()))?;
-                merit_lm::adapter::load_peft(&mut self.model, dir)
+                let vars = merit_lm::adapter::load_peft(&mut self.model, dir)
                     .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
                 let a = self.model.adapters();
-                self.adapters.push((dir.to_path_buf(), a.clone()));
+                self.adapters.push((dir.to_path_buf(), a.clone(), vars.clone()));
                 // Bounded in bytes: the least recently used go first (never the one in use).
                 let budget = adapter_budget();
                 while self.adapters.len() > 1
-                    && self.adapters.iter().map(|(_, a)| a.size_in_bytes()).sum::<usize>() > budget
+                    && self.adapters.iter().map(|(_, a, _)| a.size_in_bytes()).sum::<usize>() > budget
                 {
                     self.adapters.remove(0);
                 }
-                a
+                (a, vars)
             }
         };
-        self.model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))
+        self.model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))?;
+        Ok(vars)
     }
 }
 
@@ -163,6 +166,58 @@ impl Generator for ServeGenerator {
                 Ok(ids.into_iter().zip(offsets).map(|(id, (a, b))| (id, a, b)).collect())
             })
             .collect()
+    }
+
+    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, f64)>, GenError> {
+        let (base, adapter) = self.resolve(&req.model)?;
+        let Some(run_dir) = adapter else { return Ok(Vec::new()) };
+        // The checkpoints that saved influence tables (TracIn sums over them).
+        let mut tables = Vec::new();
+        for e in std::fs::read_dir(&run_dir).map_err(|e| GenError::Internal(e.to_string()))?.flatten() {
+            let path = e.path().join(merit_train::influence::FILE);
+            if e.file_name().to_string_lossy().starts_with("checkpoint-") && path.exists() {
+                let t = merit_attrib::InfluenceTable::load(&path).map_err(|e| GenError::Internal(e.to_string()))?;
+                tables.push((e.path(), t));
+            }
+        }
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let loaded = self.base(&base)?;
+        let mut guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
+        // The request with the answer as the assistant's turn, labelled on the answer.
+        let row = match &req.messages {
+            Some(msgs) => {
+                let mut m: Vec<serde_json::Value> =
+                    msgs.iter().map(|(r, c)| serde_json::json!({ "role": r, "content": c })).collect();
+                m.push(serde_json::json!({ "role": "assistant", "content": answer }));
+                serde_json::json!({ "messages": m })
+            }
+            None => serde_json::json!({ "text": format!("{}{answer}", req.prompt) }),
+        };
+        let eos = guard.model.config.eos_token_ids.first().copied();
+        let opts = merit_train::DataOptions { eval_split: 0.0, ..Default::default() };
+        let ds = merit_train::data::build(&guard.tok, eos, &[row], &opts);
+        let Some(ex) = ds.train.first() else {
+            let why = ds.skipped.first().map_or_else(|| "empty".to_string(), |s| s.reason.clone());
+            return Err(GenError::BadRequest(format!("the answer cannot be scored: {why}")));
+        };
+        let mut total: std::collections::BTreeMap<u64, f64> = std::collections::BTreeMap::new();
+        for (dir, table) in &tables {
+            let vars = guard.select(Some(dir))?;
+            let q = merit_train::influence::projected_gradient(
+                &guard.model,
+                &vars,
+                ex,
+                eos.unwrap_or(0),
+                table.projector.dims,
+            )
+            .map_err(|e| GenError::Internal(e.to_string()))?;
+            for (row, s) in table.rows.iter().zip(table.scores(&q)) {
+                *total.entry(*row).or_default() += s;
+            }
+        }
+        Ok(total.into_iter().collect())
     }
 
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError> {

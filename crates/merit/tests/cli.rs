@@ -846,3 +846,76 @@ async fn load_test_of_200_requests_at_16_concurrency() {
     assert!(!far.status.success());
     assert!(String::from_utf8_lossy(&far.stderr).contains("only runs against this machine"));
 }
+
+/// Attribution of a served adapter's answers with the real model engine: a
+/// run on a datanet with `--influence-dims` saves influence tables; once
+/// published, `"attribution": {"method": "gradient"}` credits the datanet's
+/// contributions (shares summing to 1) and the span method answers too.
+#[tokio::test]
+async fn served_answers_are_attributed_by_gradient_and_span() {
+    let srv = Server::start().await;
+    let (ann, bob, carl) = (srv.user("ann"), srv.user("bob"), srv.user("carl"));
+    srv.add_fixture_model("smollm", "tiny");
+    let policy = srv.file("p.toml", b"review = \"auto\"\n");
+    srv.ok(&ann, &["datanet", "create", "open", "--policy", s(&policy), "--publish"]);
+    for (who, seed) in [(&bob, 11), (&carl, 12)] {
+        let f = srv.file(&format!("{seed}.txt"), prose(seed).as_bytes());
+        srv.ok(who, &["contribute", "open", s(&f)]);
+    }
+    let out_dir = srv.dir.path().join("adapter-out");
+    let out = srv.run(
+        &ann,
+        &[
+            "train",
+            "--base",
+            "tiny",
+            "--datanet",
+            "open",
+            "--max-steps",
+            "3",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--influence-dims",
+            "256",
+            "--json",
+            "--server",
+            &srv.url,
+            "--out",
+            s(&out_dir),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Value = serde_json::from_str(&srv.ok(&ann, &["run", "list", "--json"])).unwrap();
+    let id = runs[0]["id"].as_i64().unwrap().to_string();
+    srv.ok(&ann, &["run", "publish", &id]);
+    let http = reqwest::Client::new();
+    // A completion whose text starts as bob's row does: its gradient (all tokens
+    // of a plain prompt are scored) points the way bob's example's does.
+    let bob_text: String = prose(11).split_inclusive('.').take(3).collect();
+    let ask = |attribution: Value| {
+        let body = serde_json::json!({ "model": format!("tiny:run-{id}"), "max_tokens": 6, "temperature": 0,
+            "prompt": bob_text, "attribution": attribution });
+        let req = http.post(format!("{}/v1/completions", srv.url)).bearer_auth(&ann).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{v}");
+            v["attribution"].as_array().unwrap().clone()
+        }
+    };
+    let g = ask(serde_json::json!({ "method": "gradient" })).await;
+    assert!(!g.is_empty(), "no positive influence at all");
+    let total: f64 = g.iter().map(|a| a["score"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    assert_eq!(g[0]["contributor"], "bob", "{g:?}");
+    for a in &g {
+        assert!(["bob", "carl"].contains(&a["contributor"].as_str().unwrap()), "{a}");
+        assert_eq!(a["datanet"], "open");
+    }
+    let spans = ask(serde_json::json!(true)).await;
+    let total: f64 = spans.iter().map(|a| a["score"].as_f64().unwrap()).sum();
+    assert!(spans.is_empty() || (total - 1.0).abs() < 1e-9);
+}
