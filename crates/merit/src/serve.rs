@@ -23,7 +23,7 @@ fn adapter_budget() -> usize {
 /// A loaded base and the adapters loaded onto it, least recently used first.
 struct Base {
     model: Decoder,
-    tok: TextTokenizer,
+    tok: Arc<TextTokenizer>,
     /// Loaded adapters: folder, weights and their variables by PEFT name.
     adapters: Vec<(PathBuf, merit_lm::Adapters, Vars)>,
 }
@@ -71,11 +71,14 @@ impl Base {
 pub struct ServeGenerator {
     pub data_dir: PathBuf,
     bases: Mutex<Vec<(String, Arc<Mutex<Base>>)>>,
+    /// Each loaded base's tokenizer, outside the base's lock: tokenizing
+    /// (attribution indexes) never waits for a generation.
+    tokenizers: Mutex<Vec<(String, Arc<TextTokenizer>)>>,
 }
 
 impl ServeGenerator {
     pub fn new(data_dir: PathBuf) -> ServeGenerator {
-        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()) }
+        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()), tokenizers: Mutex::new(Vec::new()) }
     }
 
     /// The adapters of runs: (run id, base as the run named it, folder).
@@ -130,6 +133,11 @@ impl ServeGenerator {
         }
         let (model, tok) = model::load(&self.data_dir, name, None)
             .map_err(|e| GenError::Internal(format!("loading `{name}`: {e:#}")))?;
+        let tok = Arc::new(tok);
+        if let Ok(mut toks) = self.tokenizers.lock() {
+            toks.retain(|(k, _)| k != name);
+            toks.push((name.to_string(), tok.clone()));
+        }
         let b = Arc::new(Mutex::new(Base { model, tok, adapters: Vec::new() }));
         if let Ok(mut bases) = self.bases.lock() {
             bases.retain(|(k, _)| k != name);
@@ -156,13 +164,19 @@ impl Generator for ServeGenerator {
 
     fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError> {
         let (base, _) = self.resolve(base)?;
-        let loaded = self.base(&base)?;
-        let guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
+        let cached = |s: &Self| s.tokenizers.lock().ok()?.iter().find(|(k, _)| *k == base).map(|(_, t)| t.clone());
+        let tok = match cached(self) {
+            Some(t) => t,
+            None => {
+                self.base(&base)?;
+                cached(self).ok_or_else(|| GenError::Internal(format!("the tokenizer of `{base}` is not loaded")))?
+            }
+        };
         texts
             .iter()
             .map(|text| {
                 let (ids, offsets) =
-                    guard.tok.encode_with_offsets(text, false).map_err(|e| GenError::Internal(e.to_string()))?;
+                    tok.encode_with_offsets(text, false).map_err(|e| GenError::Internal(e.to_string()))?;
                 Ok(ids.into_iter().zip(offsets).map(|(id, (a, b))| (id, a, b)).collect())
             })
             .collect()
