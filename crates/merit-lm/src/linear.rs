@@ -161,6 +161,16 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// A trainable low-rank update, when one is attached.
     pub lora: Option<Lora>,
+    /// Adapters of some rows of a batch each (serving several adapters in
+    /// one forward pass, see [`crate::Decoder::set_row_adapters`]).
+    pub row_loras: Vec<RowLora>,
+}
+
+/// An adapter applied to the batch rows `rows` (u32 indices) only.
+#[derive(Debug, Clone)]
+pub struct RowLora {
+    pub rows: Tensor,
+    pub lora: Lora,
 }
 
 /// A LoRA adapter on a linear layer: `y += scale · (dropout(x) Aᵀ) Bᵀ`,
@@ -232,7 +242,7 @@ pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor) -> CResult
         layers
             .iter()
             .map(|l| match (&l.weight, &l.lora) {
-                (Weight::Quant(q), None) => Some(q),
+                (Weight::Quant(q), None) if l.row_loras.is_empty() => Some(q),
                 _ => None,
             })
             .collect()
@@ -264,7 +274,7 @@ pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor) -> CResult
 
 impl Linear {
     pub fn plain(weight: Weight, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias, lora: None }
+        Linear { weight, bias, lora: None, row_loras: Vec::new() }
     }
 
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
@@ -283,22 +293,34 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let input = match &l.dropout {
-                Some(d) => d.apply(x)?,
-                None => x.clone(),
-            };
-            let tracked = !NO_GRAD.with(|g| g.get());
-            let var = |v: &Var| if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() };
-            let (a, b) = (var(&l.a), var(&l.b));
-            let b = match &l.rows {
-                None => b,
-                Some(LoraRows::Range(start, n)) => b.narrow(0, *start, *n)?,
-                Some(LoraRows::Index(ix)) => b.index_select(ix, 0)?,
-            };
-            let delta = (input.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * l.scale)?;
-            y = (y + delta)?;
+            y = (y + l.delta(x)?)?;
+        }
+        // Several adapters in one pass (SGMV-style): each group's rows
+        // gathered, their low-rank delta computed and added back in place.
+        for g in &self.row_loras {
+            let delta = g.lora.delta(&x.index_select(&g.rows, 0)?)?;
+            y = y.index_add(&g.rows, &delta.to_dtype(y.dtype())?, 0)?;
         }
         Ok(y)
+    }
+}
+
+impl Lora {
+    /// `scale · (dropout(x) Aᵀ) Bᵀ`, B's rows sliced for a split fused module.
+    fn delta(&self, x: &Tensor) -> CResult<Tensor> {
+        let input = match &self.dropout {
+            Some(d) => d.apply(x)?,
+            None => x.clone(),
+        };
+        let tracked = !NO_GRAD.with(|g| g.get());
+        let var = |v: &Var| if tracked { v.as_tensor().clone() } else { v.as_tensor().detach() };
+        let (a, b) = (var(&self.a), var(&self.b));
+        let b = match &self.rows {
+            None => b,
+            Some(LoraRows::Range(start, n)) => b.narrow(0, *start, *n)?,
+            Some(LoraRows::Index(ix)) => b.index_select(ix, 0)?,
+        };
+        input.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * self.scale
     }
 }
 
@@ -307,6 +329,9 @@ impl Linear {
     /// the whole product as one op, [`crate::dense::LoraProduct`].
     fn fused_lora(&self, x: &Tensor) -> CResult<Option<Tensor>> {
         let Some(l) = &self.lora else { return Ok(None) };
+        if !self.row_loras.is_empty() {
+            return Ok(None);
+        }
         let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F64)
             && match &self.weight {
                 Weight::Dense(w) => w.dtype() == x.dtype(),

@@ -1115,6 +1115,49 @@ impl Decoder {
         for layer in &mut self.layers {
             for lin in layer.linears_mut() {
                 lin.lora = it.next().cloned().flatten();
+                lin.row_loras.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves several adapters in one forward pass: `groups` pairs batch
+    /// rows with the adapters (from [`Decoder::adapters`] of this model) they
+    /// use; every linear layer runs its frozen product once for the whole
+    /// batch and adds each group's low-rank delta to that group's rows only
+    /// (gathered and scattered back, as Punica's SGMV). Rows in no group run
+    /// the base model. [`Decoder::set_adapters`] ends it.
+    pub fn set_row_adapters(&mut self, groups: &[(Vec<usize>, &Adapters)]) -> Result<(), LmError> {
+        let slots: usize = self.layers.iter().map(|l| l.linears().count()).sum();
+        let mut seen = std::collections::HashSet::new();
+        for (rows, a) in groups {
+            if !a.0.is_empty() && a.0.len() != slots {
+                return Err(LmError::Config(format!(
+                    "these adapters cover {} layers, the model has {slots}",
+                    a.0.len()
+                )));
+            }
+            if let Some(r) = rows.iter().find(|r| !seen.insert(**r)) {
+                return Err(LmError::Config(format!("batch row {r} is in two adapter groups")));
+            }
+        }
+        let index = |rows: &[usize]| {
+            Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &self.device)
+        };
+        let indexes: Vec<Tensor> = groups.iter().map(|(rows, _)| index(rows)).collect::<CResult<_>>()?;
+        let mut slot = 0;
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                lin.lora = None;
+                lin.row_loras = groups
+                    .iter()
+                    .zip(&indexes)
+                    .filter(|((rows, _), _)| !rows.is_empty())
+                    .filter_map(|((_, a), ix)| {
+                        a.0.get(slot).cloned().flatten().map(|lora| crate::linear::RowLora { rows: ix.clone(), lora })
+                    })
+                    .collect();
+                slot += 1;
             }
         }
         Ok(())

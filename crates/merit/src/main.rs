@@ -2,6 +2,7 @@
 //! are clients of a running server (`--server`, `--token`), apart from
 //! `merit user`, which works on the local store directly.
 
+mod adapters_bench;
 mod client;
 mod compare;
 mod ledger;
@@ -585,6 +586,23 @@ enum BenchCommand {
         #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
         data_dir: PathBuf,
     },
+    /// Many adapters on one base: N prompts in one batch with one adapter, then
+    /// spread over K adapters (each row's delta on its own rows); tokens/s, ratio, cold load
+    Adapters {
+        /// Registered name, Hugging Face folder or GGUF file
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        adapters: usize,
+        #[arg(long, default_value_t = 16)]
+        new_tokens: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
+        data_dir: PathBuf,
+    },
     /// Load test of the OpenAI-compatible API on a server on this machine: N chat
     /// completions, C at a time; prints errors, p50 / p99 latency and tokens/s
     Serve {
@@ -1107,6 +1125,12 @@ async fn run(cli: Cli) -> Result<u8> {
                 train::bench(&data_dir, &name, tokens, steps, &targets, &method, gradient_checkpointing, json)
             })
             .await??
+        }
+        Command::Bench(BenchCommand::Adapters { model, requests, adapters, new_tokens, json, data_dir }) => {
+            tokio::task::spawn_blocking(move || {
+                adapters_bench::bench(&data_dir, &model, requests, adapters, new_tokens, json)
+            })
+            .await??;
         }
         Command::Bench(BenchCommand::Serve { model, requests, concurrency, max_tokens, json, remote }) => {
             let load = loadtest::Load {

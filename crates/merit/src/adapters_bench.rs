@@ -1,0 +1,114 @@
+//! `merit bench adapters`: many adapters on one base in one batch. Greedy
+//! generation for N prompts in one batch, first all with one adapter, then
+//! spread over K adapters (each row's low-rank delta on its own rows, see
+//! `Decoder::set_row_adapters`); prints both throughputs, their ratio and
+//! the cold-load latency of an adapter from disk.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use merit_lm::candle_core::{DType, Tensor};
+use serde_json::json;
+
+use crate::model;
+
+/// Random adapters: rank `rank` on q and v, B ~ N(0, 0.02) so answers change a little.
+fn random_adapter(
+    m: &mut merit_lm::Decoder,
+    rank: usize,
+    seed: u64,
+) -> Result<Vec<(String, merit_lm::candle_core::Var)>> {
+    let cfg = merit_lm::LoraConfig {
+        rank,
+        alpha: 2.0 * rank as f64,
+        rslora: false,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+        dropout: 0.0,
+        seed,
+    };
+    let vars = m.add_lora(&cfg)?;
+    for (name, v) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let t = Tensor::randn(0f32, 0.02, v.shape(), v.device())?.to_dtype(v.dtype())?;
+            v.set(&t)?;
+        }
+    }
+    Ok(vars)
+}
+
+pub fn bench(
+    data_dir: &Path,
+    name: &str,
+    requests: usize,
+    adapters: usize,
+    new_tokens: usize,
+    json_out: bool,
+) -> Result<()> {
+    if requests == 0 || adapters == 0 || new_tokens == 0 {
+        bail!("--requests, --adapters and --new-tokens must be at least 1");
+    }
+    let (mut m, tok) = model::load(data_dir, name, None)?;
+    let mut sets = Vec::with_capacity(adapters);
+    let mut first_vars = Vec::new();
+    for k in 0..adapters {
+        let vars = random_adapter(&mut m, 8, 1000 + k as u64)?;
+        if k == 0 {
+            first_vars = vars;
+        }
+        sets.push(m.adapters());
+    }
+    // Cold load: the first adapter written in PEFT's format, then read back.
+    let dir = tempfile::tempdir()?;
+    let tensors: HashMap<String, Tensor> = first_vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().to_dtype(DType::F32)))
+        .map(|(n, t)| Ok((n, t?)))
+        .collect::<Result<_>>()?;
+    merit_lm::candle_core::safetensors::save(&tensors, dir.path().join("adapter_model.safetensors"))?;
+    let cfg = json!({ "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16.0,
+                      "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": name });
+    std::fs::write(dir.path().join("adapter_config.json"), cfg.to_string())?;
+    m.set_adapters(&merit_lm::Adapters::default())?;
+    let t = Instant::now();
+    merit_lm::adapter::load_peft(&mut m, dir.path()).context("loading the adapter back")?;
+    let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let prompts: Vec<Vec<u32>> = (0..requests)
+        .map(|i| {
+            let msg =
+                merit_lm::Message { role: "user".into(), content: format!("Request {i}: tell me about the sea.") };
+            let text = tok.apply_chat_template(&[msg], true)?;
+            Ok(tok.encode(&text, false)?)
+        })
+        .collect::<Result<_>>()?;
+    let params = merit_lm::SamplingParams { temperature: 0.0, ..Default::default() };
+    let run = |m: &merit_lm::Decoder| -> Result<(f64, usize)> {
+        let t = Instant::now();
+        let out = merit_lm::generate_batch(m, &tok, &prompts, &params, new_tokens, &[], |_, _| {})?;
+        let tokens: usize = out.iter().map(|g| g.token_ids.len()).sum();
+        Ok((tokens as f64 / t.elapsed().as_secs_f64(), tokens))
+    };
+    m.set_adapters(&sets[0])?;
+    let (one, one_tokens) = run(&m)?;
+    let groups: Vec<(Vec<usize>, &merit_lm::Adapters)> =
+        sets.iter().enumerate().map(|(k, a)| ((k..requests).step_by(adapters).collect(), a)).collect();
+    m.set_row_adapters(&groups)?;
+    let (many, many_tokens) = run(&m)?;
+    let ratio = many / one;
+    if json_out {
+        println!(
+            "{}",
+            json!({ "model": name, "requests": requests, "adapters": adapters, "new_tokens": new_tokens,
+                    "one_adapter_tokens_per_s": one, "many_adapters_tokens_per_s": many, "ratio": ratio,
+                    "tokens": [one_tokens, many_tokens], "cold_load_ms": cold_ms })
+        );
+    } else {
+        println!(
+            "{name}: {requests} requests in one batch, {new_tokens} new tokens each (greedy): one adapter {one:.1} tokens/s, \
+             {adapters} adapters {many:.1} tokens/s ({ratio:.2}x); adapter cold load {cold_ms:.1} ms"
+        );
+    }
+    Ok(())
+}
