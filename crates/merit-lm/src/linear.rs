@@ -164,6 +164,8 @@ pub struct Linear {
     /// Adapters of some rows of a batch each (serving several adapters in
     /// one forward pass, see [`crate::Decoder::set_row_adapters`]).
     pub row_loras: Vec<RowLora>,
+    /// `row_loras` packed for the CPU kernel (set with them, on the CPU).
+    pub row_pack: Option<std::sync::Arc<RowPack>>,
 }
 
 /// An adapter applied to the batch rows `rows` (u32 indices) only.
@@ -171,6 +173,67 @@ pub struct Linear {
 pub struct RowLora {
     pub rows: Tensor,
     pub lora: Lora,
+}
+
+/// The row adapters of a layer packed for the CPU kernel [`RowPack::delta`]:
+/// per batch row its adapter (if any) as f32 A (r × in) and scale·B (out × r).
+#[derive(Debug, Clone)]
+pub struct RowPack {
+    /// Index into `adapters` of each batch row.
+    pub slot: Vec<Option<usize>>,
+    /// (rank, A, scale · B) per adapter.
+    pub adapters: Vec<(usize, Vec<f32>, Vec<f32>)>,
+    pub out_dim: usize,
+}
+
+impl RowPack {
+    /// Packs `groups` (CPU f32 copies; B sliced and scaled as [`Lora`] uses it).
+    pub fn new(groups: &[RowLora], batch: usize) -> CResult<RowPack> {
+        let mut slot = vec![None; batch];
+        let mut adapters = Vec::with_capacity(groups.len());
+        let mut out_dim = 0;
+        for (k, g) in groups.iter().enumerate() {
+            let l = &g.lora;
+            let a = l.a.as_tensor().to_dtype(DType::F32)?;
+            let b = match &l.rows {
+                None => l.b.as_tensor().clone(),
+                Some(LoraRows::Range(start, n)) => l.b.narrow(0, *start, *n)?,
+                Some(LoraRows::Index(ix)) => l.b.index_select(ix, 0)?,
+            };
+            let b = (b.to_dtype(DType::F64)? * l.scale)?.to_dtype(DType::F32)?;
+            let (rank, out) = (a.dim(0)?, b.dim(0)?);
+            out_dim = out;
+            adapters.push((rank, a.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?));
+            for r in g.rows.to_vec1::<u32>()? {
+                match slot.get_mut(r as usize) {
+                    Some(s) => *s = Some(k),
+                    None => candle_core::bail!("adapter row {r} is outside the batch of {batch}"),
+                }
+            }
+        }
+        Ok(RowPack { slot, adapters, out_dim })
+    }
+
+    /// The low-rank delta of every row of `x` (b × t × in, f32 contiguous):
+    /// b × t × out, zero for rows without an adapter.
+    fn delta(&self, x: &[f32], (b, t, inp): (usize, usize, usize)) -> Vec<f32> {
+        let out = self.out_dim;
+        let mut y = vec![0f32; b * t * out];
+        let mut u = Vec::new();
+        for (row, slot) in self.slot.iter().enumerate().take(b) {
+            let Some((rank, a, bm)) = slot.map(|k| &self.adapters[k]) else { continue };
+            for j in 0..t {
+                let at = row * t + j;
+                let xv = &x[at * inp..(at + 1) * inp];
+                u.clear();
+                u.extend((0..*rank).map(|k| crate::fused::dot(&a[k * inp..(k + 1) * inp], xv)));
+                for (o, yo) in y[at * out..(at + 1) * out].iter_mut().enumerate() {
+                    *yo = crate::fused::dot(&bm[o * rank..(o + 1) * rank], &u);
+                }
+            }
+        }
+        y
+    }
 }
 
 /// A LoRA adapter on a linear layer: `y += scale · (dropout(x) Aᵀ) Bᵀ`,
@@ -274,7 +337,7 @@ pub fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor) -> CResult
 
 impl Linear {
     pub fn plain(weight: Weight, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias, lora: None, row_loras: Vec::new() }
+        Linear { weight, bias, lora: None, row_loras: Vec::new(), row_pack: None }
     }
 
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
@@ -295,8 +358,16 @@ impl Linear {
         if let Some(l) = &self.lora {
             y = (y + l.delta(x)?)?;
         }
-        // Several adapters in one pass (SGMV-style): each group's rows
-        // gathered, their low-rank delta computed and added back in place.
+        // Several adapters in one pass: on the CPU one kernel computes every
+        // row's delta with its own adapter (BGMV-style); elsewhere each
+        // group's rows are gathered and their delta added back (SGMV-style).
+        if let (Some(pack), true) = (&self.row_pack, x.rank() == 3 && crate::fused::fast(x)) {
+            let dims = x.dims3()?;
+            let d = crate::fused::with_slice(&x.to_dtype(DType::F32)?, |xs| Ok(pack.delta(xs, dims)))?;
+            let d = Tensor::from_vec(d, (dims.0, dims.1, pack.out_dim), x.device())?;
+            let d = d.to_dtype(y.dtype())?;
+            return y + d;
+        }
         for g in &self.row_loras {
             let delta = g.lora.delta(&x.index_select(&g.rows, 0)?)?;
             y = y.index_add(&g.rows, &delta.to_dtype(y.dtype())?, 0)?;

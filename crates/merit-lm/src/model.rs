@@ -1116,6 +1116,7 @@ impl Decoder {
             for lin in layer.linears_mut() {
                 lin.lora = it.next().cloned().flatten();
                 lin.row_loras.clear();
+                lin.row_pack = None;
             }
         }
         Ok(())
@@ -1145,6 +1146,7 @@ impl Decoder {
             Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &self.device)
         };
         let indexes: Vec<Tensor> = groups.iter().map(|(rows, _)| index(rows)).collect::<CResult<_>>()?;
+        let batch = groups.iter().flat_map(|(rows, _)| rows.iter()).max().map_or(0, |r| r + 1);
         let mut slot = 0;
         for layer in &mut self.layers {
             for lin in layer.linears_mut() {
@@ -1157,6 +1159,10 @@ impl Decoder {
                         a.0.get(slot).cloned().flatten().map(|lora| crate::linear::RowLora { rows: ix.clone(), lora })
                     })
                     .collect();
+                lin.row_pack = match (&self.device, lin.row_loras.is_empty()) {
+                    (Device::Cpu, false) => Some(std::sync::Arc::new(crate::linear::RowPack::new(&lin.row_loras, batch)?)),
+                    _ => None,
+                };
                 slot += 1;
             }
         }
