@@ -1160,7 +1160,9 @@ impl Decoder {
                     })
                     .collect();
                 lin.row_pack = match (&self.device, lin.row_loras.is_empty()) {
-                    (Device::Cpu, false) => Some(std::sync::Arc::new(crate::linear::RowPack::new(&lin.row_loras, batch)?)),
+                    (Device::Cpu, false) => {
+                        Some(std::sync::Arc::new(crate::linear::RowPack::new(&lin.row_loras, batch)?))
+                    }
                     _ => None,
                 };
                 slot += 1;
