@@ -8,7 +8,6 @@
 //! tokenized the same way and credited to the contributions whose rows hold
 //! its maximal verbatim spans (see `merit_attrib::span`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -24,11 +23,16 @@ pub const MIN_SPAN_TOKENS: usize = 8;
 /// Rows read from the store at a time while building an index.
 const PAGE: i64 = 1000;
 
+/// Indexes kept in memory at once (least recently used go first; they are
+/// read back from `dir` when needed again).
+const LOADED: usize = 8;
+
 /// Built indexes, by file name; `dir` keeps them across restarts.
 #[derive(Default)]
 pub struct Indexes {
     dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<String, Arc<SpanIndex>>>,
+    /// Least recently used first.
+    loaded: Mutex<Vec<(String, Arc<SpanIndex>)>>,
     /// Serialises builds: two requests never build the same index twice.
     building: tokio::sync::Mutex<()>,
 }
@@ -37,6 +41,23 @@ impl Indexes {
     pub fn new(dir: Option<PathBuf>) -> Indexes {
         Indexes { dir, ..Indexes::default() }
     }
+}
+
+/// Every row of version `v` of `d`, read a page at a time.
+async fn version_rows(
+    state: &AppState,
+    d: &merit_store::Datanet,
+    v: &merit_store::Version,
+) -> Result<Vec<merit_store::StoredRow>, GenError> {
+    let mut rows = Vec::new();
+    while (rows.len() as i64) < v.row_count {
+        let page = state.store.rows(d, v, rows.len() as i64, PAGE, None).await.map_err(internal)?;
+        if page.is_empty() {
+            break;
+        }
+        rows.extend(page);
+    }
+    Ok(rows)
 }
 
 /// The text of a row: every string in it, in order, one per line.
@@ -71,7 +92,14 @@ async fn index(
     };
     let name = format!("{}@{version}.{}.spans", safe(datanet), safe(base));
     let ix = &state.indexes;
-    let cached = |ix: &Indexes| ix.loaded.lock().ok().and_then(|m| m.get(&name).cloned());
+    let cached = |ix: &Indexes| {
+        let mut m = ix.loaded.lock().ok()?;
+        let i = m.iter().position(|(k, _)| *k == name)?;
+        let hit = m.remove(i);
+        let ix = hit.1.clone();
+        m.push(hit);
+        Some(ix)
+    };
     if let Some(hit) = cached(ix) {
         return Ok(hit);
     }
@@ -94,20 +122,15 @@ async fn index(
             let d = d.ok_or_else(|| internal(format!("datanet `{datanet}` of the run no longer exists")))?;
             let v = state.store.version(&d, version).await.map_err(internal)?;
             let v = v.ok_or_else(|| internal(format!("version {version} of `{datanet}` does not exist")))?;
-            let mut rows = Vec::new();
-            let mut offset = 0;
-            while offset < v.row_count {
-                let page = state.store.rows(&d, &v, offset, PAGE, None).await.map_err(internal)?;
-                if page.is_empty() {
-                    break;
-                }
-                offset += page.len() as i64;
-                rows.extend(page.into_iter().map(|r| {
+            let rows: Vec<(u64, String)> = version_rows(state, &d, &v)
+                .await?
+                .into_iter()
+                .map(|r| {
                     let mut text = String::new();
                     row_text(&r.content, &mut text);
                     (r.contribution_id as u64, text)
-                }));
-            }
+                })
+                .collect();
             let (g, base, path) = (g.clone(), base.to_string(), path.clone());
             tokio::task::spawn_blocking(move || -> Result<SpanIndex, GenError> {
                 let (ids, texts): (Vec<u64>, Vec<String>) = rows.into_iter().unzip();
@@ -128,7 +151,11 @@ async fn index(
     };
     let built = Arc::new(built);
     if let Ok(mut m) = ix.loaded.lock() {
-        m.insert(name, built.clone());
+        m.retain(|(k, _)| *k != name);
+        if m.len() >= LOADED {
+            m.remove(0);
+        }
+        m.push((name, built.clone()));
     }
     Ok(built)
 }
@@ -244,28 +271,24 @@ pub async fn gradient_credits(
     let (g2, req2, text) = (g.clone(), req.clone(), answer.to_string());
     let scores = tokio::task::spawn_blocking(move || g2.influence(&req2, &text)).await.map_err(internal)??;
     // The training rows were the versions' rows, one version after another.
-    let mut spans = Vec::new();
-    let mut start = 0u64;
+    let mut rows: Vec<(i64, String, String)> = Vec::new();
     for (name, v) in &p.versions {
         let d = state.store.datanet(name).await.map_err(internal)?;
         let d = d.ok_or_else(|| internal(format!("datanet `{name}` of the run no longer exists")))?;
         let version = state.store.version(&d, *v).await.map_err(internal)?;
         let version = version.ok_or_else(|| internal(format!("version {v} of `{name}` does not exist")))?;
-        let n = version.row_count as u64;
-        spans.push((start, d, version));
-        start += n;
+        let stored = version_rows(state, &d, &version).await?;
+        rows.extend(stored.into_iter().map(|r| (r.contribution_id, r.contributor, d.name.clone())));
     }
     let mut by_id: Vec<Credited> = Vec::new();
     for (row, score) in scores.into_iter().filter(|(_, s)| *s > 0.0 && s.is_finite()) {
-        let Some((first, d, v)) = spans.iter().rev().find(|(first, _, _)| *first <= row) else { continue };
-        let found = state.store.rows(d, v, (row - first) as i64, 1, None).await.map_err(internal)?;
-        let Some(r) = found.into_iter().next() else { continue };
-        match by_id.iter_mut().find(|c| c.contribution_id == r.contribution_id) {
+        let Some((id, contributor, datanet)) = rows.get(row as usize) else { continue };
+        match by_id.iter_mut().find(|c| c.contribution_id == *id) {
             Some(c) => c.score += score,
             None => by_id.push(Credited {
-                contribution_id: r.contribution_id,
-                contributor: r.contributor,
-                datanet: d.name.clone(),
+                contribution_id: *id,
+                contributor: contributor.clone(),
+                datanet: datanet.clone(),
                 score,
                 spans: Vec::new(),
             }),
