@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
-use crate::{Cache, Decoder, LmError, TextTokenizer};
+use crate::{Adapters, Cache, Decoder, LmError, TextTokenizer};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,27 +185,48 @@ struct Row {
     out: Vec<u32>,
     stream: TextStream,
     text: String,
+    /// Bytes of `text` already streamed.
+    sent: usize,
     done: Option<StopReason>,
 }
 
 impl Row {
     /// Takes the sampled token; returns the new text to stream, if any.
+    /// Text that may be the start of a stop string is held back until it is
+    /// known not to be one, so a client never sees text past a stop.
     fn accept(&mut self, model: &Decoder, tok: &TextTokenizer, next: u32, stop: &[String]) -> Result<String, LmError> {
         if model.config.eos_token_ids.contains(&next) {
             self.done = Some(StopReason::Eos);
-            return Ok(String::new());
+            return Ok(self.rest());
         }
         self.out.push(next);
         self.seen.push(next);
         let Some(piece) = self.stream.push(tok, next)? else { return Ok(String::new()) };
         self.text.push_str(&piece);
         if let Some(at) = stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
-            let keep = self.text[..at].len().saturating_sub(self.text.len() - piece.len());
             self.text.truncate(at);
             self.done = Some(StopReason::Stop);
-            return Ok(piece[..keep.min(piece.len())].to_string());
+            return Ok(self.rest());
         }
+        // The longest end of the text that a stop string starts with.
+        let held = stop
+            .iter()
+            .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
+            .filter(|p| self.text.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let safe = (self.text.len() - held).max(self.sent);
+        let piece = self.text[self.sent..safe].to_string();
+        self.sent = safe;
         Ok(piece)
+    }
+
+    /// The text not streamed yet (held back for a stop string that never came).
+    fn rest(&mut self) -> String {
+        let start = self.sent.min(self.text.len());
+        self.sent = self.text.len();
+        self.text[start..].to_string()
     }
 }
 
@@ -254,64 +275,342 @@ fn generate_rows(
     cancel: Option<&std::sync::atomic::AtomicBool>,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Generation>, LmError> {
-    params.check()?;
-    if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(LmError::Config(format!("prompt {i} has no tokens")));
+    let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    if cancelled() {
+        let none = Generation { text: String::new(), token_ids: Vec::new(), stop_reason: StopReason::Cancelled };
+        return Ok(vec![none; prompts.len()]);
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    // Padding positions hold any valid id; the mask hides them.
-    let filler = prompts.first().and_then(|p| p.first()).copied().unwrap_or(0);
-    let mut rows: Vec<Row> = prompts
-        .iter()
-        .map(|p| Row {
-            sampler: Sampler::new(params.clone()),
-            seen: p.clone(),
-            out: Vec::new(),
-            stream: TextStream::default(),
-            text: String::new(),
-            done: (max_new == 0).then_some(StopReason::Length),
-        })
-        .collect();
-    let mut cache = Cache::padded(pads.clone());
-    let device = model.device().clone();
-    let mut input: Vec<u32> = prompts
-        .iter()
-        .zip(&pads)
-        .flat_map(|(p, &pad)| std::iter::repeat_n(filler, pad).chain(p.iter().copied()))
-        .collect();
-    let mut width = longest;
-    for _ in 0..max_new {
-        if rows.iter().all(|r| r.done.is_some()) {
+    let mut batch = Batch::as_loaded();
+    let requests = prompts.iter().enumerate().map(|(i, p)| {
+        let req =
+            BatchRequest { prompt: p.clone(), params: params.clone(), max_new, stop: stop.to_vec(), adapter: None };
+        (i as u64, req)
+    });
+    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut on = |id: u64, event: BatchEvent| match event {
+        BatchEvent::Text(piece) => on_text(id as usize, piece),
+        BatchEvent::Done(g) => out[id as usize] = Some(g),
+    };
+    batch.join_frozen(model, tok, requests.collect(), &mut on)?;
+    while !batch.is_empty() {
+        if cancelled() {
+            batch.cancel(|_| true, &mut on);
             break;
         }
-        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            for r in rows.iter_mut().filter(|r| r.done.is_none()) {
-                r.done = Some(StopReason::Cancelled);
-            }
-            break;
-        }
-        let ids = Tensor::from_vec(input, (rows.len(), width), &device)?;
-        let logits: Vec<Vec<f32>> = model.forward_last(&ids, Some(&mut cache))?.to_vec2()?;
-        input = Vec::with_capacity(rows.len());
-        for (i, (row, last)) in rows.iter_mut().zip(&logits).enumerate() {
-            if row.done.is_some() {
-                input.push(filler);
-                continue;
-            }
-            let next = row.sampler.sample(last, &row.seen);
-            let piece = row.accept(model, tok, next, stop)?;
-            if !piece.is_empty() {
-                on_text(i, &piece);
-            }
-            input.push(next);
-        }
-        width = 1;
+        batch.step_frozen(model, tok, &mut on)?;
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| Generation { text: r.text, token_ids: r.out, stop_reason: r.done.unwrap_or(StopReason::Length) })
-        .collect())
+    out.into_iter().map(|g| g.ok_or_else(|| LmError::Config("a row of the batch never finished".into()))).collect()
+}
+
+/// One request of a continuous [`Batch`].
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_new: usize,
+    pub stop: Vec<String>,
+    /// The adapter its row uses (from [`Decoder::adapters`] of the batch's
+    /// model), or none for the base. Ignored by [`Batch::as_loaded`].
+    pub adapter: Option<std::sync::Arc<Adapters>>,
+}
+
+impl BatchRequest {
+    /// Checks what a batch would refuse; the error names it.
+    pub fn check(&self) -> Result<(), LmError> {
+        self.params.check()?;
+        if self.prompt.is_empty() {
+            return Err(LmError::Config("the prompt has no tokens".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What a [`Batch`] reports of one request (by the id it joined with).
+#[derive(Debug)]
+pub enum BatchEvent<'a> {
+    /// New text of the answer.
+    Text(&'a str),
+    /// The request is finished and has left the batch.
+    Done(Generation),
+}
+
+/// Continuous batching: requests join a running batch between decoding
+/// steps (their prompts prefilled together, then their cache rows appended,
+/// left-padded to the batch's length) and leave it as soon as they finish,
+/// so a long answer never holds up a short one. Each row keeps its own
+/// sampling parameters, stop strings, token budget and adapter: one forward
+/// pass serves rows of different adapters ([`Decoder::set_row_adapters`]).
+/// Every row gets the tokens it would get alone.
+pub struct Batch {
+    cache: Cache,
+    live: Vec<Live>,
+    /// Whether the batch puts each row's adapter on the model.
+    manage_adapters: bool,
+    /// The model's row adapters no longer match the rows.
+    regroup: bool,
+}
+
+/// A request in the batch.
+struct Live {
+    id: u64,
+    row: Row,
+    stop: Vec<String>,
+    max_new: usize,
+    steps: usize,
+    next: u32,
+    adapter: Option<std::sync::Arc<Adapters>>,
+}
+
+impl Batch {
+    /// A batch whose rows each run with their request's adapter.
+    pub fn new() -> Batch {
+        Batch { cache: Cache::default(), live: Vec::new(), manage_adapters: true, regroup: false }
+    }
+
+    /// A batch that runs the model with whatever adapters it carries.
+    pub fn as_loaded() -> Batch {
+        Batch { manage_adapters: false, ..Batch::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The ids of the requests in the batch.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.live.iter().map(|l| l.id)
+    }
+
+    /// Prefills `requests` (id, request) together and adds those that go on
+    /// to the batch; `on` hears of their first token and of those already done.
+    pub fn join(
+        &mut self,
+        model: &mut Decoder,
+        tok: &TextTokenizer,
+        requests: Vec<(u64, BatchRequest)>,
+        on: &mut dyn FnMut(u64, BatchEvent),
+    ) -> Result<(), LmError> {
+        if self.manage_adapters {
+            let adapters: Vec<_> = requests.iter().map(|(_, r)| r.adapter.clone()).collect();
+            put_adapters(model, &adapters)?;
+            self.regroup = true;
+        }
+        self.join_frozen(model, tok, requests, on)
+    }
+
+    /// One new token for every request in the batch; finished ones leave it.
+    pub fn step(
+        &mut self,
+        model: &mut Decoder,
+        tok: &TextTokenizer,
+        on: &mut dyn FnMut(u64, BatchEvent),
+    ) -> Result<(), LmError> {
+        if self.manage_adapters && self.regroup && !self.live.is_empty() {
+            let adapters: Vec<_> = self.live.iter().map(|l| l.adapter.clone()).collect();
+            put_adapters(model, &adapters)?;
+            self.regroup = false;
+        }
+        self.step_frozen(model, tok, on)
+    }
+
+    /// Ends the requests `which` picks, with [`StopReason::Cancelled`].
+    pub fn cancel(&mut self, which: impl Fn(u64) -> bool, on: &mut dyn FnMut(u64, BatchEvent)) {
+        let keep: Vec<usize> = (0..self.live.len()).filter(|&i| !which(self.live[i].id)).collect();
+        if keep.len() == self.live.len() {
+            return;
+        }
+        for l in self.live.iter_mut().filter(|l| which(l.id)) {
+            l.row.done = Some(StopReason::Cancelled);
+        }
+        self.settle(keep, on);
+    }
+
+    /// Ends every request with an error (the batch's forward pass failed).
+    pub fn abandon(&mut self) -> Vec<u64> {
+        self.cache = Cache::default();
+        self.live.drain(..).map(|l| l.id).collect()
+    }
+
+    fn join_frozen(
+        &mut self,
+        model: &Decoder,
+        tok: &TextTokenizer,
+        requests: Vec<(u64, BatchRequest)>,
+        on: &mut dyn FnMut(u64, BatchEvent),
+    ) -> Result<(), LmError> {
+        for (_, r) in &requests {
+            r.check()?;
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let longest = requests.iter().map(|(_, r)| r.prompt.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = requests.iter().map(|(_, r)| longest - r.prompt.len()).collect();
+        // Padding positions hold any valid id; the mask hides them.
+        let filler = requests[0].1.prompt[0];
+        let input: Vec<u32> = requests
+            .iter()
+            .zip(&pads)
+            .flat_map(|((_, r), &pad)| std::iter::repeat_n(filler, pad).chain(r.prompt.iter().copied()))
+            .collect();
+        let mut joined: Vec<Live> = requests
+            .into_iter()
+            .map(|(id, r)| Live {
+                id,
+                row: Row {
+                    sampler: Sampler::new(r.params),
+                    seen: r.prompt,
+                    out: Vec::new(),
+                    stream: TextStream::default(),
+                    text: String::new(),
+                    sent: 0,
+                    done: (r.max_new == 0).then_some(StopReason::Length),
+                },
+                stop: r.stop,
+                max_new: r.max_new,
+                steps: 0,
+                next: filler,
+                adapter: r.adapter,
+            })
+            .collect();
+        let mut cache = Cache::padded(pads);
+        if joined.iter().any(|l| l.row.done.is_none()) {
+            let ids = Tensor::from_vec(input, (joined.len(), longest), model.device())?;
+            let logits: Vec<Vec<f32>> =
+                model.forward_last(&ids, Some(&mut cache))?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+            for (l, last) in joined.iter_mut().zip(&logits).filter(|(l, _)| l.row.done.is_none()) {
+                l.advance(model, tok, last, on)?;
+            }
+        }
+        let keep: Vec<usize> = (0..joined.len()).filter(|&i| joined[i].row.done.is_none()).collect();
+        for l in joined.iter_mut().filter(|l| l.row.done.is_some()) {
+            l.finish(on);
+        }
+        cache.retain_rows(&keep)?;
+        self.cache.append_rows(cache)?;
+        let mut joined: Vec<Option<Live>> = joined.into_iter().map(Some).collect();
+        self.live.extend(keep.iter().filter_map(|&i| joined[i].take()));
+        Ok(())
+    }
+
+    fn step_frozen(
+        &mut self,
+        model: &Decoder,
+        tok: &TextTokenizer,
+        on: &mut dyn FnMut(u64, BatchEvent),
+    ) -> Result<(), LmError> {
+        if self.live.is_empty() {
+            return Ok(());
+        }
+        let input: Vec<u32> = self.live.iter().map(|l| l.next).collect();
+        let ids = Tensor::from_vec(input, (self.live.len(), 1), model.device())?;
+        let logits: Vec<Vec<f32>> =
+            model.forward_last(&ids, Some(&mut self.cache))?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        for (l, last) in self.live.iter_mut().zip(&logits) {
+            l.advance(model, tok, last, on)?;
+        }
+        let keep: Vec<usize> = (0..self.live.len()).filter(|&i| self.live[i].row.done.is_none()).collect();
+        if keep.len() < self.live.len() {
+            self.settle(keep, on);
+        }
+        Ok(())
+    }
+
+    /// Keeps the rows `keep`, reporting the others as done.
+    fn settle(&mut self, keep: Vec<usize>, on: &mut dyn FnMut(u64, BatchEvent)) {
+        if self.cache.retain_rows(&keep).is_err() {
+            // Row indices come from `live`, which the cache mirrors.
+            self.cache = Cache::default();
+        }
+        let mut kept = Vec::with_capacity(keep.len());
+        for (i, mut l) in std::mem::take(&mut self.live).into_iter().enumerate() {
+            if keep.contains(&i) {
+                kept.push(l);
+            } else {
+                l.finish(on);
+            }
+        }
+        self.live = kept;
+        self.regroup = true;
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
+impl Live {
+    /// Samples this row's next token from its logits and streams its text.
+    fn advance(
+        &mut self,
+        model: &Decoder,
+        tok: &TextTokenizer,
+        logits: &[f32],
+        on: &mut dyn FnMut(u64, BatchEvent),
+    ) -> Result<(), LmError> {
+        let next = self.row.sampler.sample(logits, &self.row.seen);
+        let piece = self.row.accept(model, tok, next, &self.stop)?;
+        if !piece.is_empty() {
+            on(self.id, BatchEvent::Text(&piece));
+        }
+        self.next = next;
+        self.steps += 1;
+        if self.row.done.is_none() && self.steps >= self.max_new {
+            self.row.done = Some(StopReason::Length);
+        }
+        Ok(())
+    }
+
+    /// Streams what was held back and reports the request done.
+    fn finish(&mut self, on: &mut dyn FnMut(u64, BatchEvent)) {
+        let rest = self.row.rest();
+        if !rest.is_empty() {
+            on(self.id, BatchEvent::Text(&rest));
+        }
+        on(self.id, BatchEvent::Done(self.take()));
+    }
+
+    fn take(&mut self) -> Generation {
+        Generation {
+            text: std::mem::take(&mut self.row.text),
+            token_ids: std::mem::take(&mut self.row.out),
+            stop_reason: self.row.done.unwrap_or(StopReason::Length),
+        }
+    }
+}
+
+/// Puts each row's adapter on the model as row groups; none at all, or (off
+/// the CPU) one for every row, the plain way. On the CPU the row groups'
+/// packed kernel beats the plain LoRA ops even for a single adapter.
+fn put_adapters(model: &mut Decoder, rows: &[Option<std::sync::Arc<Adapters>>]) -> Result<(), LmError> {
+    let same = |a: &Option<std::sync::Arc<Adapters>>, b: &Option<std::sync::Arc<Adapters>>| match (a, b) {
+        (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    let plain = rows.iter().all(Option::is_none) || !model.device().is_cpu();
+    if plain && rows.iter().all(|r| same(r, &rows[0])) {
+        return model.set_adapters(rows.first().and_then(|r| r.as_deref()).unwrap_or(&Adapters::default()));
+    }
+    let mut groups: Vec<(Vec<usize>, &Adapters)> = Vec::new();
+    let mut owners: Vec<&std::sync::Arc<Adapters>> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let Some(a) = r else { continue };
+        match owners.iter().position(|o| std::sync::Arc::ptr_eq(o, a)) {
+            Some(k) => groups[k].0.push(i),
+            None => {
+                owners.push(a);
+                groups.push((vec![i], a));
+            }
+        }
+    }
+    model.set_row_adapters(&groups)
 }
 
 /// The summed negative log-likelihood (natural log) of `ids[1..]` given the

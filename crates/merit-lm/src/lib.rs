@@ -37,7 +37,8 @@ pub mod vmath;
 pub use candle_core::{self, Device, Tensor};
 pub use config::{DecoderConfig, Family, MlpKind, NormKind, Positions, RopeScaling};
 pub use generate::{
-    generate, generate_batch, generate_cancellable, nll, Generation, Sampler, SamplingParams, StopReason, TextStream,
+    generate, generate_batch, generate_cancellable, nll, Batch, BatchEvent, BatchRequest, Generation, Sampler,
+    SamplingParams, StopReason, TextStream,
 };
 pub use linear::{Dropout, Linear, Lora, LoraRows, Weight};
 pub use model::{Adapters, Cache, Decoder, LoraConfig};

@@ -216,6 +216,29 @@ impl Adapters {
         }
         bytes
     }
+
+    /// The same adapters with their weights in `dtype` (new variables; A and
+    /// B shared between layers stay shared).
+    pub fn to_dtype(&self, dtype: DType) -> CResult<Adapters> {
+        let mut made: Vec<(candle_core::TensorId, Var)> = Vec::new();
+        let mut convert = |v: &Var| -> CResult<Var> {
+            let id = v.as_tensor().id();
+            if let Some((_, done)) = made.iter().find(|(k, _)| *k == id) {
+                return Ok(done.clone());
+            }
+            let new = Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?;
+            made.push((id, new.clone()));
+            Ok(new)
+        };
+        let mut out = Vec::with_capacity(self.0.len());
+        for l in &self.0 {
+            out.push(match l {
+                Some(l) => Some(Lora { a: convert(&l.a)?, b: convert(&l.b)?, ..l.clone() }),
+                None => None,
+            });
+        }
+        Ok(Adapters(out))
+    }
 }
 
 /// Keys and values of the positions seen so far, per layer.
@@ -232,6 +255,85 @@ impl Cache {
     /// A cache for a batch whose rows are left-padded by `pads` tokens.
     pub fn padded(pads: Vec<usize>) -> Cache {
         Cache { pads, ..Cache::default() }
+    }
+
+    /// Batch rows held (those of [`Cache::padded`] before the first pass).
+    pub fn rows(&self) -> usize {
+        if !self.pads.is_empty() {
+            return self.pads.len();
+        }
+        self.kv.iter().flatten().next().and_then(|b| b.k.dim(0).ok()).unwrap_or(0)
+    }
+
+    /// Each row's left padding.
+    fn row_pads(&self) -> Vec<usize> {
+        if self.pads.is_empty() {
+            vec![0; self.rows()]
+        } else {
+            self.pads.clone()
+        }
+    }
+
+    /// Keeps the batch rows `keep` (in that order) and drops the left
+    /// padding they all share: a continuous batch lets finished rows go.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> CResult<()> {
+        let all = self.row_pads();
+        let pads = keep
+            .iter()
+            .map(|&r| all.get(r).copied().ok_or_else(|| candle_core::Error::msg(format!("no batch row {r}"))))
+            .collect::<CResult<Vec<usize>>>()?;
+        if keep.is_empty() {
+            *self = Cache::default();
+            return Ok(());
+        }
+        let shared = pads.iter().copied().min().unwrap_or(0).min(self.len);
+        for buf in self.kv.iter_mut().flatten() {
+            let ix = Tensor::from_vec(keep.iter().map(|&r| r as u32).collect::<Vec<_>>(), keep.len(), buf.k.device())?;
+            let used = buf.len - shared;
+            let k = buf.k.index_select(&ix, 0)?.narrow(2, shared, used)?;
+            let v = buf.v.index_select(&ix, 0)?.narrow(2, shared, used)?;
+            *buf = KvBuf::holding(&k, &v)?;
+        }
+        self.pads = pads.iter().map(|p| p - shared).collect();
+        self.len -= shared;
+        Ok(())
+    }
+
+    /// Appends the rows of `other` (a cache of the same model) after these:
+    /// the one holding fewer positions is left-padded to the other's length,
+    /// so new requests join a running batch between decoding steps.
+    pub fn append_rows(&mut self, other: Cache) -> CResult<()> {
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.kv.len() != other.kv.len() {
+            candle_core::bail!("the caches hold {} and {} layers", self.kv.len(), other.kv.len());
+        }
+        let len = self.len.max(other.len);
+        let (grow_a, grow_b) = (len - self.len, len - other.len);
+        let pads: Vec<usize> =
+            self.row_pads().iter().map(|p| p + grow_a).chain(other.row_pads().iter().map(|p| p + grow_b)).collect();
+        for (a, b) in self.kv.iter_mut().zip(other.kv) {
+            let (Some(a), Some(b)) = (a.as_mut(), b) else { candle_core::bail!("a cache has an empty layer") };
+            let part = |buf: &KvBuf, x: &Tensor, grow: usize| -> CResult<Tensor> {
+                let x = x.narrow(2, 0, buf.len)?;
+                if grow == 0 {
+                    return Ok(x);
+                }
+                let (n, h, _, d) = x.dims4()?;
+                Tensor::cat(&[&Tensor::zeros((n, h, grow, d), x.dtype(), x.device())?, &x], 2)
+            };
+            let k = Tensor::cat(&[&part(a, &a.k, grow_a)?, &part(&b, &b.k, grow_b)?], 0)?;
+            let v = Tensor::cat(&[&part(a, &a.v, grow_a)?, &part(&b, &b.v, grow_b)?], 0)?;
+            *a = KvBuf::holding(&k, &v)?;
+        }
+        self.pads = pads;
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -1299,6 +1401,19 @@ struct KvBuf {
     k: Tensor,
     v: Tensor,
     len: usize,
+}
+
+impl KvBuf {
+    /// A buffer holding `k` and `v` (b × kv heads × len × d), with room to grow.
+    fn holding(k: &Tensor, v: &Tensor) -> CResult<KvBuf> {
+        let (b, h, len, d) = k.dims4()?;
+        let cap = (len + 64).next_power_of_two();
+        let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+        let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+        nk.slice_set(&k.contiguous()?, 2, 0)?;
+        nv.slice_set(&v.contiguous()?, 2, 0)?;
+        Ok(KvBuf { k: nk, v: nv, len })
+    }
 }
 
 /// Rotary tables for one forward pass.

@@ -558,6 +558,154 @@ fn adapters_swap_on_one_loaded_base() {
     assert_eq!(logits(&m), tuned);
 }
 
+/// Continuous batching: requests join a running batch at different steps,
+/// each with its own prompt, sampling, stop string, budget and adapter (or
+/// none), and leave as they finish; every one gets exactly the tokens and
+/// text it gets alone with its adapter. Every family, f64 and (through the
+/// packed CPU kernel) f32.
+#[test]
+fn continuous_batch_matches_each_request_alone() {
+    use merit_lm::{Batch, BatchEvent, BatchRequest, SamplingParams};
+    use std::sync::Arc;
+    for family in FAMILIES {
+        let (dir, r) = fixture(family);
+        let tok = merit_lm::TextTokenizer::from_hf_dir(&dir).unwrap();
+        let (m64, vars) = f64_with_lora(&dir, 0.0, 3);
+        randomize_lora_b(&vars, 11);
+        let (other, vars2) = f64_with_lora(&dir, 0.0, 5);
+        randomize_lora_b(&vars2, 29);
+        let (first64, second64) = (m64.adapters(), other.adapters());
+        let m32 = merit_lm::loader::load_hf_dir(&dir, &Device::Cpu).unwrap();
+        let f32 = candle_core::DType::F32;
+        let (first32, second32) = (first64.to_dtype(f32).unwrap(), second64.to_dtype(f32).unwrap());
+        let runs = [(m64, first64, second64, "f64"), (m32, first32, second32, "f32")];
+        for (mut m, first, second, dtype) in runs {
+            let (first, second) = (Arc::new(first), Arc::new(second));
+            let prompt = ids(&r["prompt_token_ids"]);
+            let n = prompt.len();
+            let sampled =
+                |t: f64, p: f64, seed: u64| SamplingParams { temperature: t, top_p: p, seed, ..Default::default() };
+            // (joins before step, request)
+            let mut plan: Vec<(usize, BatchRequest)> = vec![
+                (
+                    0,
+                    BatchRequest {
+                        prompt: prompt.clone(),
+                        params: SamplingParams::default(),
+                        max_new: 10,
+                        stop: vec![],
+                        adapter: Some(first.clone()),
+                    },
+                ),
+                (
+                    0,
+                    BatchRequest {
+                        prompt: prompt[..3].to_vec(),
+                        params: sampled(0.9, 1.0, 7),
+                        max_new: 6,
+                        stop: vec![],
+                        adapter: Some(second.clone()),
+                    },
+                ),
+                (
+                    2,
+                    BatchRequest {
+                        prompt: prompt[2..].to_vec(),
+                        params: SamplingParams::default(),
+                        max_new: 12,
+                        stop: vec![],
+                        adapter: None,
+                    },
+                ),
+                (
+                    4,
+                    BatchRequest {
+                        prompt: prompt[1..n.min(5)].to_vec(),
+                        params: sampled(1.3, 0.9, 3),
+                        max_new: 8,
+                        stop: vec![],
+                        adapter: Some(first.clone()),
+                    },
+                ),
+                (
+                    4,
+                    BatchRequest {
+                        prompt: prompt[..1].to_vec(),
+                        params: SamplingParams::default(),
+                        max_new: 0,
+                        stop: vec![],
+                        adapter: None,
+                    },
+                ),
+                (
+                    7,
+                    BatchRequest {
+                        prompt: prompt[n / 2..].to_vec(),
+                        params: SamplingParams::default(),
+                        max_new: 9,
+                        stop: vec![],
+                        adapter: Some(second.clone()),
+                    },
+                ),
+            ];
+            let alone = |m: &mut merit_lm::Decoder, q: &BatchRequest| {
+                m.set_adapters(q.adapter.as_deref().unwrap_or(&merit_lm::Adapters::default())).unwrap();
+                merit_lm::generate(m, &tok, &q.prompt, &q.params, q.max_new, &q.stop, |_| {}).unwrap()
+            };
+            // A stop string from the middle of one answer.
+            let text = alone(&mut m, &plan[2].1).text;
+            let chars: Vec<char> = text.chars().collect();
+            if chars.len() >= 6 {
+                plan[2].1.stop = vec![chars[3..5].iter().collect()];
+            }
+            let mut batch = Batch::new();
+            let mut streamed = vec![String::new(); plan.len()];
+            let mut done: Vec<Option<merit_lm::Generation>> = vec![None; plan.len()];
+            let mut widest = 0;
+            for step in 0.. {
+                let joining: Vec<(u64, BatchRequest)> = plan
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (at, _))| *at == step)
+                    .map(|(i, (_, q))| (i as u64, q.clone()))
+                    .collect();
+                let mut on = |id: u64, e: BatchEvent| match e {
+                    BatchEvent::Text(t) => streamed[id as usize].push_str(t),
+                    BatchEvent::Done(g) => done[id as usize] = Some(g),
+                };
+                batch.join(&mut m, &tok, joining, &mut on).unwrap();
+                widest = widest.max(batch.len());
+                if batch.is_empty() && plan.iter().all(|(at, _)| *at <= step) {
+                    break;
+                }
+                batch.step(&mut m, &tok, &mut on).unwrap();
+            }
+            assert!(widest >= 3, "{family}: requests should overlap in the batch");
+            for (i, (_, q)) in plan.iter().enumerate() {
+                let want = alone(&mut m, q);
+                let got = done[i].as_ref().unwrap_or_else(|| panic!("{family} {dtype}: request {i} never finished"));
+                assert_eq!(got.token_ids, want.token_ids, "{family} {dtype}: request {i}");
+                assert_eq!(got.text, want.text, "{family} {dtype}: request {i}");
+                assert_eq!(got.stop_reason, want.stop_reason, "{family} {dtype}: request {i}");
+                assert_eq!(streamed[i], want.text, "{family} {dtype}: request {i} streamed");
+            }
+            // Cancelling ends a request at once; the others go on.
+            let mut on_done = Vec::new();
+            let mut on = |id: u64, e: BatchEvent| {
+                if let BatchEvent::Done(g) = e {
+                    on_done.push((id, g.stop_reason));
+                }
+            };
+            let joining = vec![(0, plan[0].1.clone()), (1, plan[2].1.clone())];
+            batch.join(&mut m, &tok, joining, &mut on).unwrap();
+            batch.cancel(|id| id == 0, &mut on);
+            assert_eq!(batch.ids().collect::<Vec<_>>(), vec![1]);
+            batch.step(&mut m, &tok, &mut on).unwrap();
+            assert_eq!(on_done[0], (0, merit_lm::StopReason::Cancelled));
+        }
+    }
+}
+
 /// One forward pass serves rows with different adapters (and rows with
 /// none): each row's logits equal a forward pass of that row alone with its
 /// adapter; so does greedy batched generation. Every family, f64.

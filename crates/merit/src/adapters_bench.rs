@@ -1,9 +1,10 @@
-//! `merit bench adapters`: many adapters on one base in one batch. Greedy
-//! generation for N prompts in one batch, first all with one adapter, then
-//! spread over K adapters (each row's low-rank delta on its own rows, see
-//! `Decoder::set_row_adapters`); prints both throughputs, their ratio and
-//! the cold-load latency of an adapter from disk. After a warm-up the two
-//! alternate three times and the best of each is reported.
+//! `merit bench adapters`: many adapters on one base, through the batcher
+//! `merit serve` uses. N requests arrive at once from N client threads,
+//! first all for one adapter, then spread over K adapters; the batcher
+//! serves them continuously, each forward pass carrying rows of several
+//! adapters (`Decoder::set_row_adapters`). Prints both throughputs, their
+//! ratio and the cold-load latency of an adapter from disk. After a warm-up
+//! the two alternate three times and the best of each is reported.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,24 +86,48 @@ pub fn bench(
         })
         .collect::<Result<_>>()?;
     let params = merit_lm::SamplingParams { temperature: 0.0, ..Default::default() };
-    let run = |m: &merit_lm::Decoder| -> Result<(f64, usize)> {
+    let sets: Vec<std::sync::Arc<merit_lm::Adapters>> = sets.into_iter().map(std::sync::Arc::new).collect();
+    m.set_adapters(&merit_lm::Adapters::default())?;
+    let batcher = crate::serve::Batcher::start(m, std::sync::Arc::new(tok), requests);
+    // All requests at once, request i with adapter `pick(i)`: tokens per second and tokens.
+    let run = |pick: &dyn Fn(usize) -> usize| -> Result<(f64, usize)> {
+        let start = std::sync::Barrier::new(requests);
         let t = Instant::now();
-        let out = merit_lm::generate_batch(m, &tok, &prompts, &params, new_tokens, &[], |_, _| {})?;
-        let tokens: usize = out.iter().map(|g| g.token_ids.len()).sum();
+        let tokens = std::thread::scope(|s| {
+            let handles: Vec<_> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let req = merit_lm::BatchRequest {
+                        prompt: p.clone(),
+                        params: params.clone(),
+                        max_new: new_tokens,
+                        stop: Vec::new(),
+                        adapter: Some(sets[pick(i)].clone()),
+                    };
+                    let (batcher, start) = (&batcher, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        batcher.run(req, Default::default(), &mut |_| {})
+                    })
+                })
+                .collect();
+            handles.into_iter().try_fold(0, |n, h| match h.join() {
+                Ok(Ok(g)) => Ok(n + g.token_ids.len()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("a request failed: {e:?}")),
+                Err(_) => Err(anyhow::anyhow!("a client thread panicked")),
+            })
+        })?;
         Ok((tokens as f64 / t.elapsed().as_secs_f64(), tokens))
     };
-    let groups: Vec<(Vec<usize>, &merit_lm::Adapters)> =
-        sets.iter().enumerate().map(|(k, a)| ((k..requests).step_by(adapters).collect(), a)).collect();
+    let (single, spread) = (|_: usize| 0, |i: usize| i % adapters);
     // Alternating, after a warm-up, best of three each: the machine's noise hits both alike.
-    m.set_adapters(&sets[0])?;
-    run(&m)?;
+    run(&single)?;
     let (mut one, mut many, mut one_tokens, mut many_tokens) = (0f64, 0f64, 0, 0);
     for _ in 0..3 {
-        m.set_adapters(&sets[0])?;
-        let (tps, n) = run(&m)?;
+        let (tps, n) = run(&single)?;
         (one, one_tokens) = if tps > one { (tps, n) } else { (one, one_tokens) };
-        m.set_row_adapters(&groups)?;
-        let (tps, n) = run(&m)?;
+        let (tps, n) = run(&spread)?;
         (many, many_tokens) = if tps > many { (tps, n) } else { (many, many_tokens) };
     }
     let ratio = many / one;
@@ -115,7 +140,7 @@ pub fn bench(
         );
     } else {
         println!(
-            "{name}: {requests} requests in one batch, {new_tokens} new tokens each (greedy): one adapter {one:.1} tokens/s, \
+            "{name}: {requests} concurrent requests, continuously batched, {new_tokens} new tokens each (greedy): one adapter {one:.1} tokens/s, \
              {adapters} adapters {many:.1} tokens/s ({ratio:.2}x); adapter cold load {cold_ms:.1} ms"
         );
     }

@@ -159,6 +159,11 @@ enum Command {
         /// the contributors it drew on and the datanet owners (sum 1)
         #[arg(long, value_name = "PUBLISHER,CONTRIBUTORS,OWNERS", default_value = "0.2,0.7,0.1")]
         reward_shares: String,
+        /// Most requests one forward pass serves: concurrent requests are
+        /// batched continuously (they join between decoding steps, rows of
+        /// different adapters together); more wait their turn
+        #[arg(long, env = "MERIT_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        max_batch: u64,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -586,8 +591,8 @@ enum BenchCommand {
         #[arg(long, env = "MERIT_DATA_DIR", default_value = "./merit-data")]
         data_dir: PathBuf,
     },
-    /// Many adapters on one base: N prompts in one batch with one adapter, then
-    /// spread over K adapters (each row's delta on its own rows); tokens/s, ratio, cold load
+    /// Many adapters on one base: N concurrent requests through the serving batcher, all for one adapter, then
+    /// spread over K adapters (rows of several adapters in each forward pass); tokens/s, ratio, cold load
     Adapters {
         /// Registered name, Hugging Face folder or GGUF file
         #[arg(long)]
@@ -695,7 +700,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { local, listen, rate_limit, rate_burst, default_model, reward_shares, key } => {
+        Command::Serve { local, listen, rate_limit, rate_burst, default_model, reward_shares, max_batch, key } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
@@ -711,7 +716,7 @@ async fn run(cli: Cli) -> Result<u8> {
             let signer = local.signer(key.ledger_key.as_deref(), &key.origin)?;
             let rate = merit_server::RateLimit { per_second: rate_limit, burst: rate_burst };
             let trainer = train::ServeTrainer { data_dir: local.data_dir.clone(), store: store.clone() };
-            let generator = serve::ServeGenerator::new(local.data_dir.clone());
+            let generator = serve::ServeGenerator::new(local.data_dir.clone()).with_max_batch(max_batch as usize);
             let state = merit_server::AppState::new(store, rate, signer)
                 .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
                 .with_generator(std::sync::Arc::new(generator))

@@ -1,13 +1,17 @@
 //! The generator behind `merit serve`'s OpenAI-compatible API: base models
 //! from the registry and the adapters of training runs (`<base>:run-<id>`).
-//! Each base is loaded once (a few kept, least recently used goes first);
-//! its adapters load onto it on first use and stay in a cache bounded in
-//! bytes, swapped in per request without reloading the base.
+//! Each base is loaded once (a few kept, least recently used goes first)
+//! and runs a [`Batcher`]: a thread that batches concurrent requests
+//! continuously — they join between decoding steps and leave when done,
+//! rows of different adapters in one forward pass. Adapters load on first
+//! use into a cache bounded in bytes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
-use merit_lm::{Decoder, TextTokenizer};
+use merit_lm::{Batch, BatchEvent, BatchRequest, Decoder, TextTokenizer};
 use merit_server::openai::{GenError, GenOutput, GenRequest, Generator, Tokens};
 
 use crate::model;
@@ -20,65 +24,189 @@ fn adapter_budget() -> usize {
     std::env::var("MERIT_ADAPTER_CACHE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 20)
 }
 
-/// A loaded base and the adapters loaded onto it, least recently used first.
-struct Base {
-    model: Decoder,
-    tok: Arc<TextTokenizer>,
-    /// Loaded adapters: folder, weights and their variables by PEFT name.
-    adapters: Vec<(PathBuf, merit_lm::Adapters, Vars)>,
+/// A loaded adapter: its weights and their variables by PEFT name.
+#[derive(Clone)]
+struct Loaded {
+    adapters: Arc<merit_lm::Adapters>,
+    vars: Vars,
 }
 
 type Vars = Vec<(String, merit_lm::candle_core::Var)>;
 
+/// A loaded base: the model as loaded (cloned, cheaply, to load adapters
+/// and score answers), its tokenizer, its adapters (least recently used
+/// first) and the batcher that generates with it.
+struct Base {
+    model: Decoder,
+    tok: Arc<TextTokenizer>,
+    adapters: Mutex<Vec<(PathBuf, Loaded)>>,
+    batcher: Batcher,
+}
+
 impl Base {
-    /// Puts the adapter in `dir` (or none) on the model, loading it on first
-    /// use; returns its variables by PEFT name (none without an adapter).
-    fn select(&mut self, dir: Option<&Path>) -> Result<Vars, GenError> {
-        let Some(dir) = dir else {
-            self.model.set_adapters(&merit_lm::Adapters::default()).map_err(|e| GenError::Internal(e.to_string()))?;
-            return Ok(Vec::new());
-        };
-        let (adapters, vars) = match self.adapters.iter().position(|(d, _, _)| d == dir) {
-            Some(i) => {
-                let hit = self.adapters.remove(i);
-                let a = (hit.1.clone(), hit.2.clone());
-                self.adapters.push(hit);
-                a
+    /// The adapter in `dir`, loading it on first use.
+    fn adapter(&self, dir: &Path) -> Result<Loaded, GenError> {
+        let mut cache = self.adapters.lock().map_err(|_| GenError::Internal("an adapter lock was poisoned".into()))?;
+        if let Some(i) = cache.iter().position(|(d, _)| d == dir) {
+            let hit = cache.remove(i);
+            let loaded = hit.1.clone();
+            cache.push(hit);
+            return Ok(loaded);
+        }
+        let mut m = self.model.clone();
+        let vars = merit_lm::adapter::load_peft(&mut m, dir)
+            .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
+        let loaded = Loaded { adapters: Arc::new(m.adapters()), vars };
+        cache.push((dir.to_path_buf(), loaded.clone()));
+        // Bounded in bytes: the least recently used go first (rows still
+        // generating with one keep it until they finish).
+        let budget = adapter_budget();
+        while cache.len() > 1 && cache.iter().map(|(_, l)| l.adapters.size_in_bytes()).sum::<usize>() > budget {
+            cache.remove(0);
+        }
+        Ok(loaded)
+    }
+}
+
+/// What a batcher tells a request.
+enum Event {
+    Text(String),
+    Done(Result<merit_lm::Generation, String>),
+}
+
+/// A request waiting for its batcher.
+struct Job {
+    req: BatchRequest,
+    cancel: Arc<AtomicBool>,
+    events: mpsc::Sender<Event>,
+}
+
+/// Continuous batching on one loaded model: a thread owns the model and a
+/// [`Batch`]; between decoding steps it admits waiting requests (up to
+/// `max_batch` rows) and drops cancelled ones. Dropping the batcher ends
+/// the thread once its rows are done.
+pub struct Batcher {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Batcher {
+    pub fn start(model: Decoder, tok: Arc<TextTokenizer>, max_batch: usize) -> Batcher {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("merit-batcher".into())
+            .spawn(move || batch_loop(model, &tok, &rx, max_batch.max(1)))
+            .map_err(|e| tracing::error!("starting a batcher: {e}"))
+            .ok();
+        Batcher { jobs: Mutex::new(tx) }
+    }
+
+    /// Generates for `req` with the other requests of the moment, calling
+    /// `on_text` with each new piece of its text; stops early once `cancel` is set.
+    pub fn run(
+        &self,
+        req: BatchRequest,
+        cancel: Arc<AtomicBool>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<merit_lm::Generation, GenError> {
+        let (tx, rx) = mpsc::channel();
+        let stopped = || GenError::Internal("the model's batcher has stopped".into());
+        self.jobs.lock().map_err(|_| stopped())?.send(Job { req, cancel, events: tx }).map_err(|_| stopped())?;
+        for event in rx {
+            match event {
+                Event::Text(t) => on_text(&t),
+                Event::Done(r) => return r.map_err(GenError::Internal),
             }
-            None => {
-                self.model
-                    .set_adapters(&merit_lm::Adapters::default())
-                    .map_err(|e| GenError::Internal(e.to_string()))?;
-                let vars = merit_lm::adapter::load_peft(&mut self.model, dir)
-                    .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
-                let a = self.model.adapters();
-                self.adapters.push((dir.to_path_buf(), a.clone(), vars.clone()));
-                // Bounded in bytes: the least recently used go first (never the one in use).
-                let budget = adapter_budget();
-                while self.adapters.len() > 1
-                    && self.adapters.iter().map(|(_, a, _)| a.size_in_bytes()).sum::<usize>() > budget
-                {
-                    self.adapters.remove(0);
+        }
+        Err(stopped())
+    }
+}
+
+type Sinks = HashMap<u64, (mpsc::Sender<Event>, Arc<AtomicBool>)>;
+
+/// Passes a batch's event on to the request it is about.
+fn deliver(sinks: &mut Sinks, id: u64, event: BatchEvent) {
+    let Some((tx, cancel)) = sinks.get(&id) else { return };
+    let sent = match event {
+        BatchEvent::Text(t) => tx.send(Event::Text(t.to_string())),
+        BatchEvent::Done(g) => {
+            let _ = tx.send(Event::Done(Ok(g)));
+            sinks.remove(&id);
+            return;
+        }
+    };
+    if sent.is_err() {
+        // Nobody listens any more: it leaves the batch before the next step.
+        cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The batcher's thread: admit, drop the cancelled, step, until no one is left.
+fn batch_loop(mut model: Decoder, tok: &TextTokenizer, rx: &mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch = Batch::new();
+    let mut sinks = Sinks::new();
+    let mut next_id = 0u64;
+    loop {
+        let mut joining = Vec::new();
+        if batch.is_empty() {
+            // Idle: wait for work; every sender gone ends the thread.
+            match rx.recv() {
+                Ok(job) => joining.push(job),
+                Err(_) => return,
+            }
+        }
+        while batch.len() + joining.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => joining.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut requests = Vec::with_capacity(joining.len());
+        for job in joining {
+            if job.cancel.load(Ordering::Relaxed) {
+                continue;
+            }
+            sinks.insert(next_id, (job.events, job.cancel));
+            requests.push((next_id, job.req));
+            next_id += 1;
+        }
+        let ids: Vec<u64> = requests.iter().map(|(id, _)| *id).collect();
+        tracing::debug!(joining = ids.len(), running = batch.len(), "batch");
+        if let Err(e) = batch.join(&mut model, tok, requests, &mut |id, e| deliver(&mut sinks, id, e)) {
+            let msg = e.to_string();
+            for id in ids.iter().filter(|id| !batch.ids().any(|b| b == **id)) {
+                if let Some((tx, _)) = sinks.remove(id) {
+                    let _ = tx.send(Event::Done(Err(msg.clone())));
                 }
-                (a, vars)
             }
-        };
-        self.model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))?;
-        Ok(vars)
+        }
+        let gone: Vec<u64> =
+            batch.ids().filter(|id| sinks.get(id).is_none_or(|(_, c)| c.load(Ordering::Relaxed))).collect();
+        batch.cancel(|id| gone.contains(&id), &mut |id, e| deliver(&mut sinks, id, e));
+        if let Err(e) = batch.step(&mut model, tok, &mut |id, e| deliver(&mut sinks, id, e)) {
+            let msg = e.to_string();
+            for id in batch.abandon() {
+                if let Some((tx, _)) = sinks.remove(&id) {
+                    let _ = tx.send(Event::Done(Err(msg.clone())));
+                }
+            }
+        }
     }
 }
 
 pub struct ServeGenerator {
     pub data_dir: PathBuf,
-    bases: Mutex<Vec<(String, Arc<Mutex<Base>>)>>,
-    /// Each loaded base's tokenizer, outside the base's lock: tokenizing
-    /// (attribution indexes) never waits for a generation.
-    tokenizers: Mutex<Vec<(String, Arc<TextTokenizer>)>>,
+    bases: Mutex<Vec<(String, Arc<Base>)>>,
+    max_batch: usize,
 }
 
 impl ServeGenerator {
     pub fn new(data_dir: PathBuf) -> ServeGenerator {
-        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()), tokenizers: Mutex::new(Vec::new()) }
+        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()), max_batch: 32 }
+    }
+
+    /// At most `n` rows in one forward pass.
+    pub fn with_max_batch(self, n: usize) -> ServeGenerator {
+        ServeGenerator { max_batch: n.max(1), ..self }
     }
 
     /// The adapters of runs: (run id, base as the run named it, folder).
@@ -122,7 +250,7 @@ impl ServeGenerator {
     }
 
     /// The loaded base of that name, loading it (once) on first use.
-    fn base(&self, name: &str) -> Result<Arc<Mutex<Base>>, GenError> {
+    fn base(&self, name: &str) -> Result<Arc<Base>, GenError> {
         if let Ok(mut bases) = self.bases.lock() {
             if let Some(i) = bases.iter().position(|(k, _)| k == name) {
                 let hit = bases.remove(i);
@@ -134,11 +262,8 @@ impl ServeGenerator {
         let (model, tok) = model::load(&self.data_dir, name, None)
             .map_err(|e| GenError::Internal(format!("loading `{name}`: {e:#}")))?;
         let tok = Arc::new(tok);
-        if let Ok(mut toks) = self.tokenizers.lock() {
-            toks.retain(|(k, _)| k != name);
-            toks.push((name.to_string(), tok.clone()));
-        }
-        let b = Arc::new(Mutex::new(Base { model, tok, adapters: Vec::new() }));
+        let batcher = Batcher::start(model.clone(), tok.clone(), self.max_batch);
+        let b = Arc::new(Base { model, tok, adapters: Mutex::new(Vec::new()), batcher });
         if let Ok(mut bases) = self.bases.lock() {
             bases.retain(|(k, _)| k != name);
             if bases.len() >= BASES {
@@ -164,14 +289,7 @@ impl Generator for ServeGenerator {
 
     fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError> {
         let (base, _) = self.resolve(base)?;
-        let cached = |s: &Self| s.tokenizers.lock().ok()?.iter().find(|(k, _)| *k == base).map(|(_, t)| t.clone());
-        let tok = match cached(self) {
-            Some(t) => t,
-            None => {
-                self.base(&base)?;
-                cached(self).ok_or_else(|| GenError::Internal(format!("the tokenizer of `{base}` is not loaded")))?
-            }
-        };
+        let tok = self.base(&base)?.tok.clone();
         texts
             .iter()
             .map(|text| {
@@ -198,7 +316,8 @@ impl Generator for ServeGenerator {
             return Ok(Vec::new());
         }
         let loaded = self.base(&base)?;
-        let mut guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
+        // A copy of the base (its weights shared) to put each checkpoint's adapter on.
+        let mut model = loaded.model.clone();
         // The request with the answer as the assistant's turn, labelled on the answer.
         let row = match &req.messages {
             Some(msgs) => {
@@ -209,24 +328,20 @@ impl Generator for ServeGenerator {
             }
             None => serde_json::json!({ "text": format!("{}{answer}", req.prompt) }),
         };
-        let eos = guard.model.config.eos_token_ids.first().copied();
+        let eos = model.config.eos_token_ids.first().copied();
         let opts = merit_train::DataOptions { eval_split: 0.0, ..Default::default() };
-        let ds = merit_train::data::build(&guard.tok, eos, &[row], &opts);
+        let ds = merit_train::data::build(&loaded.tok, eos, &[row], &opts);
         let Some(ex) = ds.train.first() else {
             let why = ds.skipped.first().map_or_else(|| "empty".to_string(), |s| s.reason.clone());
             return Err(GenError::BadRequest(format!("the answer cannot be scored: {why}")));
         };
         let mut total: std::collections::BTreeMap<u64, f64> = std::collections::BTreeMap::new();
         for (dir, table) in &tables {
-            let vars = guard.select(Some(dir))?;
-            let q = merit_train::influence::projected_gradient(
-                &guard.model,
-                &vars,
-                ex,
-                eos.unwrap_or(0),
-                table.projector.dims,
-            )
-            .map_err(|e| GenError::Internal(e.to_string()))?;
+            let Loaded { adapters, vars } = loaded.adapter(dir)?;
+            model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))?;
+            let q =
+                merit_train::influence::projected_gradient(&model, &vars, ex, eos.unwrap_or(0), table.projector.dims)
+                    .map_err(|e| GenError::Internal(e.to_string()))?;
             for (row, s) in table.rows.iter().zip(table.scores(&q)) {
                 *total.entry(*row).or_default() += s;
             }
@@ -237,9 +352,11 @@ impl Generator for ServeGenerator {
     fn generate(&self, req: &GenRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenOutput, GenError> {
         let (base, adapter) = self.resolve(&req.model)?;
         let loaded = self.base(&base)?;
-        let mut guard = loaded.lock().map_err(|_| GenError::Internal("a model lock was poisoned".into()))?;
-        guard.select(adapter.as_deref())?;
-        let Base { model: m, tok, .. } = &*guard;
+        let adapter = match adapter {
+            Some(dir) => Some(loaded.adapter(&dir)?.adapters),
+            None => None,
+        };
+        let (m, tok) = (&loaded.model, &loaded.tok);
         let internal = |e: merit_lm::LmError| {
             let msg = e.to_string();
             if msg.contains("longer than") {
@@ -279,17 +396,16 @@ impl Generator for ServeGenerator {
             ..Default::default()
         };
         params.check().map_err(|e| GenError::BadRequest(e.to_string()))?;
-        let g = merit_lm::generate_cancellable(m, tok, &ids, &params, max_new, &req.stop, &req.cancel, |piece| {
-            on_text(piece)
-        })
-        .map_err(internal)?;
+        let prompt_tokens = ids.len();
+        let job = BatchRequest { prompt: ids, params, max_new, stop: req.stop.clone(), adapter };
+        let g = loaded.batcher.run(job, req.cancel.clone(), on_text)?;
         let finish_reason = match g.stop_reason {
             merit_lm::StopReason::Length | merit_lm::StopReason::Cancelled => "length",
             _ => "stop",
         };
         Ok(GenOutput {
             text: g.text,
-            prompt_tokens: ids.len(),
+            prompt_tokens,
             completion_tokens: g.token_ids.len(),
             finish_reason: finish_reason.into(),
         })

@@ -807,6 +807,11 @@ async fn served_adapters_answer_like_merit_generate() {
             assert_eq!(&ask(model).await, text, "{model}, round {round}");
         }
     }
+    // At once: the batcher serves the three models' rows together, each as alone.
+    let asks: Vec<_> = (0..12).map(|i| tokio::spawn(ask(want[i % 3].0))).collect();
+    for (i, task) in asks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), want[i % 3].1, "{} among concurrent requests", want[i % 3].0);
+    }
 }
 
 /// The bounded load test: 200 chat completions, 16 at a time, against a
