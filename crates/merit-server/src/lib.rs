@@ -49,6 +49,8 @@ pub struct AppState {
     pub indexes: Arc<attribution::Indexes>,
     /// How a priced answer's fee is split (publisher, contributors, datanet owners).
     pub shares: merit_attrib::Shares,
+    /// Where published adapters are uploaded for other nodes (`merit serve --adapter-store`).
+    pub adapter_store: Option<Arc<merit_store::remote::AdapterStore>>,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -62,6 +64,7 @@ impl AppState {
             generator: None,
             indexes: Arc::new(attribution::Indexes::new(None)),
             shares: merit_attrib::Shares::default(),
+            adapter_store: None,
             buckets: Arc::new(ratelimit::Buckets::default()),
         }
     }
@@ -75,6 +78,13 @@ impl AppState {
     /// Keeps span-attribution indexes in `dir` (built once, read back after a restart).
     pub fn with_attribution_dir(mut self, dir: std::path::PathBuf) -> AppState {
         self.indexes = Arc::new(attribution::Indexes::new(Some(dir)));
+        self
+    }
+
+    /// Uploads every adapter published from now on to `store` (before the
+    /// publication is recorded, so a published adapter is always there).
+    pub fn with_adapter_store(mut self, store: Arc<merit_store::remote::AdapterStore>) -> AppState {
+        self.adapter_store = Some(store);
         self
     }
 

@@ -27,6 +27,7 @@ mod datanets;
 pub mod keys;
 mod ledger;
 mod migrate;
+pub mod remote;
 mod runs;
 mod users;
 

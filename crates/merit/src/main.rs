@@ -164,6 +164,13 @@ enum Command {
         /// different adapters together); more wait their turn
         #[arg(long, env = "MERIT_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
         max_batch: u64,
+        /// Object store for published adapters, shared by nodes that do not
+        /// share a data directory: s3://bucket[/prefix] (S3 or an S3-compatible
+        /// service; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+        /// AWS_ENDPOINT_URL), file:///path or memory://. Publishing uploads
+        /// the adapter; serving fetches adapters it lacks (checked by SHA-256)
+        #[arg(long, env = "MERIT_ADAPTER_STORE", value_name = "URL")]
+        adapter_store: Option<String>,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -700,7 +707,17 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { local, listen, rate_limit, rate_burst, default_model, reward_shares, max_batch, key } => {
+        Command::Serve {
+            local,
+            listen,
+            rate_limit,
+            rate_burst,
+            default_model,
+            reward_shares,
+            max_batch,
+            adapter_store,
+            key,
+        } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
                 bail!("--rate-limit must be above 0 and --rate-burst at least 1");
             }
@@ -716,12 +733,24 @@ async fn run(cli: Cli) -> Result<u8> {
             let signer = local.signer(key.ledger_key.as_deref(), &key.origin)?;
             let rate = merit_server::RateLimit { per_second: rate_limit, burst: rate_burst };
             let trainer = train::ServeTrainer { data_dir: local.data_dir.clone(), store: store.clone() };
-            let generator = serve::ServeGenerator::new(local.data_dir.clone()).with_max_batch(max_batch as usize);
-            let state = merit_server::AppState::new(store, rate, signer)
+            let mut generator = serve::ServeGenerator::new(local.data_dir.clone()).with_max_batch(max_batch as usize);
+            let adapter_store = match adapter_store {
+                Some(url) => {
+                    let remote = merit_store::remote::AdapterStore::open(&url).context("--adapter-store")?;
+                    let remote = std::sync::Arc::new(remote);
+                    generator = generator.with_adapter_store(remote.clone(), tokio::runtime::Handle::current());
+                    Some(remote)
+                }
+                None => None,
+            };
+            let mut state = merit_server::AppState::new(store, rate, signer)
                 .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
                 .with_generator(std::sync::Arc::new(generator))
                 .with_attribution_dir(local.data_dir.join("attribution"))
                 .with_shares(shares);
+            if let Some(remote) = adapter_store {
+                state = state.with_adapter_store(remote);
+            }
             merit_server::start_worker(&state);
             // The embedded defaults include a model to chat with and fine-tune.
             if default_model != "none" && model::registry(&local.data_dir)?.is_empty() {

@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use merit_lm::{Batch, BatchEvent, BatchRequest, Decoder, TextTokenizer};
 use merit_server::openai::{GenError, GenOutput, GenRequest, Generator, Tokens};
+use merit_store::remote::{AdapterStore, Manifest};
 
 use crate::model;
 
@@ -197,11 +198,53 @@ pub struct ServeGenerator {
     pub data_dir: PathBuf,
     bases: Mutex<Vec<(String, Arc<Base>)>>,
     max_batch: usize,
+    remote: Option<Remote>,
+}
+
+/// Published adapters in an object store.
+struct Remote {
+    store: Arc<AdapterStore>,
+    handle: tokio::runtime::Handle,
+    /// Manifests read so far (a published run never changes).
+    manifests: Mutex<HashMap<u64, Manifest>>,
+    /// One download at a time, so two requests never fetch the same run twice.
+    fetching: Mutex<()>,
+}
+
+impl Remote {
+    fn manifest(&self, run: u64) -> Result<Option<Manifest>, GenError> {
+        if let Some(m) = self.manifests.lock().ok().and_then(|c| c.get(&run).cloned()) {
+            return Ok(Some(m));
+        }
+        let id = i64::try_from(run).map_err(|_| GenError::NotFound(format!("no run {run}")))?;
+        let m = self
+            .handle
+            .block_on(self.store.manifest(id))
+            .map_err(|e| GenError::Internal(format!("reading run {run} from {}: {e}", self.store.url())))?;
+        if let (Some(m), Ok(mut cache)) = (&m, self.manifests.lock()) {
+            cache.insert(run, m.clone());
+        }
+        Ok(m)
+    }
+
+    /// Downloads the run into `dir` unless it is there already.
+    fn fetch(&self, m: &Manifest, dir: &Path) -> Result<(), GenError> {
+        let _one = self.fetching.lock().map_err(|_| GenError::Internal("a download lock was poisoned".into()))?;
+        if dir.join("adapter_config.json").exists() {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        self.handle
+            .block_on(self.store.fetch_run(m, dir))
+            .map_err(|e| GenError::Internal(format!("fetching run {} from {}: {e}", m.run, self.store.url())))?;
+        tracing::info!("fetched run {} from {} in {:.0} ms", m.run, self.store.url(), t.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    }
 }
 
 impl ServeGenerator {
     pub fn new(data_dir: PathBuf) -> ServeGenerator {
-        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()), max_batch: 32 }
+        ServeGenerator { data_dir, bases: Mutex::new(Vec::new()), max_batch: 32, remote: None }
     }
 
     /// At most `n` rows in one forward pass.
@@ -209,27 +252,59 @@ impl ServeGenerator {
         ServeGenerator { max_batch: n.max(1), ..self }
     }
 
-    /// The adapters of runs: (run id, base as the run named it, folder).
-    fn run_adapters(&self) -> Vec<(u64, String, PathBuf)> {
-        let Ok(dir) = std::fs::read_dir(self.data_dir.join("runs")) else { return Vec::new() };
+    /// Serves, besides the local runs, the adapters published to `store`
+    /// (fetched into `DATA_DIR/adapter-cache` on first use, checked against
+    /// their manifest). `handle` runs the store's requests.
+    pub fn with_adapter_store(self, store: Arc<AdapterStore>, handle: tokio::runtime::Handle) -> ServeGenerator {
+        let remote = Remote { store, handle, manifests: Mutex::new(HashMap::new()), fetching: Mutex::new(()) };
+        ServeGenerator { remote: Some(remote), ..self }
+    }
+
+    /// The base a local run folder's adapter was trained on, if it has a finished adapter.
+    fn local_run(dir: &Path) -> Option<String> {
+        if !dir.join("adapter_model.safetensors").exists() {
+            return None;
+        }
+        let text = std::fs::read_to_string(dir.join("adapter_config.json")).ok()?;
+        let cfg = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+        cfg["base_model_name_or_path"].as_str().map(str::to_string)
+    }
+
+    /// The adapters of runs: (run id, base as the run named it), local ones
+    /// and those in the adapter store.
+    fn run_adapters(&self) -> Vec<(u64, String)> {
         let mut out = Vec::new();
-        for e in dir.flatten() {
-            let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
-            let path = e.path();
-            if !path.join("adapter_model.safetensors").exists() {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(path.join("adapter_config.json")) else { continue };
-            let Ok(cfg) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-            if let Some(base) = cfg["base_model_name_or_path"].as_str() {
-                out.push((id, base.to_string(), path));
+        if let Ok(dir) = std::fs::read_dir(self.data_dir.join("runs")) {
+            for e in dir.flatten() {
+                let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+                if let Some(base) = Self::local_run(&e.path()) {
+                    out.push((id, base));
+                }
             }
         }
-        out.sort_by_key(|(id, _, _)| *id);
+        if let Some(remote) = &self.remote {
+            match remote.handle.block_on(remote.store.runs()) {
+                Ok(ids) => {
+                    for id in ids.into_iter().filter_map(|i| u64::try_from(i).ok()) {
+                        if out.iter().any(|(l, _)| *l == id) {
+                            continue;
+                        }
+                        match remote.manifest(id) {
+                            Ok(Some(m)) => out.push((id, m.base)),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("{e:?}"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("listing {}: {e}", remote.store.url()),
+            }
+        }
+        out.sort();
         out
     }
 
-    /// The base and adapter folder of a model id.
+    /// The base and adapter folder of a model id (an adapter from the store
+    /// is downloaded first).
     fn resolve(&self, id: &str) -> Result<(String, Option<PathBuf>), GenError> {
         let (base, adapter) = match id.split_once(':') {
             Some((b, a)) => (b, Some(a)),
@@ -240,12 +315,21 @@ impl ServeGenerator {
             return Err(GenError::NotFound(format!("the model `{base}` does not exist (see GET /v1/models)")));
         }
         let Some(adapter) = adapter else { return Ok((base.to_string(), None)) };
-        let run = adapter.strip_prefix("run-").and_then(|n| n.parse::<u64>().ok());
-        match self.run_adapters().into_iter().find(|(rid, b, _)| Some(*rid) == run && b == base) {
-            Some((_, _, dir)) => Ok((base.to_string(), Some(dir))),
-            None => Err(GenError::NotFound(format!(
-                "the adapter `{adapter}` of `{base}` does not exist (see GET /v1/models)"
-            ))),
+        let missing =
+            || GenError::NotFound(format!("the adapter `{adapter}` of `{base}` does not exist (see GET /v1/models)"));
+        let Some(run) = adapter.strip_prefix("run-").and_then(|n| n.parse::<u64>().ok()) else { return Err(missing()) };
+        let local = self.data_dir.join("runs").join(run.to_string());
+        if let Some(b) = Self::local_run(&local) {
+            return if b == base { Ok((base.to_string(), Some(local))) } else { Err(missing()) };
+        }
+        let Some(remote) = &self.remote else { return Err(missing()) };
+        match remote.manifest(run)? {
+            Some(m) if m.base == base => {
+                let dir = self.data_dir.join("adapter-cache").join(format!("run-{run}"));
+                remote.fetch(&m, &dir)?;
+                Ok((base.to_string(), Some(dir)))
+            }
+            _ => Err(missing()),
         }
     }
 
@@ -279,7 +363,7 @@ impl Generator for ServeGenerator {
     fn models(&self) -> Vec<String> {
         let mut ids: Vec<String> = model::registry(&self.data_dir).map(|r| r.into_keys().collect()).unwrap_or_default();
         let bases = ids.clone();
-        for (id, base, _) in self.run_adapters() {
+        for (id, base) in self.run_adapters() {
             if bases.contains(&base) {
                 ids.push(format!("{base}:run-{id}"));
             }

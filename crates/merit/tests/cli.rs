@@ -924,3 +924,115 @@ async fn served_answers_are_attributed_by_gradient_and_span() {
     let total: f64 = spans.iter().map(|a| a["score"].as_f64().unwrap()).sum();
     assert!(spans.is_empty() || (total - 1.0).abs() < 1e-9);
 }
+
+/// Published adapters go to the adapter store; a second node with its own
+/// data directory and database lists and serves them (fetched once, checked
+/// against the run's manifest), answering exactly as the node that trained
+/// them. The store is a local S3-compatible server when
+/// `MERIT_TEST_S3_ENDPOINT` is set (`.ci/run` starts one), else a folder.
+#[tokio::test]
+async fn published_adapters_are_served_from_the_adapter_store() {
+    let shared = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (url, env) = match std::env::var("MERIT_TEST_S3_ENDPOINT") {
+        Ok(endpoint) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let bucket = format!("merit-{}-{nanos}", std::process::id());
+            let made = http.put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+            assert!(made.status().is_success(), "creating bucket {bucket}: {}", made.status());
+            let env = [
+                ("AWS_ENDPOINT_URL", endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", "merit-test"),
+                ("AWS_SECRET_ACCESS_KEY", "merit-test"),
+                ("AWS_REGION", "us-east-1"),
+            ];
+            (format!("s3://{bucket}/adapters"), env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+        Err(_) => (format!("file://{}", shared.path().display()), Vec::new()),
+    };
+    let flags = ["--adapter-store", url.as_str()];
+    let a = Server::start_with_env(&flags, &env).await;
+    let (ann, bob) = (a.user("ann"), a.user("bob"));
+    a.add_fixture_model("smollm", "tiny");
+    let policy = a.file("p.toml", b"review = \"auto\"\n");
+    a.ok(&ann, &["datanet", "create", "open", "--policy", s(&policy), "--publish"]);
+    for seed in [11, 12] {
+        let f = a.file(&format!("{seed}.txt"), prose(seed).as_bytes());
+        a.ok(&bob, &["contribute", "open", s(&f)]);
+    }
+    let out_dir = a.dir.path().join("adapter-out");
+    let args = ["train", "--base", "tiny", "--datanet", "open", "--max-steps", "3", "--batch", "2"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--influence-dims", "64", "--json", "--server", &a.url, "--out", s(&out_dir)]);
+    let out = a.run(&ann, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Value = serde_json::from_str(&a.ok(&ann, &["run", "list", "--json"])).unwrap();
+    let id = runs[0]["id"].as_i64().unwrap();
+    let model = format!("tiny:run-{id}");
+    // The second node knows nothing of the run but the store.
+    let b = Server::start_with_env(&flags, &env).await;
+    let zed = b.user("zed");
+    b.add_fixture_model("smollm", "tiny");
+    let models = |srv: &Server, token: &str| {
+        let req = http.get(format!("{}/v1/models", srv.url)).bearer_auth(token);
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert!(!models(&b, &zed).await.contains(&model), "not published yet");
+    a.ok(&ann, &["run", "publish", &id.to_string()]);
+    assert!(models(&b, &zed).await.contains(&model), "{:?}", models(&b, &zed).await);
+    let ask = |srv: &Server, token: &str, model: &str| {
+        let body =
+            serde_json::json!({ "model": model, "prompt": "The quiet river", "max_tokens": 8, "temperature": 0 });
+        let req = http.post(format!("{}/v1/completions", srv.url)).bearer_auth(token).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, here) = ask(&a, &ann, &model).await;
+    assert_eq!(status, 200, "{here}");
+    let (status, there) = ask(&b, &zed, &model).await;
+    assert_eq!(status, 200, "{there}");
+    assert_eq!(here["choices"][0]["text"], there["choices"][0]["text"]);
+    let fetched = b.dir.path().join(format!("adapter-cache/run-{id}"));
+    let sha = |p: &Path| merit_core::sha256_hex(&std::fs::read(p).unwrap());
+    let trained = a.dir.path().join(format!("runs/{id}"));
+    assert_eq!(sha(&fetched.join("adapter_model.safetensors")), sha(&trained.join("adapter_model.safetensors")));
+    let checkpoints: Vec<_> =
+        std::fs::read_dir(&fetched).unwrap().flatten().filter(|e| e.path().join("influence.mrt").exists()).collect();
+    assert!(!checkpoints.is_empty(), "the influence tables travel with the adapter");
+    let (status, err) = ask(&b, &zed, "tiny:run-999").await;
+    assert_eq!(status, 404, "{err}");
+    if env.is_empty() {
+        // A run whose adapter was altered in the store is refused, not served.
+        let forged = id + 1000;
+        let (from, to) = (shared.path().join(format!("runs/{id}")), shared.path().join(format!("runs/{forged}")));
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap().flatten().filter(|e| e.path().is_file()) {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        let mut m: Value = serde_json::from_slice(&std::fs::read(to.join("manifest.json")).unwrap()).unwrap();
+        m["run"] = forged.into();
+        m["files"] = Value::Array(
+            m["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| !f["path"].as_str().unwrap().contains('/'))
+                .cloned()
+                .collect(),
+        );
+        std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+        let mut bytes = std::fs::read(to.join("adapter_model.safetensors")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(to.join("adapter_model.safetensors"), bytes).unwrap();
+        let (status, err) = ask(&b, &zed, &format!("tiny:run-{forged}")).await;
+        assert_eq!(status, 500, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("SHA-256"), "{err}");
+        assert!(!b.dir.path().join(format!("adapter-cache/run-{forged}")).exists());
+    }
+}

@@ -232,6 +232,19 @@ pub async fn runs_publish(
     };
     let sha = merit_core::sha256_hex(&bytes);
     let user = caller.user()?.clone();
+    if let Some(remote) = &state.adapter_store {
+        // Uploaded first: once the ledger says published, every node can fetch it.
+        let dir = host.run_dir(run.id);
+        let base = adapter_base(&dir).await?;
+        if let Err(e) = remote.put_run(run.id, &base, &dir).await {
+            tracing::error!("uploading run {} to {}: {e}", run.id, remote.url());
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "adapter_store",
+                format!("the adapter could not be uploaded to the adapter store ({e}); nothing was published"),
+            ));
+        }
+    }
     let run = state.store.publish_run(run.id, &user, &sha, prices).await?;
     // Span-attribution indexes of its datanet versions, built ahead of the first request.
     let (st, id) = (state.clone(), run.id);
@@ -241,6 +254,23 @@ pub async fn runs_publish(
         }
     });
     Ok(Json(run_json(&run)))
+}
+
+/// The base model named in a run folder's `adapter_config.json`.
+async fn adapter_base(dir: &std::path::Path) -> ApiResult<String> {
+    let path = dir.join("adapter_config.json");
+    let text = tokio::fs::read(&path).await.map_err(|e| {
+        tracing::error!("reading {}: {e}", path.display());
+        ApiError::internal()
+    })?;
+    let cfg: Value = serde_json::from_slice(&text).map_err(|e| {
+        tracing::error!("{}: {e}", path.display());
+        ApiError::internal()
+    })?;
+    cfg["base_model_name_or_path"].as_str().map(str::to_string).ok_or_else(|| {
+        tracing::error!("{} names no base model", path.display());
+        ApiError::internal()
+    })
 }
 
 /// The files of a run that can be fetched.

@@ -45,6 +45,16 @@ impl Server {
         Server::spawn(dir, db, flags)
     }
 
+    /// A server started with extra flags and environment variables.
+    pub async fn start_with_env(flags: &[&str], env: &[(String, String)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match merit_store::testing::fresh_database_url().await {
+            Some(url) => vec!["--database-url".to_string(), url],
+            None => vec![],
+        };
+        Server::spawn_env(dir, db, flags, env)
+    }
+
     /// Kills the server with SIGKILL and starts it again on the same data.
     pub fn kill_and_restart(mut self) -> Server {
         self.child.kill().unwrap();
@@ -60,8 +70,13 @@ impl Server {
     }
 
     fn spawn(dir: tempfile::TempDir, db: Vec<String>, flags: &[&str]) -> Server {
+        Server::spawn_env(dir, db, flags, &[])
+    }
+
+    fn spawn_env(dir: tempfile::TempDir, db: Vec<String>, flags: &[&str], env: &[(String, String)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = merit()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir.path())
             .args(&db)
