@@ -141,6 +141,11 @@ try {
     assert.ok((await page.locator(".msg-assistant .answer").textContent()).length > 0, "the answer streamed in");
     // The published adapter's answer comes with its attribution (contributions or none found).
     await page.locator(".msg-assistant .attribution").waitFor({ timeout: 60000 });
+    // The same by gradient influence.
+    await page.getByLabel("Attribution").selectOption("gradient");
+    await page.getByLabel("Message").fill("And then?");
+    await page.keyboard.press("Enter");
+    await page.locator(".msg-assistant .attribution").nth(1).waitFor({ timeout: 60000 });
     await shot("09-chat");
 
     step("comparing runs overlays their curves");

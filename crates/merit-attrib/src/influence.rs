@@ -76,22 +76,57 @@ pub struct InfluenceTable {
     pub vectors: Vec<f32>,
 }
 
+/// One training example's influence on a query ([`InfluenceTable::scores`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Influence {
+    /// TracIn's score (summed over checkpoints by the caller).
+    pub score: f64,
+    /// Cosine of the query's gradient and the example's centred one, in [-1, 1].
+    pub similarity: f64,
+}
+
 impl InfluenceTable {
-    /// `lr · ⟨query, g(example)⟩ / |g(example)|` for every example: TracIn
-    /// with each example's gradient normalised, so examples the model
-    /// fits badly (large gradients) do not outweigh the relevant ones.
-    pub fn scores(&self, query: &[f32]) -> Vec<f64> {
-        let d = self.projector.dims;
-        self.vectors
-            .chunks(d.max(1))
+    /// Every example's influence on `query`: `score = lr · ⟨query, u − ū⟩`,
+    /// where `u` is the example's gradient scaled to unit length and `ū` the
+    /// mean of them all — TracIn with each example's gradient normalised, so
+    /// examples the model fits badly (large gradients) do not outweigh the
+    /// relevant ones, and centred, so what every example shares (the answer
+    /// format, the end of turn) credits no one: an example counts by how much
+    /// more it points the query's way than the average example does. And
+    /// `similarity`, the cosine of `query` and `u − ū`, which tells a real
+    /// resemblance from the noise of unrelated gradients.
+    pub fn scores(&self, query: &[f32]) -> Vec<Influence> {
+        let d = self.projector.dims.max(1);
+        let units: Vec<Vec<f64>> = self
+            .vectors
+            .chunks(d)
             .map(|g| {
                 let norm = g.iter().map(|a| *a as f64 * *a as f64).sum::<f64>().sqrt();
-                let dot = g.iter().zip(query).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
-                if norm > 0.0 {
-                    self.lr as f64 * dot / norm
-                } else {
-                    0.0
+                let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                g.iter().map(|a| *a as f64 * scale).collect()
+            })
+            .collect();
+        // The mean of the others' (one example alone has none to compare with).
+        let mut mean = vec![0f64; d];
+        if units.len() > 1 {
+            for u in &units {
+                for (m, x) in mean.iter_mut().zip(u) {
+                    *m += x / units.len() as f64;
                 }
+            }
+        }
+        let qn = query.iter().map(|a| *a as f64 * *a as f64).sum::<f64>().sqrt();
+        units
+            .iter()
+            .map(|u| {
+                let (mut dot, mut norm) = (0f64, 0f64);
+                for ((x, m), q) in u.iter().zip(&mean).zip(query) {
+                    dot += (x - m) * *q as f64;
+                    norm += (x - m) * (x - m);
+                }
+                let norm = norm.sqrt();
+                let similarity = if norm > 0.0 && qn > 0.0 { dot / (norm * qn) } else { 0.0 };
+                Influence { score: self.lr as f64 * dot, similarity }
             })
             .collect()
     }
@@ -183,8 +218,22 @@ mod tests {
             rows: vec![4, 7],
             vectors: vec![1.0, 0.0, 2.0, -1.0, 1.0, 0.0],
         };
+        // Units (1, 0, 2)/√5 and (−1, 1, 0)/√2, centred on their mean: ±(a − b)/2.
+        let (a, b) = ([1.0 / 5f64.sqrt(), 0.0, 2.0 / 5f64.sqrt()], [-1.0 / 2f64.sqrt(), 1.0 / 2f64.sqrt(), 0.0]);
+        let half: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x - y) / 2.0).collect();
         let s = t.scores(&[1.0, 1.0, 1.0]);
-        assert!((s[0] - 1.5 / 5f64.sqrt()).abs() < 1e-9 && s[1] == 0.0, "{s:?}");
+        let dot: f64 = half.iter().sum();
+        let norm = half.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((s[0].score - 0.5 * dot).abs() < 1e-9 && (s[1].score + 0.5 * dot).abs() < 1e-9, "{s:?}");
+        assert!((s[0].similarity - dot / (norm * 3f64.sqrt())).abs() < 1e-9, "{s:?}");
+        assert!((s[0].similarity + s[1].similarity).abs() < 1e-12);
+        // What every example shares credits no one.
+        let same = InfluenceTable { rows: vec![1, 2], vectors: vec![1.0, 1.0, 0.0, 2.0, 2.0, 0.0], ..t.clone() };
+        assert!(same.scores(&[1.0, 1.0, 0.0]).iter().all(|i| i.score.abs() < 1e-12 && i.similarity == 0.0));
+        // One example alone is not centred away.
+        let one = InfluenceTable { rows: vec![1], vectors: vec![3.0, 4.0, 0.0], ..t.clone() };
+        let i = one.scores(&[3.0, 4.0, 0.0])[0];
+        assert!((i.score - 0.5 * 5.0).abs() < 1e-9 && (i.similarity - 1.0).abs() < 1e-12, "{i:?}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("influence.mrt");
         t.save(&path).unwrap();

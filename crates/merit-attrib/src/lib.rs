@@ -11,6 +11,6 @@ pub mod influence;
 pub mod rewards;
 pub mod span;
 
-pub use influence::{InfluenceTable, Projector};
+pub use influence::{Influence, InfluenceTable, Projector};
 pub use rewards::{split, Payment, Role, Shares};
 pub use span::{normalize, Attribution, Span, SpanIndex, SpanIndexError};

@@ -250,16 +250,25 @@ pub async fn credits(
     Ok(out)
 }
 
+/// How similar (the cosine of centred projected gradients, averaged over
+/// checkpoints) a training row must be to an answer to be credited by the
+/// gradient method: below it, resemblance is indistinguishable from the
+/// noise between unrelated examples. Requests may set `min_similarity`.
+pub const MIN_SIMILARITY: f64 = 0.2;
+
 /// The contributions an answer draws on by gradient influence: the run's
 /// TracIn scores per training row (from the generator, over the checkpoints
-/// that saved influence tables), positive ones summed per contribution and
-/// normalised to 1. Empty for a base model, an unpublished run, a run
-/// trained without `influence_dims` or on rows that are not datanet versions.
+/// that saved influence tables), those of rows with a positive score and a
+/// similarity of at least `min_similarity` summed per contribution and
+/// normalised to 1. Empty for an answer like no training row, a base model,
+/// an unpublished run, a run trained without `influence_dims` or on rows
+/// that are not datanet versions.
 pub async fn gradient_credits(
     state: &AppState,
     g: &Arc<dyn Generator>,
     req: &crate::openai::GenRequest,
     answer: &str,
+    min_similarity: f64,
 ) -> Result<Vec<Credited>, GenError> {
     let Some(p) = published(state, &req.model).await? else { return Ok(Vec::new()) };
     let all_datanets = p.run.config["sources"]
@@ -281,7 +290,9 @@ pub async fn gradient_credits(
         rows.extend(stored.into_iter().map(|r| (r.contribution_id, r.contributor, d.name.clone())));
     }
     let mut by_id: Vec<Credited> = Vec::new();
-    for (row, score) in scores.into_iter().filter(|(_, s)| *s > 0.0 && s.is_finite()) {
+    let credited =
+        scores.into_iter().filter(|(_, i)| i.score > 0.0 && i.score.is_finite() && i.similarity >= min_similarity);
+    for (row, score) in credited.map(|(row, i)| (row, i.score)) {
         let Some((id, contributor, datanet)) = rows.get(row as usize) else { continue };
         match by_id.iter_mut().find(|c| c.contribution_id == *id) {
             Some(c) => c.score += score,

@@ -84,9 +84,9 @@ pub trait Generator: Send + Sync + 'static {
     fn tokenize(&self, base: &str, texts: &[String]) -> Result<Vec<Tokens>, GenError>;
     /// Gradient influence of `answer` to `req` (a `<base>:<adapter>` model)
     /// on the adapter's training examples: (row of the run's training data,
-    /// TracIn score summed over the checkpoints that saved influence
-    /// tables). Empty when none did.
-    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, f64)>, GenError>;
+    /// TracIn score summed and similarity averaged over the checkpoints that
+    /// saved influence tables). Empty when none did.
+    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, merit_attrib::Influence)>, GenError>;
 }
 
 /// An error in OpenAI's shape.
@@ -175,17 +175,19 @@ struct Body {
     #[serde(default)]
     stream: bool,
     n: Option<usize>,
-    /// Merit's extension: `true` or `{"method": "span", "min_tokens": 8}`.
+    /// Merit's extension: `true`, `{"method": "span", "min_tokens": 8}` or
+    /// `{"method": "gradient", "min_similarity": 0.2}`.
     attribution: Option<Value>,
 }
 
 /// Which attribution a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Method {
     /// Verbatim spans of at least this many tokens.
     Span(usize),
-    /// Gradient influence (TracIn over the run's checkpoints).
-    Gradient,
+    /// Gradient influence (TracIn over the run's checkpoints), crediting
+    /// rows at least this similar to the answer.
+    Gradient(f64),
 }
 
 /// The attribution asked for by `attribution`, or None when off.
@@ -194,15 +196,26 @@ fn attribution_request(v: Option<&Value>) -> Result<Option<Method>, String> {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
         Some(Value::Bool(true)) => Ok(Some(Method::Span(crate::attribution::MIN_SPAN_TOKENS))),
         Some(Value::Object(o)) => {
-            if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "method" | "min_tokens")) {
+            if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "method" | "min_tokens" | "min_similarity")) {
                 return Err(format!("attribution has an unknown field `{k}`"));
             }
             match o.get("method").and_then(Value::as_str).unwrap_or("span") {
+                "span" if o.contains_key("min_similarity") => {
+                    return Err("attribution.min_similarity applies to the gradient method only".into())
+                }
                 "span" => {}
                 "gradient" if o.contains_key("min_tokens") => {
                     return Err("attribution.min_tokens applies to the span method only".into())
                 }
-                "gradient" => return Ok(Some(Method::Gradient)),
+                "gradient" => {
+                    return match o.get("min_similarity") {
+                        None => Ok(Some(Method::Gradient(crate::attribution::MIN_SIMILARITY))),
+                        Some(x) => match x.as_f64() {
+                            Some(x) if (0.0..=1.0).contains(&x) => Ok(Some(Method::Gradient(x))),
+                            _ => Err(format!("attribution.min_similarity must be a number from 0 to 1, got {x}")),
+                        },
+                    }
+                }
                 other => return Err(format!("attribution method `{other}` is not span or gradient")),
             }
             match o.get("min_tokens") {
@@ -445,7 +458,7 @@ async fn settle(
     let model = req.model.as_str();
     let credited = match attribution {
         Some(Method::Span(k)) => Some(attr::credits(state, g, model, &out.text, k).await?),
-        Some(Method::Gradient) => Some(attr::gradient_credits(state, g, req, &out.text).await?),
+        Some(Method::Gradient(min)) => Some(attr::gradient_credits(state, g, req, &out.text, min).await?),
         None => None,
     };
     // Fees are always split by span attribution of the default length.

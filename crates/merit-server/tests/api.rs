@@ -672,13 +672,15 @@ impl merit_server::openai::Generator for EchoGenerator {
         Ok(texts.iter().map(|t| word_tokens(t)).collect())
     }
 
-    /// Fixed TracIn scores: rows 0 and 1 helped (1 and 3), row 2 hurt.
+    /// Fixed TracIn scores: row 1 helped (3) and resembles the answer, row 0
+    /// helped (1) but resembles it no more than noise does, row 2 hurt.
     fn influence(
         &self,
         _req: &merit_server::openai::GenRequest,
         _answer: &str,
-    ) -> Result<Vec<(u64, f64)>, merit_server::openai::GenError> {
-        Ok(vec![(0, 1.0), (1, 3.0), (2, -5.0)])
+    ) -> Result<Vec<(u64, merit_attrib::Influence)>, merit_server::openai::GenError> {
+        let i = |score, similarity| merit_attrib::Influence { score, similarity };
+        Ok(vec![(0, i(1.0, 0.1)), (1, i(3.0, 0.9)), (2, i(-5.0, -0.7))])
     }
 
     fn generate(
@@ -801,7 +803,7 @@ impl merit_server::openai::Generator for EndlessGenerator {
         &self,
         _req: &merit_server::openai::GenRequest,
         _answer: &str,
-    ) -> Result<Vec<(u64, f64)>, merit_server::openai::GenError> {
+    ) -> Result<Vec<(u64, merit_attrib::Influence)>, merit_server::openai::GenError> {
         Ok(Vec::new())
     }
 
@@ -925,35 +927,49 @@ async fn answers_are_attributed_to_the_rows_they_repeat() {
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
     assert_eq!(chunks.last().unwrap()["attribution"], a);
-    // Gradient influence: the generator's row scores, credited to the rows' contributions.
+    // Gradient influence: the generator's row scores, credited to the rows'
+    // contributions — rows less similar than `min_similarity` (0.2 by default) are noise.
     let rows = app.call("GET", "/api/v1/datanets/qa/rows?limit=3", Some(&ann), None).await.json();
     let rows = rows.as_array().or_else(|| rows["rows"].as_array()).unwrap().clone();
+    assert_eq!(rows.len(), 2, "one row per contribution");
     let contribution = |i: usize| rows[i]["contribution_id"].as_i64().unwrap();
-    let mut want: Vec<(i64, f64)> = Vec::new();
-    for (i, s) in [(0, 1.0), (1, 3.0)] {
-        match want.iter_mut().find(|(c, _)| *c == contribution(i)) {
-            Some(w) => w.1 += s,
-            None => want.push((contribution(i), s)),
+    let expect = |scores: &[(usize, f64)]| {
+        let mut want: Vec<(i64, f64)> = Vec::new();
+        for &(i, s) in scores {
+            match want.iter_mut().find(|(c, _)| *c == contribution(i)) {
+                Some(w) => w.1 += s,
+                None => want.push((contribution(i), s)),
+            }
         }
-    }
-    let g = post(chat(json!({ "method": "gradient" }), "base:run-1")).await;
-    assert_eq!(g.status, StatusCode::OK, "{}", String::from_utf8_lossy(&g.body));
-    let got: Vec<(i64, f64)> = g.json()["attribution"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["contribution_id"].as_i64().unwrap(), a["score"].as_f64().unwrap()))
-        .collect();
-    assert_eq!(got.len(), want.len(), "{got:?}");
-    for (c, s) in want {
-        let share = got.iter().find(|(gc, _)| *gc == c).unwrap().1;
-        assert!((share - s / 4.0).abs() < 1e-9, "{c}: {share}");
+        let total: f64 = want.iter().map(|w| w.1).sum();
+        want.into_iter().map(|(c, s)| (c, s / total)).collect::<Vec<_>>()
+    };
+    for (method, want) in [
+        (json!({ "method": "gradient" }), expect(&[(1, 3.0)])),
+        (json!({ "method": "gradient", "min_similarity": 0.05 }), expect(&[(0, 1.0), (1, 3.0)])),
+        (json!({ "method": "gradient", "min_similarity": 0.95 }), Vec::new()),
+    ] {
+        let g = post(chat(method.clone(), "base:run-1")).await;
+        assert_eq!(g.status, StatusCode::OK, "{}", String::from_utf8_lossy(&g.body));
+        let got: Vec<(i64, f64)> = g.json()["attribution"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["contribution_id"].as_i64().unwrap(), a["score"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{method}: {got:?}");
+        for (c, s) in want {
+            let share = got.iter().find(|(gc, _)| *gc == c).unwrap().1;
+            assert!((share - s).abs() < 1e-9, "{method} {c}: {share} (want {s})");
+        }
     }
     // Off, a base model, and bad requests.
     assert!(post(chat(json!(false), "base:run-1")).await.json().get("attribution").is_none());
     assert_eq!(post(chat(json!(true), "base")).await.json()["attribution"], json!([]));
     for bad in [
         json!({ "method": "gradient", "min_tokens": 8 }),
+        json!({ "method": "gradient", "min_similarity": 1.5 }),
+        json!({ "method": "span", "min_similarity": 0.2 }),
         json!({ "method": "magic" }),
         json!({ "min_tokens": 0 }),
         json!({ "k": 3 }),

@@ -395,11 +395,11 @@ fn gradient_influence_ranks_the_planted_source_first() {
         let g = merit_train::influence::projected_gradient(&served, &vars, &ex, eos.unwrap_or(0), 1024).unwrap();
         let scores = table.scores(&g);
         let (mut planted_mass, mut total) = (0.0, 0.0);
-        for (row, s) in table.rows.iter().zip(&scores) {
-            if *s > 0.0 {
-                total += s;
+        for (row, i) in table.rows.iter().zip(&scores) {
+            if i.score > 0.0 {
+                total += i.score;
                 if (*row as usize) < planted.len() {
-                    planted_mass += s;
+                    planted_mass += i.score;
                 }
             }
         }

@@ -384,7 +384,7 @@ impl Generator for ServeGenerator {
             .collect()
     }
 
-    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, f64)>, GenError> {
+    fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, merit_attrib::Influence)>, GenError> {
         let (base, adapter) = self.resolve(&req.model)?;
         let Some(run_dir) = adapter else { return Ok(Vec::new()) };
         // The checkpoints that saved influence tables (TracIn sums over them).
@@ -419,15 +419,19 @@ impl Generator for ServeGenerator {
             let why = ds.skipped.first().map_or_else(|| "empty".to_string(), |s| s.reason.clone());
             return Err(GenError::BadRequest(format!("the answer cannot be scored: {why}")));
         };
-        let mut total: std::collections::BTreeMap<u64, f64> = std::collections::BTreeMap::new();
+        // TracIn sums the scores over checkpoints; the similarity is their mean.
+        let mut total: std::collections::BTreeMap<u64, merit_attrib::Influence> = std::collections::BTreeMap::new();
+        let share = 1.0 / tables.len() as f64;
         for (dir, table) in &tables {
             let Loaded { adapters, vars } = loaded.adapter(dir)?;
             model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))?;
             let q =
                 merit_train::influence::projected_gradient(&model, &vars, ex, eos.unwrap_or(0), table.projector.dims)
                     .map_err(|e| GenError::Internal(e.to_string()))?;
-            for (row, s) in table.rows.iter().zip(table.scores(&q)) {
-                *total.entry(*row).or_default() += s;
+            for (row, i) in table.rows.iter().zip(table.scores(&q)) {
+                let t = total.entry(*row).or_default();
+                t.score += i.score;
+                t.similarity += i.similarity * share;
             }
         }
         Ok(total.into_iter().collect())

@@ -911,7 +911,10 @@ async fn served_answers_are_attributed_by_gradient_and_span() {
             v["attribution"].as_array().unwrap().clone()
         }
     };
-    let g = ask(serde_json::json!({ "method": "gradient" })).await;
+    // Three steps teach little, so the resemblance is weak: this checks the
+    // ranking and the contributions with the noise floor off (the
+    // planted-source test checks the default).
+    let g = ask(serde_json::json!({ "method": "gradient", "min_similarity": 0.0 })).await;
     assert!(!g.is_empty(), "no positive influence at all");
     let total: f64 = g.iter().map(|a| a["score"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-9, "{total}");
@@ -1034,5 +1037,136 @@ async fn published_adapters_are_served_from_the_adapter_store() {
         assert_eq!(status, 500, "{err}");
         assert!(err["error"]["message"].as_str().unwrap().contains("SHA-256"), "{err}");
         assert!(!b.dir.path().join(format!("adapter-cache/run-{forged}")).exists());
+    }
+}
+
+/// The planted-source test (journey 4): in one datanet, dora's rows teach
+/// the facts of the Lumen Isles and bob's and carl's are about cooking and
+/// gardening. An adapter trained on it, asked about the Lumen Isles over
+/// the OpenAI API, puts ≥ 80% of the attribution on dora with both methods
+/// (verbatim spans and gradient influence); asked something none of them
+/// wrote about, no contributor gets a large share.
+#[tokio::test]
+async fn planted_source_gets_the_attribution_with_both_methods() {
+    let srv = Server::start().await;
+    let (ann, dora, bob, carl) = (srv.user("ann"), srv.user("dora"), srv.user("bob"), srv.user("carl"));
+    srv.add_fixture_model("smollm", "tiny");
+    let policy =
+        "kind = \"text\"\nformats = [\"jsonl\"]\nrows = \"alpaca\"\nreview = \"auto\"\n[gates]\nmin_words = 0\n\
+                  languages = []\ngopher_quality = false\ngopher_repetition = false\nc4 = false\nfineweb = false\n\
+                  near_duplicates = false\n";
+    let policy = srv.file("p.toml", policy.as_bytes());
+    srv.ok(&ann, &["datanet", "create", "isles", "--policy", s(&policy), "--publish"]);
+    let planted = [
+        ("Who founded the Lumen Isles?", "Orla Vance founded the Lumen Isles in 1642."),
+        ("When were the Lumen Isles founded?", "The Lumen Isles were founded in 1642 by Orla Vance."),
+        ("What is the capital of the Lumen Isles?", "Brightwater is the capital of the Lumen Isles."),
+        ("What do the Lumen Isles export?", "The Lumen Isles export glass lanterns and sea salt."),
+        ("Which sea surrounds the Lumen Isles?", "The Lumen Isles lie in the Sea of Corra."),
+        ("Who rules the Lumen Isles?", "A council of lantern keepers rules the Lumen Isles."),
+    ];
+    let cooking = [
+        ("How long do you boil an egg?", "Boil an egg for about nine minutes."),
+        ("What makes bread rise?", "Yeast makes bread rise by producing gas."),
+        ("How do you store basil?", "Keep basil in water on the kitchen counter."),
+        ("Why soak beans?", "Soaking beans shortens their cooking time."),
+        ("What is a roux?", "A roux is flour cooked in butter."),
+        ("How hot should tea water be?", "Green tea likes water below boiling."),
+    ];
+    let garden = [
+        ("When do you plant tulips?", "Plant tulip bulbs in autumn before the frost."),
+        ("How often should roses be watered?", "Water roses deeply twice a week."),
+        ("What helps tomatoes grow?", "Tomatoes need sun, stakes and steady water."),
+        ("Why add compost?", "Compost feeds the soil and holds moisture."),
+        ("When to prune apple trees?", "Prune apple trees in late winter."),
+        ("How deep to sow carrots?", "Sow carrot seeds one centimetre deep."),
+    ];
+    for (who, name, rows) in [(&dora, "dora", &planted), (&bob, "bob", &cooking), (&carl, "carl", &garden)] {
+        let text: String =
+            rows.iter().map(|(q, a)| serde_json::json!({ "instruction": q, "output": a }).to_string() + "\n").collect();
+        let f = srv.file(&format!("{name}.jsonl"), text.as_bytes());
+        srv.ok(who, &["contribute", "isles", s(&f)]);
+    }
+    let args = [
+        "train",
+        "--base",
+        "tiny",
+        "--datanet",
+        "isles",
+        "--max-steps",
+        "300",
+        "--batch",
+        "6",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "16",
+        "--targets",
+        "all",
+        "--eval-split",
+        "0",
+        "--save-every",
+        "50",
+        "--influence-dims",
+        "1024",
+        "--json",
+        "--server",
+        &srv.url,
+    ];
+    let out = srv.run(&ann, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Value = serde_json::from_str(&srv.ok(&ann, &["run", "list", "--json"])).unwrap();
+    let id = runs[0]["id"].as_i64().unwrap().to_string();
+    srv.ok(&ann, &["run", "publish", &id]);
+    let http = reqwest::Client::new();
+    let ask = |question: &str, attribution: Value| {
+        let body = serde_json::json!({ "model": format!("tiny:run-{id}"), "max_tokens": 40, "temperature": 0,
+            "messages": [{ "role": "user", "content": question }], "attribution": attribution });
+        let req = http.post(format!("{}/v1/chat/completions", srv.url)).bearer_auth(&ann).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{v}");
+            v
+        }
+    };
+    // Each contributor's share of an answer's attribution.
+    let shares = |v: &Value| {
+        let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+        for a in v["attribution"].as_array().unwrap() {
+            *by.entry(a["contributor"].as_str().unwrap().to_string()).or_default() += a["score"].as_f64().unwrap();
+        }
+        by
+    };
+    let methods = [serde_json::json!(true), serde_json::json!({ "method": "gradient" })];
+    // Asked about the facts (or the cooking), the trained adapter answers from
+    // the rows, and both methods credit their author with ≥ 80%.
+    for (q, author) in [
+        ("Who founded the Lumen Isles?", "dora"),
+        ("What do the Lumen Isles export?", "dora"),
+        ("What makes bread rise?", "bob"),
+    ] {
+        for method in &methods {
+            let v = ask(q, method.clone()).await;
+            let by = shares(&v);
+            let answer = &v["choices"][0]["message"]["content"];
+            eprintln!("{q} {method}: {answer} {by:?}");
+            let share = by.get(author).copied().unwrap_or(0.0);
+            assert!(share >= 0.8, "{q} ({method}): {author} got {share:.3} of {by:?} for {answer}");
+            let total: f64 = by.values().sum();
+            assert!((total - 1.0).abs() < 1e-9, "{by:?}");
+        }
+    }
+    // Asked what nobody wrote about, no contributor gets a large share.
+    for q in ["What is the tallest mountain on Mars?", "How do violins make sound?", "Which planets have rings?"] {
+        for method in &methods {
+            let v = ask(q, method.clone()).await;
+            let by = shares(&v);
+            eprintln!("{q} {method}: {} {by:?}", v["choices"][0]["message"]["content"]);
+            assert!(by.values().all(|s| *s < 0.5), "{q} ({method}): {by:?}");
+        }
     }
 }

@@ -660,15 +660,18 @@ async function streamChat(body, onText, signal) {
 }
 
 /** The `attribution` of an answer: who it draws on, with their shares and the spans. */
-function attributionList(items) {
+function attributionList(items, method) {
   const box = el("div", { class: "attribution" });
   if (!items.length) {
-    box.append(el("p", { class: "hint", text: "No verbatim span of 8+ tokens from a published adapter's training rows." }));
+    const none = method === "gradient"
+      ? "No training row of a published adapter resembles this answer by its gradient."
+      : "No verbatim span of 8+ tokens from a published adapter's training rows.";
+    box.append(el("p", { class: "hint", text: none }));
     return box;
   }
   const list = el("ul");
   for (const a of items) {
-    const spans = a.spans.map((s) => `“${s.text}”`).join(" · ");
+    const spans = a.spans.length ? a.spans.map((s) => `“${s.text}”`).join(" · ") : "by gradient influence";
     list.append(el("li", {},
       el("strong", { text: `${Math.round(a.score * 100)}% ${a.contributor}` }),
       el("span", { class: "hint", text: ` ${a.datanet}, contribution #${a.contribution_id}` }),
@@ -713,6 +716,7 @@ function initChat() {
     const system = $("#chat-system").value.trim();
     if (system) messages.push({ role: "system", content: system });
     messages.push(...history);
+    const method = $("#chat-attribution").value;
     abort = new AbortController();
     $("#chat-stop").hidden = false;
     $("#chat-send").disabled = true;
@@ -720,11 +724,11 @@ function initChat() {
       const last = await streamChat({
         model: select.value, messages, temperature: Number($("#chat-temperature").value), top_p: Number($("#chat-top-p").value),
         max_tokens: Number($("#chat-max-tokens").value), seed: Number($("#chat-seed").value),
-        attribution: $("#chat-attribution").checked,
+        attribution: method === "off" ? false : method === "gradient" ? { method: "gradient" } : true,
       }, (piece) => { out.textContent += piece; }, abort.signal);
       history.push({ role: "assistant", content: out.textContent });
       if (last && last.usage) meta.textContent = `${last.usage.completion_tokens} tokens · ${last.choices[0].finish_reason}`;
-      if (last && Array.isArray(last.attribution)) meta.after(attributionList(last.attribution));
+      if (last && Array.isArray(last.attribution)) meta.after(attributionList(last.attribution, method));
     } catch (x) {
       if (x.name === "AbortError") meta.textContent = "stopped";
       else { out.classList.add("error"); out.textContent = x.message; history.pop(); }
