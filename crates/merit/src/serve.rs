@@ -499,3 +499,62 @@ impl Generator for ServeGenerator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn fixture() -> (Decoder, Arc<TextTokenizer>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
+        let model = merit_lm::loader::load_hf_dir(&dir, &merit_lm::Device::Cpu).unwrap();
+        (model, Arc::new(TextTokenizer::from_hf_dir(&dir).unwrap()))
+    }
+
+    fn request(prompt: &[u32], max_new: usize) -> BatchRequest {
+        let params = merit_lm::SamplingParams::default();
+        BatchRequest { prompt: prompt.to_vec(), params, max_new, stop: Vec::new(), adapter: None }
+    }
+
+    /// More concurrent requests than a forward pass may hold: they wait
+    /// their turn and each gets the answer it gets alone; a request whose
+    /// client went away leaves the batch at the next token while the
+    /// others go on.
+    #[test]
+    fn the_batcher_bounds_rows_answers_each_as_alone_and_drops_the_cancelled() {
+        let (model, tok) = fixture();
+        let prompts: Vec<Vec<u32>> = (0..6u32).map(|i| (1..4 + i).map(|t| t * 7 % 300 + 3).collect()).collect();
+        let alone: Vec<merit_lm::Generation> = prompts
+            .iter()
+            .map(|p| merit_lm::generate(&model, &tok, p, &Default::default(), 12, &[], |_| {}).unwrap())
+            .collect();
+        let batcher = Batcher::start(model, tok, 2);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    let b = &batcher;
+                    s.spawn(move || b.run(request(p, 12), Default::default(), &mut |_| {}).unwrap())
+                })
+                .collect();
+            for (h, want) in handles.into_iter().zip(&alone) {
+                let got = h.join().unwrap();
+                assert_eq!((got.token_ids, got.text), (want.token_ids.clone(), want.text.clone()));
+            }
+        });
+        // An endless request, cancelled after its first piece of text.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let (endless, short) = std::thread::scope(|s| {
+            let (c, b, p) = (cancel.clone(), &batcher, &prompts);
+            let endless =
+                s.spawn(move || b.run(request(&p[0], 100_000), c.clone(), &mut |_| c.store(true, Ordering::Relaxed)));
+            let short = s.spawn(move || b.run(request(&p[1], 12), Default::default(), &mut |_| {}));
+            (endless.join().unwrap().unwrap(), short.join().unwrap().unwrap())
+        });
+        assert_eq!(endless.stop_reason, merit_lm::StopReason::Cancelled);
+        assert!(endless.token_ids.len() < 50, "{} tokens after the cancel", endless.token_ids.len());
+        assert_eq!(short.token_ids, alone[1].token_ids);
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+}
