@@ -1,6 +1,7 @@
 //! `merit bench serve`: a bounded load test of the OpenAI-compatible API on
 //! a server on this machine (loopback only): N chat completions, C at a
-//! time, each timed from request to full answer.
+//! time, each timed from request to full answer; with several models
+//! (adapters of one base, say), request i asks model i mod their number.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,11 @@ pub async fn run(load: Load) -> Result<Value> {
     if !(1..=4096).contains(&load.max_tokens) {
         bail!("--max-tokens must be 1 to 4096, got {}", load.max_tokens);
     }
+    let models: Vec<String> = load.model.split(',').map(|m| m.trim().to_string()).collect();
+    if models.iter().any(String::is_empty) {
+        bail!("--model `{}`: a model id, or several separated by commas", load.model);
+    }
+    let models = Arc::new(models);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
     let url = format!("{}/v1/chat/completions", load.server.trim_end_matches('/'));
     let next = Arc::new(AtomicUsize::new(0));
@@ -62,8 +68,7 @@ pub async fn run(load: Load) -> Result<Value> {
     let mut workers = Vec::new();
     for _ in 0..load.concurrency.min(load.requests) {
         let (http, url, next, results) = (http.clone(), url.clone(), next.clone(), results.clone());
-        let (token, model, total, max_tokens) =
-            (load.token.clone(), load.model.clone(), load.requests, load.max_tokens);
+        let (token, models, total, max_tokens) = (load.token.clone(), models.clone(), load.requests, load.max_tokens);
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -71,7 +76,7 @@ pub async fn run(load: Load) -> Result<Value> {
                     break;
                 }
                 let body = json!({
-                    "model": model, "max_tokens": max_tokens, "temperature": 0, "seed": i,
+                    "model": models[i % models.len()], "max_tokens": max_tokens, "temperature": 0, "seed": i,
                     "messages": [{ "role": "user", "content": format!("Request {i}: tell me something.") }],
                 });
                 let t = Instant::now();

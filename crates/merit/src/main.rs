@@ -618,7 +618,8 @@ enum BenchCommand {
     /// Load test of the OpenAI-compatible API on a server on this machine: N chat
     /// completions, C at a time; prints errors, p50 / p99 latency and tokens/s
     Serve {
-        /// Model id to ask (a base or `<base>:run-N`)
+        /// Model id to ask (a base or `<base>:run-N`), or several, comma-separated,
+        /// taken in turn (`smollm2:run-1,smollm2:run-2`: many adapters at once)
         #[arg(long)]
         model: String,
         #[arg(long, default_value_t = 200)]

@@ -812,6 +812,18 @@ async fn served_adapters_answer_like_merit_generate() {
     for (i, task) in asks.into_iter().enumerate() {
         assert_eq!(task.await.unwrap(), want[i % 3].1, "{} among concurrent requests", want[i % 3].0);
     }
+    // The load test spreads its requests over several models.
+    let out = server.run(
+        &token,
+        &["bench", "serve", "--model", "lm:run-7, lm ,lm:run-8", "--requests", "30", "--concurrency", "12", "--json"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(30), Some(0)), "{r}");
+    let out = server.run(&token, &["bench", "serve", "--model", "lm,,lm:run-8", "--requests", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("separated by commas"));
 }
 
 /// The bounded load test: 200 chat completions, 16 at a time, against a
