@@ -394,10 +394,14 @@ impl Batch {
         requests: Vec<(u64, BatchRequest)>,
         on: &mut dyn FnMut(u64, BatchEvent),
     ) -> Result<(), LmError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
         if self.manage_adapters {
+            // The next step puts the batch's own adapters back, whatever happens here.
+            self.regroup = true;
             let adapters: Vec<_> = requests.iter().map(|(_, r)| r.adapter.clone()).collect();
             put_adapters(model, &adapters)?;
-            self.regroup = true;
         }
         self.join_frozen(model, tok, requests, on)
     }

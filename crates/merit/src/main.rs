@@ -739,7 +739,15 @@ async fn run(cli: Cli) -> Result<u8> {
                 Some(url) => {
                     let remote = merit_store::remote::AdapterStore::open(&url).context("--adapter-store")?;
                     let remote = std::sync::Arc::new(remote);
-                    generator = generator.with_adapter_store(remote.clone(), tokio::runtime::Handle::current());
+                    // What the ledger says each run was published with.
+                    let (db, handle) = (store.clone(), tokio::runtime::Handle::current());
+                    let published: serve::PublishedSha = std::sync::Arc::new(move |run| {
+                        let id = i64::try_from(run).map_err(|_| format!("no run {run}"))?;
+                        let run = handle.block_on(db.run(id)).map_err(|e| format!("reading run {id}: {e}"))?;
+                        Ok(run.filter(|r| r.published_at.is_some()).and_then(|r| r.adapter_sha256))
+                    });
+                    generator =
+                        generator.with_adapter_store(remote.clone(), tokio::runtime::Handle::current(), published);
                     Some(remote)
                 }
                 None => None,

@@ -45,19 +45,26 @@ struct Base {
 }
 
 impl Base {
-    /// The adapter in `dir`, loading it on first use.
+    /// The adapter in `dir`, loading it on first use into the cache. The
+    /// file is read outside the cache's lock, so a cold load never holds up
+    /// requests for adapters already loaded.
     fn adapter(&self, dir: &Path) -> Result<Loaded, GenError> {
-        let mut cache = self.adapters.lock().map_err(|_| GenError::Internal("an adapter lock was poisoned".into()))?;
-        if let Some(i) = cache.iter().position(|(d, _)| d == dir) {
-            let hit = cache.remove(i);
-            let loaded = hit.1.clone();
-            cache.push(hit);
-            return Ok(loaded);
+        let poisoned = || GenError::Internal("an adapter lock was poisoned".into());
+        {
+            let mut cache = self.adapters.lock().map_err(|_| poisoned())?;
+            if let Some(i) = cache.iter().position(|(d, _)| d == dir) {
+                let hit = cache.remove(i);
+                let loaded = hit.1.clone();
+                cache.push(hit);
+                return Ok(loaded);
+            }
         }
-        let mut m = self.model.clone();
-        let vars = merit_lm::adapter::load_peft(&mut m, dir)
-            .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
-        let loaded = Loaded { adapters: Arc::new(m.adapters()), vars };
+        let loaded = self.load(dir)?;
+        let mut cache = self.adapters.lock().map_err(|_| poisoned())?;
+        if let Some((_, first)) = cache.iter().find(|(d, _)| d == dir) {
+            // Another request loaded it meanwhile: one copy is kept.
+            return Ok(first.clone());
+        }
         cache.push((dir.to_path_buf(), loaded.clone()));
         // Bounded in bytes: the least recently used go first (rows still
         // generating with one keep it until they finish).
@@ -66,6 +73,14 @@ impl Base {
             cache.remove(0);
         }
         Ok(loaded)
+    }
+
+    /// The adapter in `dir`, read from disk (not cached).
+    fn load(&self, dir: &Path) -> Result<Loaded, GenError> {
+        let mut m = self.model.clone();
+        let vars = merit_lm::adapter::load_peft(&mut m, dir)
+            .map_err(|e| GenError::Internal(format!("loading the adapter in {}: {e}", dir.display())))?;
+        Ok(Loaded { adapters: Arc::new(m.adapters()), vars })
     }
 }
 
@@ -88,17 +103,38 @@ struct Job {
 /// the thread once its rows are done.
 pub struct Batcher {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Cleared when the thread ends (a panic included).
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears a batcher's `alive` flag when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Batcher {
     pub fn start(model: Decoder, tok: Arc<TextTokenizer>, max_batch: usize) -> Batcher {
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("merit-batcher".into())
-            .spawn(move || batch_loop(model, &tok, &rx, max_batch.max(1)))
-            .map_err(|e| tracing::error!("starting a batcher: {e}"))
-            .ok();
-        Batcher { jobs: Mutex::new(tx) }
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        let started = std::thread::Builder::new().name("merit-batcher".into()).spawn(move || {
+            let _guard = guard;
+            batch_loop(model, &tok, &rx, max_batch.max(1))
+        });
+        if let Err(e) = started {
+            // The guard went with the closure: the batcher reads as dead.
+            tracing::error!("starting a batcher: {e}");
+        }
+        Batcher { jobs: Mutex::new(tx), alive }
+    }
+
+    /// Whether the thread still runs (a panic in a forward pass ends it).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
     }
 
     /// Generates for `req` with the other requests of the moment, calling
@@ -201,36 +237,64 @@ pub struct ServeGenerator {
     remote: Option<Remote>,
 }
 
-/// Published adapters in an object store.
+/// The adapter SHA-256 a run was published with on the ledger (None:
+/// not published), as the serving node's database tells it.
+pub type PublishedSha = Arc<dyn Fn(u64) -> Result<Option<String>, String> + Send + Sync>;
+
+/// Published adapters in an object store. The store is not trusted: a run
+/// is served from it only when the ledger says it is published and the
+/// adapter's SHA-256 there is the one in its manifest, and every download is
+/// checked against that manifest.
 struct Remote {
     store: Arc<AdapterStore>,
     handle: tokio::runtime::Handle,
-    /// Manifests read so far (a published run never changes).
+    published: PublishedSha,
+    /// Manifests that matched the ledger (a published run never changes).
     manifests: Mutex<HashMap<u64, Manifest>>,
-    /// One download at a time, so two requests never fetch the same run twice.
-    fetching: Mutex<()>,
+    /// One download per run at a time.
+    fetching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// The file of a run that the ledger's SHA-256 covers.
+const ADAPTER_FILE: &str = "adapter_model.safetensors";
+
 impl Remote {
+    /// Run `run`'s manifest, when the run is published and the store holds
+    /// the adapter the ledger names.
     fn manifest(&self, run: u64) -> Result<Option<Manifest>, GenError> {
         if let Some(m) = self.manifests.lock().ok().and_then(|c| c.get(&run).cloned()) {
             return Ok(Some(m));
         }
+        let Some(sha) = (self.published)(run).map_err(GenError::Internal)? else { return Ok(None) };
         let id = i64::try_from(run).map_err(|_| GenError::NotFound(format!("no run {run}")))?;
         let m = self
             .handle
             .block_on(self.store.manifest(id))
             .map_err(|e| GenError::Internal(format!("reading run {run} from {}: {e}", self.store.url())))?;
-        if let (Some(m), Ok(mut cache)) = (&m, self.manifests.lock()) {
+        let Some(m) = m else { return Ok(None) };
+        let stored = m.files.iter().find(|f| f.path == ADAPTER_FILE).map(|f| f.sha256.as_str());
+        if stored != Some(sha.as_str()) {
+            return Err(GenError::Internal(format!(
+                "run {run} in {} does not hold the adapter published on the ledger (SHA-256 {sha}, the store's manifest says {})",
+                self.store.url(),
+                stored.unwrap_or("none")
+            )));
+        }
+        if let Ok(mut cache) = self.manifests.lock() {
             cache.insert(run, m.clone());
         }
-        Ok(m)
+        Ok(Some(m))
     }
 
     /// Downloads the run into `dir` unless it is there already.
     fn fetch(&self, m: &Manifest, dir: &Path) -> Result<(), GenError> {
-        let _one = self.fetching.lock().map_err(|_| GenError::Internal("a download lock was poisoned".into()))?;
-        if dir.join("adapter_config.json").exists() {
+        if dir.join(ADAPTER_FILE).exists() {
+            return Ok(());
+        }
+        let poisoned = || GenError::Internal("a download lock was poisoned".into());
+        let lock = self.fetching.lock().map_err(|_| poisoned())?.entry(dir.display().to_string()).or_default().clone();
+        let _one = lock.lock().map_err(|_| poisoned())?;
+        if dir.join(ADAPTER_FILE).exists() {
             return Ok(());
         }
         let t = std::time::Instant::now();
@@ -252,11 +316,23 @@ impl ServeGenerator {
         ServeGenerator { max_batch: n.max(1), ..self }
     }
 
-    /// Serves, besides the local runs, the adapters published to `store`
-    /// (fetched into `DATA_DIR/adapter-cache` on first use, checked against
-    /// their manifest). `handle` runs the store's requests.
-    pub fn with_adapter_store(self, store: Arc<AdapterStore>, handle: tokio::runtime::Handle) -> ServeGenerator {
-        let remote = Remote { store, handle, manifests: Mutex::new(HashMap::new()), fetching: Mutex::new(()) };
+    /// Serves, besides the local runs, the adapters published to `store`:
+    /// those `published` confirms, fetched on first use into
+    /// `DATA_DIR/adapter-cache/<SHA-256 of the adapter>` and checked against
+    /// their manifest. `handle` runs the store's requests.
+    pub fn with_adapter_store(
+        self,
+        store: Arc<AdapterStore>,
+        handle: tokio::runtime::Handle,
+        published: PublishedSha,
+    ) -> ServeGenerator {
+        let remote = Remote {
+            store,
+            handle,
+            published,
+            manifests: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+        };
         ServeGenerator { remote: Some(remote), ..self }
     }
 
@@ -325,7 +401,9 @@ impl ServeGenerator {
         let Some(remote) = &self.remote else { return Err(missing()) };
         match remote.manifest(run)? {
             Some(m) if m.base == base => {
-                let dir = self.data_dir.join("adapter-cache").join(format!("run-{run}"));
+                // Content-addressed: a folder holds one adapter, whatever store it came from.
+                let sha = m.files.iter().find(|f| f.path == ADAPTER_FILE).map(|f| f.sha256.clone()).unwrap_or_default();
+                let dir = self.data_dir.join("adapter-cache").join(sha);
                 remote.fetch(&m, &dir)?;
                 Ok((base.to_string(), Some(dir)))
             }
@@ -338,9 +416,13 @@ impl ServeGenerator {
         if let Ok(mut bases) = self.bases.lock() {
             if let Some(i) = bases.iter().position(|(k, _)| k == name) {
                 let hit = bases.remove(i);
-                let b = hit.1.clone();
-                bases.push(hit);
-                return Ok(b);
+                if hit.1.batcher.is_alive() {
+                    let b = hit.1.clone();
+                    bases.push(hit);
+                    return Ok(b);
+                }
+                // Its batcher died (a panic): load the base afresh.
+                tracing::error!("the batcher of `{name}` stopped; loading `{name}` again");
             }
         }
         let (model, tok) = model::load(&self.data_dir, name, None)
@@ -423,7 +505,9 @@ impl Generator for ServeGenerator {
         let mut total: std::collections::BTreeMap<u64, merit_attrib::Influence> = std::collections::BTreeMap::new();
         let share = 1.0 / tables.len() as f64;
         for (dir, table) in &tables {
-            let Loaded { adapters, vars } = loaded.adapter(dir)?;
+            // Checkpoints' adapters are read for this answer only: they stay
+            // out of the serving cache.
+            let Loaded { adapters, vars } = loaded.load(dir)?;
             model.set_adapters(&adapters).map_err(|e| GenError::Internal(e.to_string()))?;
             let q =
                 merit_train::influence::projected_gradient(&model, &vars, ex, eos.unwrap_or(0), table.projector.dims)

@@ -941,10 +941,12 @@ async fn served_answers_are_attributed_by_gradient_and_span() {
 }
 
 /// Published adapters go to the adapter store; a second node with its own
-/// data directory and database lists and serves them (fetched once, checked
-/// against the run's manifest), answering exactly as the node that trained
-/// them. The store is a local S3-compatible server when
-/// `MERIT_TEST_S3_ENDPOINT` is set (`.ci/run` starts one), else a folder.
+/// data directory (the same database) lists and serves them — fetched once,
+/// checked against the adapter's SHA-256 on the ledger and the run's
+/// manifest — answering exactly as the node that trained them; a store
+/// whose adapter was swapped is refused. The store is a local
+/// S3-compatible server when `MERIT_TEST_S3_ENDPOINT` is set (`.ci/run`
+/// starts one), else a folder.
 #[tokio::test]
 async fn published_adapters_are_served_from_the_adapter_store() {
     let shared = tempfile::tempdir().unwrap();
@@ -984,8 +986,8 @@ async fn published_adapters_are_served_from_the_adapter_store() {
     let runs: Value = serde_json::from_str(&a.ok(&ann, &["run", "list", "--json"])).unwrap();
     let id = runs[0]["id"].as_i64().unwrap();
     let model = format!("tiny:run-{id}");
-    // The second node knows nothing of the run but the store.
-    let b = Server::start_with_env(&flags, &env).await;
+    // The second node has none of the run's files, only the store.
+    let b = Server::start_beside(&a, &flags, &env);
     let zed = b.user("zed");
     b.add_fixture_model("smollm", "tiny");
     let models = |srv: &Server, token: &str| {
@@ -1012,43 +1014,46 @@ async fn published_adapters_are_served_from_the_adapter_store() {
     let (status, there) = ask(&b, &zed, &model).await;
     assert_eq!(status, 200, "{there}");
     assert_eq!(here["choices"][0]["text"], there["choices"][0]["text"]);
-    let fetched = b.dir.path().join(format!("adapter-cache/run-{id}"));
     let sha = |p: &Path| merit_core::sha256_hex(&std::fs::read(p).unwrap());
     let trained = a.dir.path().join(format!("runs/{id}"));
-    assert_eq!(sha(&fetched.join("adapter_model.safetensors")), sha(&trained.join("adapter_model.safetensors")));
+    let published = sha(&trained.join("adapter_model.safetensors"));
+    let fetched = b.dir.path().join(format!("adapter-cache/{published}"));
+    assert_eq!(sha(&fetched.join("adapter_model.safetensors")), published);
     let checkpoints: Vec<_> =
         std::fs::read_dir(&fetched).unwrap().flatten().filter(|e| e.path().join("influence.mrt").exists()).collect();
     assert!(!checkpoints.is_empty(), "the influence tables travel with the adapter");
     let (status, err) = ask(&b, &zed, "tiny:run-999").await;
     assert_eq!(status, 404, "{err}");
     if env.is_empty() {
-        // A run whose adapter was altered in the store is refused, not served.
-        let forged = id + 1000;
-        let (from, to) = (shared.path().join(format!("runs/{id}")), shared.path().join(format!("runs/{forged}")));
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(&from).unwrap().flatten().filter(|e| e.path().is_file()) {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-        let mut m: Value = serde_json::from_slice(&std::fs::read(to.join("manifest.json")).unwrap()).unwrap();
-        m["run"] = forged.into();
-        m["files"] = Value::Array(
-            m["files"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| !f["path"].as_str().unwrap().contains('/'))
-                .cloned()
-                .collect(),
-        );
-        std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
-        let mut bytes = std::fs::read(to.join("adapter_model.safetensors")).unwrap();
+        // Someone with write access to the store swaps the adapter: a fresh
+        // node refuses it, whether the manifest was updated to match or not.
+        let stored = shared.path().join(format!("runs/{id}"));
+        let mut bytes = std::fs::read(stored.join("adapter_model.safetensors")).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        std::fs::write(to.join("adapter_model.safetensors"), bytes).unwrap();
-        let (status, err) = ask(&b, &zed, &format!("tiny:run-{forged}")).await;
+        std::fs::write(stored.join("adapter_model.safetensors"), &bytes).unwrap();
+        let manifest = std::fs::read(stored.join("manifest.json")).unwrap();
+        let mut forged: Value = serde_json::from_slice(&manifest).unwrap();
+        for f in forged["files"].as_array_mut().unwrap() {
+            if f["path"] == "adapter_model.safetensors" {
+                f["sha256"] = merit_core::sha256_hex(&bytes).into();
+            }
+        }
+        std::fs::write(stored.join("manifest.json"), forged.to_string()).unwrap();
+        let c = Server::start_beside(&a, &flags, &env);
+        c.add_fixture_model("smollm", "tiny");
+        let (status, err) = ask(&c, &zed, &model).await;
+        assert_eq!(status, 500, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("published on the ledger"), "{err}");
+        assert!(!models(&c, &zed).await.contains(&model), "a swapped adapter is not offered");
+        std::fs::write(stored.join("manifest.json"), &manifest).unwrap();
+        let (status, err) = ask(&c, &zed, &model).await;
         assert_eq!(status, 500, "{err}");
         assert!(err["error"]["message"].as_str().unwrap().contains("SHA-256"), "{err}");
-        assert!(!b.dir.path().join(format!("adapter-cache/run-{forged}")).exists());
+        assert!(!c.dir.path().join("adapter-cache").join(&published).exists(), "nothing is kept");
+        // The node that fetched it before goes on serving its checked copy.
+        let (status, again) = ask(&b, &zed, &model).await;
+        assert_eq!((status, &again["choices"][0]["text"]), (200, &here["choices"][0]["text"]));
     }
 }
 

@@ -233,6 +233,14 @@ pub async fn runs_publish(
     let sha = merit_core::sha256_hex(&bytes);
     let user = caller.user()?.clone();
     if let Some(remote) = &state.adapter_store {
+        // The store's checks first: a run that cannot be published is not uploaded.
+        let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "conflict", m);
+        if run.published_at.is_some() {
+            return Err(conflict(format!("run {} is already published", run.id)));
+        }
+        if !matches!(run.status.as_str(), "done" | "stopped") {
+            return Err(conflict(format!("run {} is {}; only a finished run is published", run.id, run.status)));
+        }
         // Uploaded first: once the ledger says published, every node can fetch it.
         let dir = host.run_dir(run.id);
         let base = adapter_base(&dir).await?;

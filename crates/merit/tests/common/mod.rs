@@ -55,6 +55,16 @@ impl Server {
         Server::spawn_env(dir, db, flags, env)
     }
 
+    /// Another node beside `other`: its own data directory, the same database.
+    pub fn start_beside(other: &Server, flags: &[&str], env: &[(String, String)]) -> Server {
+        let db = if other.db.is_empty() {
+            vec!["--database-url".to_string(), format!("sqlite://{}/merit.db", other.dir.path().display())]
+        } else {
+            other.db.clone()
+        };
+        Server::spawn_env(tempfile::tempdir().unwrap(), db, flags, env)
+    }
+
     /// Kills the server with SIGKILL and starts it again on the same data.
     pub fn kill_and_restart(mut self) -> Server {
         self.child.kill().unwrap();
