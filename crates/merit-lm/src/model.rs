@@ -1407,7 +1407,8 @@ impl KvBuf {
     /// A buffer holding `k` and `v` (b × kv heads × len × d), with room to grow.
     fn holding(k: &Tensor, v: &Tensor) -> CResult<KvBuf> {
         let (b, h, len, d) = k.dims4()?;
-        let cap = (len + 64).next_power_of_two();
+        // Room for 64 more steps; past that `append_kv` doubles it.
+        let cap = len + 64;
         let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
         let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
         nk.slice_set(&k.contiguous()?, 2, 0)?;
