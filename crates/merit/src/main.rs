@@ -168,7 +168,8 @@ enum Command {
         /// share a data directory: s3://bucket[/prefix] (S3 or an S3-compatible
         /// service; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
         /// AWS_ENDPOINT_URL), file:///path or memory://. Publishing uploads
-        /// the adapter; serving fetches adapters it lacks (checked by SHA-256)
+        /// the adapter; serving fetches published adapters it lacks (the
+        /// adapter's SHA-256 must be the one on the ledger). Nodes share the database
         #[arg(long, env = "MERIT_ADAPTER_STORE", value_name = "URL")]
         adapter_store: Option<String>,
         #[command(flatten)]
