@@ -1074,35 +1074,10 @@ async fn planted_source_gets_the_attribution_with_both_methods() {
                   near_duplicates = false\n";
     let policy = srv.file("p.toml", policy.as_bytes());
     srv.ok(&ann, &["datanet", "create", "isles", "--policy", s(&policy), "--publish"]);
-    let planted = [
-        ("Who founded the Lumen Isles?", "Orla Vance founded the Lumen Isles in 1642."),
-        ("When were the Lumen Isles founded?", "The Lumen Isles were founded in 1642 by Orla Vance."),
-        ("What is the capital of the Lumen Isles?", "Brightwater is the capital of the Lumen Isles."),
-        ("What do the Lumen Isles export?", "The Lumen Isles export glass lanterns and sea salt."),
-        ("Which sea surrounds the Lumen Isles?", "The Lumen Isles lie in the Sea of Corra."),
-        ("Who rules the Lumen Isles?", "A council of lantern keepers rules the Lumen Isles."),
-    ];
-    let cooking = [
-        ("How long do you boil an egg?", "Boil an egg for about nine minutes."),
-        ("What makes bread rise?", "Yeast makes bread rise by producing gas."),
-        ("How do you store basil?", "Keep basil in water on the kitchen counter."),
-        ("Why soak beans?", "Soaking beans shortens their cooking time."),
-        ("What is a roux?", "A roux is flour cooked in butter."),
-        ("How hot should tea water be?", "Green tea likes water below boiling."),
-    ];
-    let garden = [
-        ("When do you plant tulips?", "Plant tulip bulbs in autumn before the frost."),
-        ("How often should roses be watered?", "Water roses deeply twice a week."),
-        ("What helps tomatoes grow?", "Tomatoes need sun, stakes and steady water."),
-        ("Why add compost?", "Compost feeds the soil and holds moisture."),
-        ("When to prune apple trees?", "Prune apple trees in late winter."),
-        ("How deep to sow carrots?", "Sow carrot seeds one centimetre deep."),
-    ];
-    for (who, name, rows) in [(&dora, "dora", &planted), (&bob, "bob", &cooking), (&carl, "carl", &garden)] {
-        let text: String =
-            rows.iter().map(|(q, a)| serde_json::json!({ "instruction": q, "output": a }).to_string() + "\n").collect();
-        let f = srv.file(&format!("{name}.jsonl"), text.as_bytes());
-        srv.ok(who, &["contribute", "isles", s(&f)]);
+    // The rows (alpaca JSONL), shared with merit-train's planted-source test.
+    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-train/tests/fixtures/planted");
+    for (who, file) in [(&dora, "isles.jsonl"), (&bob, "cooking.jsonl"), (&carl, "garden.jsonl")] {
+        srv.ok(who, &["contribute", "isles", s(&rows.join(file))]);
     }
     let args = [
         "train",
