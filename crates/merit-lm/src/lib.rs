@@ -41,7 +41,7 @@ pub use generate::{
     SamplingParams, StopReason, TextStream,
 };
 pub use linear::{Dropout, Linear, Lora, LoraRows, Weight};
-pub use model::{Adapters, Cache, Decoder, LoraConfig};
+pub use model::{Adapters, Cache, Decoder, LoraConfig, MAX_LORA_RANK};
 pub use nf4::Nf4Weight;
 pub use quant::QWeight;
 pub use tokenizer::{Message, TextTokenizer};

@@ -16,6 +16,10 @@ use crate::LmError;
 
 type CResult<T> = candle_core::Result<T>;
 
+/// The largest LoRA rank [`Decoder::add_lora`] takes (a bound on what a
+/// caller can make the engine allocate; PEFT's ranks are 4 to 256).
+pub const MAX_LORA_RANK: usize = 1024;
+
 /// Which layers get LoRA adapters, and how big.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
@@ -765,8 +769,8 @@ impl Decoder {
     /// starts uniform in ±1/√in (PEFT's default), B at zero, so the model is
     /// unchanged until trained. Returns the trainable variables by PEFT name.
     pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>, LmError> {
-        if cfg.rank == 0 {
-            return Err(LmError::Config("LoRA rank must be at least 1".into()));
+        if cfg.rank == 0 || cfg.rank > MAX_LORA_RANK {
+            return Err(LmError::Config(format!("LoRA rank must be 1 to {MAX_LORA_RANK}, got {}", cfg.rank)));
         }
         if !(0.0..1.0).contains(&cfg.dropout) {
             return Err(LmError::Config(format!("LoRA dropout {} is not in [0, 1)", cfg.dropout)));

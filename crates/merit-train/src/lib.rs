@@ -122,8 +122,8 @@ impl TrainConfig {
         if self.method != "lora" && self.method != "qlora" {
             return bad(format!("--method `{}` is not lora or qlora", self.method));
         }
-        if self.rank == 0 {
-            return bad("--rank must be at least 1".into());
+        if self.rank == 0 || self.rank > merit_lm::MAX_LORA_RANK {
+            return bad(format!("--rank must be 1 to {}, got {}", merit_lm::MAX_LORA_RANK, self.rank));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
             return bad("--alpha must be positive".into());
@@ -140,14 +140,31 @@ impl TrainConfig {
         if self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()) {
             return bad("--epochs must be positive".into());
         }
-        if self.max_steps == Some(0) {
-            return bad("--max-steps must be at least 1".into());
+        if self.max_steps.is_none() && self.epochs > MAX_EPOCHS {
+            return bad(format!("--epochs must be at most {MAX_EPOCHS}, got {}", self.epochs));
         }
-        if self.batch == 0 || self.grad_accum == 0 {
-            return bad("--batch and --grad-accum must be at least 1".into());
+        if let Some(n) = self.max_steps.filter(|n| !(1..=MAX_STEPS).contains(n)) {
+            return bad(format!("--max-steps must be 1 to {MAX_STEPS}, got {n}"));
         }
-        if self.data.cutoff_len < 2 {
-            return bad("--cutoff-len must be at least 2".into());
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return bad(format!("--batch must be 1 to {MAX_BATCH}, got {}", self.batch));
+        }
+        if !(1..=MAX_BATCH).contains(&self.grad_accum) {
+            return bad(format!("--grad-accum must be 1 to {MAX_BATCH}, got {}", self.grad_accum));
+        }
+        if !(2..=MAX_CUTOFF_LEN).contains(&self.data.cutoff_len) {
+            return bad(format!("--cutoff-len must be 2 to {MAX_CUTOFF_LEN}, got {}", self.data.cutoff_len));
+        }
+        for (flag, every) in [("--eval-every", self.eval_every), ("--save-every", self.save_every)] {
+            if let Some(n) = every.filter(|n| !(1..=MAX_STEPS).contains(n)) {
+                return bad(format!("{flag} must be 1 to {MAX_STEPS}, got {n}"));
+            }
+        }
+        if self.influence_dims > MAX_INFLUENCE_DIMS {
+            return bad(format!("--influence-dims must be at most {MAX_INFLUENCE_DIMS}, got {}", self.influence_dims));
+        }
+        if !(0.0..=1.0).contains(&self.weight_decay) || !(0.0..=1e6).contains(&self.max_grad_norm) {
+            return bad("--weight-decay must be in [0, 1] and --max-grad-norm in [0, 1e6]".into());
         }
         if !(0.0..1.0).contains(&self.data.eval_split) {
             return bad("--eval-split must be a fraction in [0, 1)".into());
@@ -155,7 +172,58 @@ impl TrainConfig {
         if self.targets.is_empty() {
             return bad("--targets names no layer".into());
         }
+        if self.targets.len() > 64 || self.targets.iter().any(|t| t.len() > 64) {
+            return bad("--targets: at most 64 layer names of at most 64 bytes".into());
+        }
         Ok(())
+    }
+
+    /// What this run would hold in memory on a model of `shape`: the
+    /// weights, the LoRA variables with their gradients and AdamW moments,
+    /// and the activations of one batch at the cut-off (the web form's
+    /// estimate, the same formula). Saturates instead of overflowing.
+    pub fn memory_estimate(&self, shape: &ModelShape) -> MemoryEstimate {
+        let h = shape.hidden_size as u128;
+        let heads = shape.heads.max(1) as u128;
+        let head_dim = if shape.head_dim > 0 { shape.head_dim as u128 } else { h / heads };
+        let q = heads * head_dim;
+        let kv = shape.kv_heads.max(1) as u128 * head_dim;
+        let inter = if shape.intermediate_size > 0 { shape.intermediate_size as u128 } else { 4 * h };
+        let dims = [
+            ("q_proj", h, q),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", q, h),
+            ("gate_proj", h, inter),
+            ("up_proj", h, inter),
+            ("down_proj", inter, h),
+        ];
+        let all = self.targets.iter().any(|t| t == "all");
+        let rank = self.rank as u128;
+        let per_layer: u128 = dims
+            .iter()
+            .filter(|(name, _, _)| all || self.targets.iter().any(|t| t == name))
+            .map(|(_, i, o)| rank * (i + o))
+            .sum();
+        // A family's own module names (c_attn, query_key_value, …): count them as q_proj-sized.
+        let native = if all { 0 } else { self.targets.iter().filter(|t| !dims.iter().any(|d| d.0 == *t)).count() };
+        let per_layer = per_layer + native as u128 * rank * (h + q);
+        let trainable = per_layer * shape.layers as u128;
+        let params = shape.params as u128;
+        let weights = if self.method == "qlora" { params * 56 / 100 } else { params * 4 };
+        let tokens = self.batch as u128 * self.data.cutoff_len as u128;
+        let per_token = shape.layers as u128 * h * 4 * if self.gradient_checkpointing { 2 } else { 30 };
+        // Logits and their gradient in f32.
+        let logits = shape.vocab_size as u128 * 4 * 2;
+        let activations = tokens * (per_token + logits);
+        let sat = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+        MemoryEstimate {
+            trainable: sat(trainable),
+            weight_bytes: sat(weights),
+            lora_bytes: sat(trainable * 16),
+            activation_bytes: sat(activations),
+            total_bytes: sat(weights + trainable * 16 + activations),
+        }
     }
 
     /// The data options of this run.
@@ -169,6 +237,43 @@ impl TrainConfig {
             seed: self.seed,
         }
     }
+}
+
+/// The largest `--max-steps` (and `--eval-every`, `--save-every`).
+pub const MAX_STEPS: usize = 10_000_000;
+/// The largest `--epochs`.
+pub const MAX_EPOCHS: f64 = 1_000.0;
+/// The largest `--batch` and `--grad-accum`.
+pub const MAX_BATCH: usize = 1_024;
+/// The largest `--cutoff-len` in tokens.
+pub const MAX_CUTOFF_LEN: usize = 131_072;
+/// The largest `--influence-dims`.
+pub const MAX_INFLUENCE_DIMS: usize = 65_536;
+
+/// A base model's shape, as far as a memory estimate needs it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ModelShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub params: usize,
+}
+
+/// Bytes a run would need (see [`TrainConfig::memory_estimate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// LoRA parameters.
+    pub trainable: u64,
+    pub weight_bytes: u64,
+    /// LoRA variables, gradients and AdamW's two moments (f32).
+    pub lora_bytes: u64,
+    pub activation_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// What went wrong in a training run.

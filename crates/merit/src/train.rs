@@ -188,9 +188,64 @@ async fn read_sources(sources: &[String], data_dir: &Path, store: Option<&merit_
 }
 
 /// Checks that the base exists.
-fn check_base(data_dir: &Path, config: &TrainConfig) -> Result<()> {
-    model::resolve(data_dir, &config.base)?;
+/// What a server's worker checks before it queues a run: the base is one of
+/// its registered models (never a path: a caller must not train on, nor probe
+/// for, the server's files), and the run fits in the worker's memory.
+fn check_served_run(data_dir: &Path, config: &TrainConfig) -> Result<()> {
+    let registry = model::registry(data_dir)?;
+    if !registry.contains_key(&config.base) {
+        let names: Vec<&str> = registry.keys().map(String::as_str).collect();
+        bail!(
+            "--base `{}` is not a model of this server (its models: {}; see GET /api/v1/models)",
+            config.base.chars().take(200).collect::<String>(),
+            if names.is_empty() { "none registered".to_string() } else { names.join(", ") }
+        );
+    }
+    let shape: merit_train::ModelShape = serde_json::from_value(model::shape(data_dir, &config.base)?)
+        .context("reading the base model's shape")?;
+    let need = config.memory_estimate(&shape);
+    if let Some(have) = worker_memory_bytes() {
+        if need.total_bytes > have {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            bail!(
+                "the run would need about {:.1} GiB (weights {:.1}, LoRA {:.1} for {} trainable parameters, \
+                 activations {:.1} at --batch {} × --cutoff-len {}) and this worker has {:.1} GiB: lower --rank, \
+                 --batch or --cutoff-len, or use --gradient-checkpointing or --method qlora",
+                gib(need.total_bytes),
+                gib(need.weight_bytes),
+                gib(need.lora_bytes),
+                need.trainable,
+                gib(need.activation_bytes),
+                config.batch,
+                config.data.cutoff_len,
+                gib(have)
+            );
+        }
+    }
     Ok(())
+}
+
+/// The memory this process may use for training: `MERIT_WORKER_MEMORY`
+/// (bytes) when set, else the machine's (or its cgroup's, when lower).
+/// None on a GPU, whose memory the engine does not report yet.
+fn worker_memory_bytes() -> Option<u64> {
+    if let Some(v) = std::env::var("MERIT_WORKER_MEMORY").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(v);
+    }
+    if std::env::var("MERIT_DEVICE").is_ok_and(|d| d.starts_with("cuda")) {
+        return None;
+    }
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    }
 }
 
 /// Loads the base for training: QLoRA keeps a GGUF base as stored and turns
@@ -438,13 +493,14 @@ impl merit_server::RunTrainer for ServeTrainer {
         let config: TrainConfig =
             serde_json::from_value(config).map_err(|e| format!("the run's settings do not fit: {e}"))?;
         config.check().map_err(|e| e.to_string())?;
-        check_base(&self.data_dir, &config).map_err(|e| format!("{e:#}"))?;
+        check_served_run(&self.data_dir, &config).map_err(|e| format!("{e:#}"))?;
         serde_json::to_value(&config).map_err(|e| e.to_string())
     }
 
     fn run(&self, config: &Value, dir: &Path, stop: &AtomicBool) -> std::result::Result<Value, String> {
         let go = || -> Result<Value> {
             let config: TrainConfig = serde_json::from_value(config.clone()).context("the run's settings")?;
+            check_served_run(&self.data_dir, &config)?;
             let rows = tokio::runtime::Handle::current().block_on(read_sources(
                 &config.sources,
                 &self.data_dir,

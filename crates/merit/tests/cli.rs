@@ -621,10 +621,13 @@ async fn train_on_the_server_streams_metrics_and_stops() {
         text.push('\n');
     }
     let rows = server.file("rows.jsonl", text.as_bytes());
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
+    // The server trains registered models only; the local run names the same folder by path.
+    server.add_fixture_model("smollm", "smollm");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../merit-lm/tests/fixtures/smollm");
     let work = tempfile::tempdir().unwrap();
     let args = |out: &Path, steps: &str| -> Vec<String> {
-        ["train", "--base", s(&base), "--data", s(&rows), "--out", s(out), "--max-steps", steps, "--batch", "2"]
+        let base = if out.ends_with("local") { s(&path) } else { "smollm" };
+        ["train", "--base", base, "--data", s(&rows), "--out", s(out), "--max-steps", steps, "--batch", "2"]
             .iter()
             .map(|a| a.to_string())
             .chain(["--grad-accum", "1", "--lr", "5e-3", "--eval-every", "5", "--json"].map(str::to_string))
