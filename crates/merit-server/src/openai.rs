@@ -132,16 +132,40 @@ async fn signed_in(state: &AppState, parts: &mut axum::http::request::Parts) -> 
     }
 }
 
+/// Whether `user` may generate with `model`: a base, or the adapter of a run
+/// that [`crate::runs::may_serve`] lets them use. Others are told, as for an
+/// adapter that does not exist, that there is no such model.
+async fn may_use_model(state: &AppState, user: &merit_store::User, model: &str) -> Result<bool, Response> {
+    let Some(run) = crate::runs::adapter_run(model) else { return Ok(true) };
+    match state.store.run(run).await {
+        Ok(Some(r)) => Ok(crate::runs::may_serve(user, &r)),
+        Ok(None) => Ok(false),
+        Err(e) => {
+            tracing::error!("reading run {run}: {e}");
+            Err(oai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the database failed", None))
+        }
+    }
+}
+
 async fn models(State(state): State<AppState>, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
-    if let Err(r) = signed_in(&state, &mut parts).await {
-        return r;
-    }
+    let user = match signed_in(&state, &mut parts).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     let g = match generator(&state) {
         Ok(g) => g,
         Err(r) => return r,
     };
-    let ids = tokio::task::spawn_blocking(move || g.models()).await.unwrap_or_default();
+    let all = tokio::task::spawn_blocking(move || g.models()).await.unwrap_or_default();
+    let mut ids = Vec::with_capacity(all.len());
+    for id in all {
+        match may_use_model(&state, &user, &id).await {
+            Ok(true) => ids.push(id),
+            Ok(false) => {}
+            Err(r) => return r,
+        }
+    }
     let data: Vec<Value> =
         ids.iter().map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "merit" })).collect();
     Json(json!({ "object": "list", "data": data })).into_response()
@@ -311,8 +335,8 @@ fn now_s() -> u64 {
 
 async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     let (mut parts, body) = req.into_parts();
-    let payer = match signed_in(&state, &mut parts).await {
-        Ok(u) => u.name,
+    let user = match signed_in(&state, &mut parts).await {
+        Ok(u) => u,
         Err(r) => return r,
     };
     let g = match generator(&state) {
@@ -327,6 +351,17 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
+    match may_use_model(&state, &user, &gen.model).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return gen_error(GenError::NotFound(format!(
+                "the model `{}` does not exist (see GET /v1/models)",
+                gen.model
+            )))
+        }
+        Err(r) => return r,
+    }
+    let payer = user.name;
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_u64());
     let created = now_s();
     let model = gen.model.clone();

@@ -14,6 +14,24 @@ use serde_json::{json, Value};
 
 use crate::AppState;
 
+/// Who may see a run (its settings, metrics, files, events) and act on it:
+/// its owner and administrators. Every route that reaches a run asks this.
+pub fn may_read(user: &merit_store::User, run: &merit_store::Run) -> bool {
+    run.owner_id == user.id || user.admin
+}
+
+/// Who may generate with a run's adapter (`/v1`, the web chat): whoever may
+/// read the run, and every signed-in user once it is published.
+pub fn may_serve(user: &merit_store::User, run: &merit_store::Run) -> bool {
+    run.published_at.is_some() || may_read(user, run)
+}
+
+/// The run whose adapter a model id names (`<base>:run-<id>`), if any.
+pub fn adapter_run(model: &str) -> Option<i64> {
+    let (_, adapter) = model.split_once(':')?;
+    adapter.strip_prefix("run-")?.parse::<i64>().ok().filter(|n| *n > 0)
+}
+
 /// What trains: the binary's adapter over `merit-train`.
 pub trait RunTrainer: Send + Sync + 'static {
     /// Completes a run's settings with the defaults and checks them, before

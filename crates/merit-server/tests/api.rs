@@ -715,8 +715,11 @@ impl merit_server::openai::Generator for EchoGenerator {
 
 #[tokio::test]
 async fn openai_compatible_chat_and_completions() {
-    let app = common::App::with_generator(std::sync::Arc::new(EchoGenerator)).await;
+    let app = common::App::with_trainer_and_generator(std::sync::Arc::new(FakeTrainer), std::sync::Arc::new(EchoGenerator))
+        .await;
     let ann = app.user("ann").await;
+    let r = app.call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "rows": [{ "text": "x" }] }))).await;
+    assert_eq!(r.json()["id"], 1, "the echo generator serves base:run-1: ann's");
     let post = |path: &'static str, body: Value, token: Option<String>| {
         let app = &app;
         async move { app.call("POST", path, token.as_deref(), Some(body)).await }
@@ -781,6 +784,61 @@ async fn openai_compatible_chat_and_completions() {
     let e = post("/v1/chat/completions", chat, None).await;
     assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     assert_eq!(e.json()["error"]["code"], "invalid_api_key");
+}
+
+/// Issue 14 (high): another user's unpublished adapter was served on `/v1`
+/// and listed by `GET /v1/models`, while `GET /api/v1/runs/{id}` said 404.
+#[tokio::test]
+async fn unpublished_adapters_are_served_to_their_owner_only() {
+    use std::sync::Arc;
+    let app = common::App::with_trainer_and_generator(Arc::new(FakeTrainer), Arc::new(EchoGenerator)).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let r = app
+        .call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "rows": [{ "text": "x" }], "max_steps": 1 })))
+        .await;
+    assert_eq!(r.json()["id"], 1);
+    for _ in 0..200 {
+        if app.call("GET", "/api/v1/runs/1", Some(&ann), None).await.json()["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ids = |token: String| {
+        let app = &app;
+        async move {
+            let v = app.call("GET", "/v1/models", Some(&token), None).await.json();
+            v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    let ask = |token: String, path: &'static str, model: &'static str| {
+        let app = &app;
+        async move {
+            let body = if path.ends_with("chat/completions") {
+                json!({ "model": model, "messages": [{ "role": "user", "content": "a b" }] })
+            } else {
+                json!({ "model": model, "prompt": "a b" })
+            };
+            app.call("POST", path, Some(&token), Some(body)).await
+        }
+    };
+    assert_eq!(ids(ann.clone()).await, ["base", "base:run-1"]);
+    assert_eq!(ids(bob.clone()).await, ["base"], "bob is not shown ann's unpublished adapter");
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        assert_eq!(ask(ann.clone(), path, "base:run-1").await.status, StatusCode::OK);
+        let r = ask(bob.clone(), path, "base:run-1").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.json()["error"]["code"], "model_not_found");
+        assert_eq!(ask(bob.clone(), path, "base").await.status, StatusCode::OK, "bases are for everyone");
+    }
+    let mut s = json!({ "model": "base:run-1", "messages": [{ "role": "user", "content": "a" }], "stream": true });
+    assert_eq!(app.call("POST", "/v1/chat/completions", Some(&bob), Some(s.clone())).await.status, StatusCode::NOT_FOUND);
+    s["model"] = json!("base:run-01");
+    assert_eq!(app.call("POST", "/v1/chat/completions", Some(&bob), Some(s)).await.status, StatusCode::NOT_FOUND);
+    // Published, it is everyone's.
+    assert_eq!(app.call("POST", "/api/v1/runs/1/publish", Some(&ann), None).await.status, StatusCode::OK);
+    assert_eq!(ids(bob.clone()).await, ["base", "base:run-1"]);
+    assert_eq!(ask(bob.clone(), "/v1/chat/completions", "base:run-1").await.status, StatusCode::OK);
 }
 
 /// Streams pieces until it is cancelled (or 10 s pass), and says whether it was.

@@ -29,7 +29,7 @@ async fn visible_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<R
     let user = caller.user()?;
     let id = super::parse_id("run id", id)?;
     match state.store.run(id).await? {
-        Some(r) if r.owner_id == user.id || user.admin => Ok(r),
+        Some(r) if crate::runs::may_read(user, &r) => Ok(r),
         _ => Err(ApiError::not_found(format!("run {id}"))),
     }
 }
