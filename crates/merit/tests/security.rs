@@ -106,3 +106,24 @@ async fn a_server_path_is_not_a_training_base() {
     alive(&server).await;
 }
 
+/// Medium: `POST /login` with a CR/LF in `next` answered 500 (the session
+/// cookie was still set).
+#[tokio::test]
+async fn a_login_with_a_line_break_in_next_redirects_home() {
+    let server = Server::start().await;
+    let ann = server.user("ann");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for next in ["/runs\r\nSet-Cookie: x=y", "/runs\n", "/\u{7f}", "//evil.example", "/datanets"] {
+        let r = http
+            .post(format!("{}/login", server.url))
+            .form(&[("token", ann.as_str()), ("next", next)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{next:?}");
+        let to = r.headers()["location"].to_str().unwrap();
+        assert_eq!(to, if next == "/datanets" { "/datanets" } else { "/" }, "{next:?}");
+        assert!(r.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("x=")));
+    }
+    alive(&server).await;
+}

@@ -190,7 +190,13 @@ pub(crate) struct NextQuery {
 
 /// Only local paths: never an open redirect.
 fn local_path(next: &str) -> String {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    // Control characters (CR, LF, …) cannot be in a Location header: such a `next` is nowhere.
+    if next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control)
+        && next.len() <= 2048
+    {
         next.to_string()
     } else {
         "/".into()
