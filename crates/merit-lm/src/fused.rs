@@ -239,8 +239,28 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32], weights: &[f32]) -> CResu
     }
     let mut shape = logits.dims().to_vec();
     shape.pop();
+    if !cpu_float(logits) {
+        return cross_entropy_ops(logits, targets, weights, (rows, vocab))?.reshape(shape);
+    }
     let op = CrossEntropy { targets: targets.to_vec(), weights: weights.to_vec(), vocab };
     logits.contiguous()?.apply_op1(op)?.reshape(shape)
+}
+
+/// [`cross_entropy`] from candle's differentiable primitives, on any device
+/// (a GPU): log-sum-exp with the row maximum held constant, minus the
+/// target's logit, in f32; one value per row.
+fn cross_entropy_ops(
+    logits: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    (rows, vocab): (usize, usize),
+) -> CResult<Tensor> {
+    let dev = logits.device();
+    let x = logits.reshape((rows, vocab))?.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(1)?.detach();
+    let lse = (x.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?.squeeze(1)?;
+    let picked = x.gather(&Tensor::from_slice(targets, (rows, 1), dev)?, 1)?.squeeze(1)?;
+    (lse - picked)? * Tensor::from_slice(weights, rows, dev)?
 }
 
 struct CrossEntropy {
@@ -396,6 +416,26 @@ mod tests {
 
     /// The fused cross-entropy against log-softmax from primitives: values
     /// and gradients, masked rows contributing nothing.
+    /// The device-generic path (a GPU's) gives the fused op's values and gradients.
+    #[test]
+    fn cross_entropy_from_primitives_matches_the_fused_op() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (2, 3, 11), &Device::Cpu).unwrap()).unwrap();
+        let targets = [3u32, 0, 10, 7, 7, 1];
+        let weights = [1.0f32, 0.0, 0.5, 1.0, 2.0, 1.0];
+        let fused = cross_entropy(x.as_tensor(), &targets, &weights).unwrap();
+        let ops = cross_entropy_ops(x.as_tensor(), &targets, &weights, (6, 11)).unwrap().reshape((2, 3)).unwrap();
+        let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), ops.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        let ga = fused.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let gb = ops.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let (ga, gb) = (ga.to_vec1::<f32>().unwrap(), gb.to_vec1::<f32>().unwrap());
+        for (a, b) in ga.iter().zip(&gb) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
     #[test]
     fn cross_entropy_matches_log_softmax() {
         let x = Var::from_tensor(&Tensor::randn(0f64, 2.0, (2, 3, 11), &Device::Cpu).unwrap()).unwrap();

@@ -1172,7 +1172,10 @@ impl Decoder {
             for lin in layer.linears_mut() {
                 if let Weight::Dense(w) = &lin.weight {
                     before += w.elem_count() * w.dtype().size_in_bytes();
-                    let q = crate::nf4::Nf4Weight::quantize(w)?;
+                    let mut q = crate::nf4::Nf4Weight::quantize(w)?;
+                    if !self.device.is_cpu() {
+                        q = q.on_device(&self.device, self.dtype)?;
+                    }
                     after += q.size_in_bytes();
                     lin.weight = Weight::Nf4(q);
                 }

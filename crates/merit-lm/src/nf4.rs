@@ -111,6 +111,24 @@ pub struct Nf4Weight {
     /// Per group of [`GROUP`] blocks.
     scales: Arc<Vec<f32>>,
     mean: f32,
+    /// The same weight on a device (a GPU), dequantized there a layer at a time.
+    on_device: Option<Arc<OnDevice>>,
+}
+
+/// An NF4 weight's device-resident form: the 4-bit codes as stored (two per
+/// byte), the block maxima expanded once (one value per 64 weights: half a
+/// bit per weight more than the double-quantized form), and a 256-entry
+/// table from a code byte to its two NF4 values. A product dequantizes the
+/// matrix on the device with one gather and one multiply, in the compute
+/// dtype, into a buffer that lives for that product only.
+#[derive(Debug)]
+struct OnDevice {
+    /// (rows · blocks · BLOCK / 2) code bytes.
+    codes: Tensor,
+    /// (rows, blocks, 1).
+    maxima: Tensor,
+    /// (256, 2): byte → (value of the low nibble, value of the high nibble).
+    pairs: Tensor,
 }
 
 impl Nf4Weight {
@@ -157,7 +175,44 @@ impl Nf4Weight {
                 absmax[i] = fp8_encode((maxima[i] - mean) * inv);
             }
         }
-        Ok(Nf4Weight { rows, cols, codes: Arc::new(codes), absmax: Arc::new(absmax), scales: Arc::new(scales), mean })
+        Ok(Nf4Weight {
+            rows,
+            cols,
+            codes: Arc::new(codes),
+            absmax: Arc::new(absmax),
+            scales: Arc::new(scales),
+            mean,
+            on_device: None,
+        })
+    }
+
+    /// This weight with a copy on `device` that products use, computing in
+    /// `dtype` (the device-generic path; on a GPU the matrix never crosses
+    /// to the host again).
+    pub fn on_device(mut self, device: &Device, dtype: DType) -> CResult<Nf4Weight> {
+        let bpr = Self::blocks_per_row(self.cols);
+        let maxima: Vec<f32> = (0..self.rows * bpr).map(|i| self.block_max(i)).collect();
+        let pairs: Vec<f32> = (0..256usize).flat_map(|b| [NF4[b & 15], NF4[b >> 4]]).collect();
+        self.on_device = Some(Arc::new(OnDevice {
+            codes: Tensor::from_slice(self.codes.as_slice(), self.codes.len(), device)?,
+            maxima: Tensor::from_vec(maxima, (self.rows, bpr, 1), device)?.to_dtype(dtype)?,
+            pairs: Tensor::from_vec(pairs, (256, 2), device)?.to_dtype(dtype)?,
+        }));
+        Ok(self)
+    }
+
+    /// The whole matrix (rows × cols) on the device, from the device form.
+    fn dequantize_on(&self, d: &OnDevice) -> CResult<Tensor> {
+        let bpr = Self::blocks_per_row(self.cols);
+        // u32 ids: candle reads the largest id of a type (255 for u8) as "no row" (zeros).
+        let ids = d.codes.to_dtype(DType::U32)?;
+        let w = d.pairs.index_select(&ids, 0)?.reshape((self.rows, bpr, BLOCK))?.broadcast_mul(&d.maxima)?;
+        let w = w.reshape((self.rows, bpr * BLOCK))?;
+        if bpr * BLOCK == self.cols {
+            Ok(w)
+        } else {
+            w.narrow(1, 0, self.cols)
+        }
     }
 
     /// Bytes held.
@@ -226,12 +281,27 @@ impl Nf4Weight {
 
     /// `x Wᵀ` (… × in → … × out), a chunk of rows of W at a time.
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if let Some(d) = &self.on_device {
+            let w = self.dequantize_on(d)?;
+            return x.to_dtype(w.dtype())?.broadcast_matmul(&w.t()?)?.to_dtype(x.dtype());
+        }
         crate::chunked::forward(x, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))
     }
 
     /// `g W` (… × out → … × in): the gradient of `x Wᵀ` with respect to `x`.
     pub fn backward_input(&self, g: &Tensor) -> CResult<Tensor> {
+        if let Some(d) = &self.on_device {
+            let w = self.dequantize_on(d)?;
+            return g.to_dtype(w.dtype())?.broadcast_matmul(&w)?.to_dtype(g.dtype());
+        }
         crate::chunked::input_grad(g, (self.rows, self.cols), |start, n| self.dequantize_rows(start, n))
+    }
+
+    /// Bytes held on the device (0 when products run on the host).
+    pub fn device_bytes(&self) -> usize {
+        self.on_device.as_ref().map_or(0, |d| {
+            d.codes.elem_count() + d.maxima.elem_count() * d.maxima.dtype().size_in_bytes()
+        })
     }
 
     /// The rows `[start, start + n)`, requantized as their own weight.
@@ -308,6 +378,28 @@ mod tests {
         let q = Nf4Weight::quantize(&normal(512, 512, 2)).unwrap();
         let bits = 8.0 * q.size_in_bytes() as f64 / (512.0 * 512.0);
         assert!((4.1..4.2).contains(&bits), "{bits} bits per weight");
+    }
+
+    #[test]
+    fn the_device_form_gives_the_host_products() {
+        // The path a GPU takes, run on the CPU: same products as the host kernels.
+        let w = normal(70, 150, 7);
+        let host = Nf4Weight::quantize(&w).unwrap();
+        let dev = host.clone().on_device(&Device::Cpu, DType::F32).unwrap();
+        assert!(dev.device_bytes() > 0 && host.device_bytes() == 0);
+        let on = dev.dequantize_on(dev.on_device.as_ref().unwrap()).unwrap();
+        let d = (on - host.dequantize().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d == 0.0, "dequantized: {d} (every code byte, 255 too)");
+        let x = normal(3, 150, 8).reshape((1, 3, 150)).unwrap();
+        let g = normal(5, 70, 9);
+        for (a, b) in [
+            (host.forward(&x).unwrap(), dev.forward(&x).unwrap()),
+            (host.backward_input(&g).unwrap(), dev.backward_input(&g).unwrap()),
+        ] {
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "{d}");
+        }
     }
 
     #[test]

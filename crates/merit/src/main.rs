@@ -29,6 +29,9 @@ struct Cli {
     /// Where models run: cpu, or cuda / cuda:N in a build with `--features cuda`
     #[arg(long, global = true, env = "MERIT_DEVICE", default_value = "cpu")]
     device: String,
+    /// What Hugging Face weights compute in: f32, bf16 or f16 (GGUF files keep their blocks)
+    #[arg(long, global = true, env = "MERIT_DTYPE", default_value = "f32")]
+    dtype: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -568,6 +571,9 @@ enum BenchCommand {
         /// Runs; the best of them is reported
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Sequences decoded together (the same prompt each); tokens/s counts all of them
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Print {"prompt_tokens_per_s", "generation_tokens_per_s", …} as JSON
         #[arg(long)]
         json: bool,
@@ -593,6 +599,12 @@ enum BenchCommand {
         /// Recompute each layer in the backward pass (as `merit train --gradient-checkpointing`)
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// Sequences per step
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// LoRA rank
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
         /// Print {"tokens_per_s", "peak_bytes", …} as JSON
         #[arg(long)]
         json: bool,
@@ -683,6 +695,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     std::env::set_var("MERIT_DEVICE", &cli.device);
+    std::env::set_var("MERIT_DTYPE", &cli.dtype);
     if let Err(e) = configure_threads(cli.threads) {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
@@ -1103,9 +1116,20 @@ async fn run(cli: Cli) -> Result<u8> {
                 }
             }
         }
-        Command::Bench(BenchCommand::Generate { model: name, prompt_tokens, new_tokens, repeats, json, data_dir }) => {
-            if prompt_tokens == 0 || new_tokens == 0 || repeats == 0 {
-                bail!("--prompt-tokens, --new-tokens and --repeats must be at least 1");
+        Command::Bench(BenchCommand::Generate {
+            model: name,
+            prompt_tokens,
+            new_tokens,
+            repeats,
+            batch,
+            json,
+            data_dir,
+        }) => {
+            if prompt_tokens == 0 || new_tokens == 0 || repeats == 0 || batch == 0 {
+                bail!("--prompt-tokens, --new-tokens, --repeats and --batch must be at least 1");
+            }
+            if prompt_tokens > 1 << 20 || new_tokens > 1 << 20 || repeats > 1000 || batch > 4096 {
+                bail!("--prompt-tokens and --new-tokens are at most 2^20, --repeats 1000, --batch 4096");
             }
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let (m, tok) = model::load(&data_dir, &name, None)?;
@@ -1117,17 +1141,18 @@ async fn run(cli: Cli) -> Result<u8> {
                 for _ in 0..repeats {
                     let mut cache = merit_lm::Cache::default();
                     let t0 = std::time::Instant::now();
-                    let prompt = merit_lm::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+                    let prompt = merit_lm::Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?.repeat((batch, 1))?;
                     let logits = m.forward_last(&prompt, Some(&mut cache))?;
-                    let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-                    best_pp = best_pp.max(ids.len() as f64 / t0.elapsed().as_secs_f64());
+                    // Greedy: one (batch,) transfer of token ids per step.
+                    let mut next = logits.argmax(1)?.to_dtype(merit_lm::candle_core::DType::U32)?.to_vec1::<u32>()?;
+                    best_pp = best_pp.max((batch * ids.len()) as f64 / t0.elapsed().as_secs_f64());
                     let t1 = std::time::Instant::now();
                     for _ in 0..new_tokens {
-                        let l =
-                            m.forward_last(&merit_lm::Tensor::new(&[next], &dev)?.unsqueeze(0)?, Some(&mut cache))?;
-                        next = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+                        let step = merit_lm::Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
+                        let l = m.forward_last(&step, Some(&mut cache))?;
+                        next = l.argmax(1)?.to_dtype(merit_lm::candle_core::DType::U32)?.to_vec1::<u32>()?;
                     }
-                    best_tg = best_tg.max(new_tokens as f64 / t1.elapsed().as_secs_f64());
+                    best_tg = best_tg.max((batch * new_tokens) as f64 / t1.elapsed().as_secs_f64());
                 }
                 let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_default();
                 if json {
@@ -1137,6 +1162,9 @@ async fn run(cli: Cli) -> Result<u8> {
                             "model": name,
                             "threads": threads.parse::<usize>().ok(),
                             "kernels": merit_lm::quant::kernel_isa(),
+                            "device": format!("{:?}", dev),
+                            "dtype": format!("{:?}", model::dtype()?),
+                            "batch": batch,
                             "prompt_tokens": ids.len(),
                             "new_tokens": new_tokens,
                             "prompt_tokens_per_s": best_pp,
@@ -1162,13 +1190,13 @@ async fn run(cli: Cli) -> Result<u8> {
             targets,
             method,
             gradient_checkpointing,
+            batch,
+            rank,
             json,
             data_dir,
         }) => {
-            tokio::task::spawn_blocking(move || {
-                train::bench(&data_dir, &name, tokens, steps, &targets, &method, gradient_checkpointing, json)
-            })
-            .await??
+            let bench = train::Bench { tokens, steps, batch, rank, targets, method, gradient_checkpointing };
+            tokio::task::spawn_blocking(move || train::bench(&data_dir, &name, &bench, json)).await??
         }
         Command::Bench(BenchCommand::Adapters { model, requests, adapters, new_tokens, json, data_dir }) => {
             tokio::task::spawn_blocking(move || {

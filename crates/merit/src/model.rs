@@ -116,12 +116,23 @@ pub fn load_base_as(data_dir: &Path, model: &str, dequantize: bool) -> Result<(D
             merit_lm::gguf::load_gguf_as(&f, &device, dequantize).with_context(|| format!("loading {}", f.display()))
         }
         ModelKind::HfFolder(d) => {
-            let model =
-                merit_lm::loader::load_hf_dir(&d, &device).with_context(|| format!("loading {}", d.display()))?;
+            let model = merit_lm::loader::load_hf_dir_as(&d, &device, dtype()?)
+                .with_context(|| format!("loading {}", d.display()))?;
             let tok =
                 TextTokenizer::from_hf_dir(&d).with_context(|| format!("loading the tokenizer of {}", d.display()))?;
             Ok((model, tok))
         }
+    }
+}
+
+/// What Hugging Face weights compute in: `--dtype` / `MERIT_DTYPE` (f32, bf16, f16).
+pub fn dtype() -> Result<merit_lm::candle_core::DType> {
+    use merit_lm::candle_core::DType;
+    match std::env::var("MERIT_DTYPE").unwrap_or_else(|_| "f32".into()).as_str() {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => bail!("--dtype `{other}` is not one of f32, bf16, f16"),
     }
 }
 

@@ -691,37 +691,43 @@ mod remote {
 /// `merit bench train`: optimizer steps on one synthetic sequence (batch 1),
 /// timed after a warm-up step; prints tokens/s and the process's peak memory.
 #[allow(clippy::too_many_arguments)]
-pub fn bench(
-    data_dir: &Path,
-    base: &str,
-    tokens: usize,
-    steps: usize,
-    targets: &str,
-    method: &str,
-    gradient_checkpointing: bool,
-    json: bool,
-) -> Result<()> {
-    if tokens < 2 || steps == 0 {
-        bail!("--tokens must be at least 2 and --steps at least 1");
+/// What `merit bench train` measures.
+pub struct Bench {
+    pub tokens: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub rank: usize,
+    pub targets: String,
+    pub method: String,
+    pub gradient_checkpointing: bool,
+}
+
+pub fn bench(data_dir: &Path, base: &str, b: &Bench, json: bool) -> Result<()> {
+    let Bench { tokens, steps, batch, rank, ref targets, ref method, gradient_checkpointing } = *b;
+    if tokens < 2 || steps == 0 || batch == 0 {
+        bail!("--tokens must be at least 2, --steps and --batch at least 1");
     }
     let (mut m, _tok) = load_for_training(data_dir, base, method)?;
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let vocab = m.config.vocab_size as u64;
-    let ids: Vec<u32> = (0..tokens)
-        .map(|_| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (100 + rng % (vocab.saturating_sub(100).max(1))) as u32
-        })
-        .collect();
-    let ex = merit_train::Example { labels: vec![true; ids.len()], ids, row: 0 };
-    let data = merit_train::Dataset { train: vec![ex; steps + 1], eval: Vec::new(), skipped: Vec::new() };
+    let mut train = Vec::with_capacity((steps + 1) * batch);
+    for row in 0..(steps + 1) * batch {
+        let ids: Vec<u32> = (0..tokens)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (100 + rng % (vocab.saturating_sub(100).max(1))) as u32
+            })
+            .collect();
+        train.push(merit_train::Example { labels: vec![true; ids.len()], ids, row });
+    }
+    let data = merit_train::Dataset { train, eval: Vec::new(), skipped: Vec::new() };
     let config = TrainConfig {
         base: base.to_string(),
         method: method.to_string(),
-        rank: 8,
-        alpha: 16.0,
+        rank,
+        alpha: 2.0 * rank as f64,
         dropout: 0.0,
         rslora: false,
         targets: targets.split(',').map(str::to_string).collect(),
@@ -730,7 +736,7 @@ pub fn bench(
         warmup: 0.0,
         epochs: 1.0,
         max_steps: Some(steps + 1),
-        batch: 1,
+        batch,
         grad_accum: 1,
         weight_decay: 0.0,
         max_grad_norm: 0.0,
@@ -748,6 +754,7 @@ pub fn bench(
         },
         sources: Vec::new(),
     };
+    config.check()?;
     let out = tempfile::tempdir()?;
     let stop = AtomicBool::new(false);
     let mut trainer =
@@ -763,13 +770,15 @@ pub fn bench(
             last = now;
         }
     })?;
-    let tokens_per_s = (tokens * times.len()) as f64 / times.iter().sum::<f64>();
+    let tokens_per_s = (batch * tokens * times.len()) as f64 / times.iter().sum::<f64>();
     let peak = peak_rss_bytes();
     if json {
         println!(
             "{}",
             serde_json::json!({
                 "model": base, "method": method, "targets": targets, "tokens": tokens, "steps": times.len(),
+                "batch": batch, "rank": rank, "dtype": format!("{:?}", model::dtype()?),
+                "device": format!("{:?}", m.device()),
                 "gradient_checkpointing": gradient_checkpointing,
                 "tokens_per_s": tokens_per_s, "peak_bytes": peak,
                 "threads": std::env::var("CANDLE_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok()),
@@ -777,7 +786,7 @@ pub fn bench(
         );
     } else {
         println!(
-            "{base}: {method}{} r=8 on {targets}, batch 1 x {tokens} tokens: {tokens_per_s:.1} tokens/s, peak memory {:.0} MiB",
+            "{base}: {method}{} r={rank} on {targets}, batch {batch} x {tokens} tokens: {tokens_per_s:.1} tokens/s, peak memory {:.0} MiB",
             if gradient_checkpointing { " (gradient checkpointing)" } else { "" },
             peak as f64 / (1 << 20) as f64
         );
