@@ -424,7 +424,10 @@ mod tests {
         let weights = [1.0f32, 0.0, 0.5, 1.0, 2.0, 1.0];
         let fused = cross_entropy(x.as_tensor(), &targets, &weights).unwrap();
         let ops = cross_entropy_ops(x.as_tensor(), &targets, &weights, (6, 11)).unwrap().reshape((2, 3)).unwrap();
-        let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), ops.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (a, b) = (
+            fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            ops.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
         for (a, b) in a.iter().zip(&b) {
             assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
         }

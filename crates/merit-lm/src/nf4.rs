@@ -299,9 +299,9 @@ impl Nf4Weight {
 
     /// Bytes held on the device (0 when products run on the host).
     pub fn device_bytes(&self) -> usize {
-        self.on_device.as_ref().map_or(0, |d| {
-            d.codes.elem_count() + d.maxima.elem_count() * d.maxima.dtype().size_in_bytes()
-        })
+        self.on_device
+            .as_ref()
+            .map_or(0, |d| d.codes.elem_count() + d.maxima.elem_count() * d.maxima.dtype().size_in_bytes())
     }
 
     /// The rows `[start, start + n)`, requantized as their own weight.
@@ -388,7 +388,8 @@ mod tests {
         let dev = host.clone().on_device(&Device::Cpu, DType::F32).unwrap();
         assert!(dev.device_bytes() > 0 && host.device_bytes() == 0);
         let on = dev.dequantize_on(dev.on_device.as_ref().unwrap()).unwrap();
-        let d = (on - host.dequantize().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d =
+            (on - host.dequantize().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d == 0.0, "dequantized: {d} (every code byte, 255 too)");
         let x = normal(3, 150, 8).reshape((1, 3, 150)).unwrap();
         let g = normal(5, 70, 9);

@@ -715,10 +715,12 @@ impl merit_server::openai::Generator for EchoGenerator {
 
 #[tokio::test]
 async fn openai_compatible_chat_and_completions() {
-    let app = common::App::with_trainer_and_generator(std::sync::Arc::new(FakeTrainer), std::sync::Arc::new(EchoGenerator))
-        .await;
+    let app =
+        common::App::with_trainer_and_generator(std::sync::Arc::new(FakeTrainer), std::sync::Arc::new(EchoGenerator))
+            .await;
     let ann = app.user("ann").await;
-    let r = app.call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "rows": [{ "text": "x" }] }))).await;
+    let r =
+        app.call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "rows": [{ "text": "x" }] }))).await;
     assert_eq!(r.json()["id"], 1, "the echo generator serves base:run-1: ann's");
     let post = |path: &'static str, body: Value, token: Option<String>| {
         let app = &app;
@@ -795,7 +797,12 @@ async fn unpublished_adapters_are_served_to_their_owner_only() {
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
     let r = app
-        .call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "base", "rows": [{ "text": "x" }], "max_steps": 1 })))
+        .call(
+            "POST",
+            "/api/v1/runs",
+            Some(&ann),
+            Some(json!({ "base": "base", "rows": [{ "text": "x" }], "max_steps": 1 })),
+        )
         .await;
     assert_eq!(r.json()["id"], 1);
     for _ in 0..200 {
@@ -832,7 +839,10 @@ async fn unpublished_adapters_are_served_to_their_owner_only() {
         assert_eq!(ask(bob.clone(), path, "base").await.status, StatusCode::OK, "bases are for everyone");
     }
     let mut s = json!({ "model": "base:run-1", "messages": [{ "role": "user", "content": "a" }], "stream": true });
-    assert_eq!(app.call("POST", "/v1/chat/completions", Some(&bob), Some(s.clone())).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call("POST", "/v1/chat/completions", Some(&bob), Some(s.clone())).await.status,
+        StatusCode::NOT_FOUND
+    );
     s["model"] = json!("base:run-01");
     assert_eq!(app.call("POST", "/v1/chat/completions", Some(&bob), Some(s)).await.status, StatusCode::NOT_FOUND);
     // Published, it is everyone's.

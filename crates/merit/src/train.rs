@@ -201,8 +201,8 @@ fn check_served_run(data_dir: &Path, config: &TrainConfig) -> Result<()> {
             if names.is_empty() { "none registered".to_string() } else { names.join(", ") }
         );
     }
-    let shape: merit_train::ModelShape = serde_json::from_value(model::shape(data_dir, &config.base)?)
-        .context("reading the base model's shape")?;
+    let shape: merit_train::ModelShape =
+        serde_json::from_value(model::shape(data_dir, &config.base)?).context("reading the base model's shape")?;
     let need = config.memory_estimate(&shape);
     if let Some(have) = worker_memory_bytes() {
         if need.total_bytes > have {

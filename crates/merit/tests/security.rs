@@ -68,7 +68,8 @@ async fn a_huge_rank_is_refused_and_the_server_stays_up() {
     assert_eq!(list, json!([]), "nothing refused was queued");
     alive(&server).await;
     // A run that fits is still taken.
-    let (code, body) = post_run(&server, &ann, json!({ "base": "tiny", "rows": rows, "rank": 4, "max_steps": 1 })).await;
+    let (code, body) =
+        post_run(&server, &ann, json!({ "base": "tiny", "rows": rows, "rank": 4, "max_steps": 1 })).await;
     assert_eq!(code, 201, "{body}");
     alive(&server).await;
 }
