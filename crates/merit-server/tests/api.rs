@@ -106,6 +106,55 @@ async fn role_matrix() {
     assert_eq!(app.call("GET", "/api/v1/leaderboard", None, None).await.status, StatusCode::OK);
 }
 
+/// Issue 14 (medium): an administrator could approve contributions and
+/// publish other users' runs, which the roles table gives them no power to do.
+#[tokio::test]
+async fn administrators_see_but_neither_review_nor_publish() {
+    let app = common::App::with_trainer(std::sync::Arc::new(FakeTrainer)).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let root = app.admin("root").await;
+    assert_eq!(app.datanet(&ann, "qa", OWNER_REVIEW, true).await.status, StatusCode::CREATED);
+    assert_eq!(app.datanet(&ann, "draft", "", false).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call("GET", "/api/v1/datanets/draft", Some(&root), None).await.status,
+        StatusCode::OK,
+        "sees drafts"
+    );
+    let r = app.upload("qa", Some(&bob), &[("bob.txt", prose(2).as_bytes())], false).await;
+    let id = r.json()[0]["contribution_id"].as_i64().unwrap();
+    let path = |verb: &str| format!("/api/v1/datanets/qa/contributions/{id}{verb}");
+    assert_eq!(app.call("GET", &path(""), Some(&root), None).await.status, StatusCode::OK, "sees pending files");
+    for verb in ["/approve", "/reject"] {
+        let r = app.call("POST", &path(verb), Some(&root), Some(json!({ "reason": "no" }))).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{verb}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(app.call("GET", &path(""), Some(&ann), None).await.json()["status"], "pending");
+    assert_eq!(app.call("POST", &path("/approve"), Some(&ann), None).await.status, StatusCode::OK);
+
+    let r = app
+        .call(
+            "POST",
+            "/api/v1/runs",
+            Some(&ann),
+            Some(json!({ "base": "m", "rows": [{ "text": "x" }], "max_steps": 1 })),
+        )
+        .await;
+    let run = r.json()["id"].as_i64().unwrap();
+    for _ in 0..200 {
+        if app.call("GET", &format!("/api/v1/runs/{run}"), Some(&ann), None).await.json()["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.call("GET", &format!("/api/v1/runs/{run}"), Some(&root), None).await.status, StatusCode::OK);
+    for verb in ["publish", "resume"] {
+        let r = app.call("POST", &format!("/api/v1/runs/{run}/{verb}"), Some(&root), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{verb}");
+    }
+    assert_eq!(app.call("POST", &format!("/api/v1/runs/{run}/publish"), Some(&ann), None).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn verdicts_versions_and_dry_runs() {
     let app = App::new().await;

@@ -188,7 +188,7 @@ pub struct ListQuery {
 /// Owners and curators see every contribution; a contributor sees accepted
 /// ones and their own; the public sees accepted ones.
 fn visibility(a: &Access, caller: &Caller) -> ContributionFilter {
-    if a.is_curator() {
+    if a.sees_all() {
         return ContributionFilter::default();
     }
     match &caller.0 {
@@ -198,7 +198,7 @@ fn visibility(a: &Access, caller: &Caller) -> ContributionFilter {
 }
 
 fn can_see(a: &Access, caller: &Caller, c: &Contribution) -> bool {
-    a.is_curator() || c.status == Status::Accepted || caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
+    a.sees_all() || c.status == Status::Accepted || caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
 }
 
 pub async fn contributions_list(

@@ -71,9 +71,16 @@ pub(crate) struct Access {
 }
 
 impl Access {
-    /// Owner, curator (or an administrator): sees everything, reviews.
+    /// Owner or curator: reviews contributions. Administrators do not (the
+    /// roles table gives them no say over anyone's datanet).
     pub fn is_curator(&self) -> bool {
-        self.admin || matches!(self.role, Some(Role::Owner | Role::Curator))
+        matches!(self.role, Some(Role::Owner | Role::Curator))
+    }
+
+    /// Sees the unpublished datanet and every contribution: owner, curators
+    /// and administrators.
+    pub fn sees_all(&self) -> bool {
+        self.admin || self.is_curator()
     }
 
     pub fn is_owner(&self) -> bool {
@@ -111,7 +118,7 @@ pub(crate) async fn access(state: &AppState, caller: &Caller, name: &str) -> Api
         None => (None, false),
     };
     let access = Access { datanet, role, admin };
-    if !access.datanet.published && !access.is_curator() {
+    if !access.datanet.published && !access.sees_all() {
         return Err(not_found());
     }
     Ok(access)

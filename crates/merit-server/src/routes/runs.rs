@@ -158,11 +158,12 @@ pub async fn runs_stop(
     Ok((code, Json(run_json(&run))))
 }
 
-/// A run of the caller's own (administrators: any); others get 404 or 403.
+/// A run of the caller's own, to resume or publish (administrators may see
+/// and stop any run, not publish or resume it); others get 404 or 403.
 async fn own_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Run> {
     let run = visible_run(state, caller, id).await?;
     let user = caller.user()?;
-    if run.owner_id != user.id && !user.admin {
+    if run.owner_id != user.id {
         return Err(ApiError::forbidden(format!("only {} can change run {}", run.owner, run.id)));
     }
     Ok(run)

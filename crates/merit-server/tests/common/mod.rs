@@ -89,6 +89,11 @@ impl App {
         self.store.create_user(name, false).await.unwrap().1
     }
 
+    /// An administrator's token.
+    pub async fn admin(&self, name: &str) -> String {
+        self.store.create_user(name, true).await.unwrap().1
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Reply {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
