@@ -59,6 +59,11 @@ impl Caller {
     }
 }
 
+/// The user of a request's bearer token, as the rate limiter already looked
+/// it up (None: the token is not valid).
+#[derive(Clone)]
+pub(crate) struct TokenUser(pub Option<User>);
+
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
@@ -118,7 +123,11 @@ impl FromRequestParts<AppState> for Caller {
             }
             return Ok(Caller(Some(session.user)));
         };
-        match state.store.user_by_token(token).await? {
+        let user = match parts.extensions.get::<TokenUser>() {
+            Some(TokenUser(known)) => known.clone(),
+            None => state.store.user_by_token(token).await?,
+        };
+        match user {
             Some(user) => Ok(Caller(Some(user))),
             None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API token is not valid")),
         }

@@ -1,5 +1,6 @@
-//! Per-token request rate limiting: a token bucket per API token (or per
-//! client address for the public), answering 429 with `Retry-After`.
+//! Per-caller request rate limiting: a token bucket per user of a valid API
+//! token (per client address for the public and for invalid tokens),
+//! answering 429 with `Retry-After`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,13 +58,28 @@ impl Buckets {
 }
 
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let address = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => format!("a:{}", addr.ip()),
+        None => "a:local".to_string(),
+    };
+    // A valid token has its own bucket; an invalid one counts against the
+    // address it came from, so made-up tokens cannot each get a fresh bucket.
+    // The lookup is kept for `Caller`, which does not repeat it.
     let key = match crate::extract::bearer(&parts) {
-        Some(token) => format!("t:{}", merit_core::sha256_hex(token.as_bytes())),
-        None => match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(addr)) => format!("a:{}", addr.ip()),
-            None => "a:local".to_string(),
+        Some(token) => match state.store.user_by_token(token).await {
+            Ok(Some(user)) => {
+                let key = format!("u:{}", user.id);
+                parts.extensions.insert(crate::extract::TokenUser(Some(user)));
+                key
+            }
+            Ok(None) => {
+                parts.extensions.insert(crate::extract::TokenUser(None));
+                address
+            }
+            Err(e) => return ApiError::from(e).into_response(),
         },
+        None => address,
     };
     if let Err(wait) = state.buckets.take(&key, state.rate_limit) {
         let secs = wait.ceil().max(1.0) as u64;

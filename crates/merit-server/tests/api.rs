@@ -382,6 +382,22 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(app.call("GET", "/api/v1/me", Some(&bob), None).await.status, StatusCode::OK);
 }
 
+/// Issue 14 (medium): the public limit was keyed on the bearer string, so
+/// every made-up token got a fresh bucket.
+#[tokio::test]
+async fn invalid_tokens_share_their_address_bucket() {
+    let app = App::with_rate(merit_server::RateLimit { per_second: 0.01, burst: 5.0 }).await;
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        codes.push(app.call("GET", "/api/v1/datanets", Some(&format!("mrt_made_up_{i}")), None).await.status);
+    }
+    assert_eq!(codes[..5], [StatusCode::UNAUTHORIZED; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|c| *c == StatusCode::TOO_MANY_REQUESTS), "{codes:?}");
+    // A valid token is not held back by them.
+    let ann = app.user("ann").await;
+    assert_eq!(app.call("GET", "/api/v1/me", Some(&ann), None).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn openapi_document_is_served() {
     let app = App::new().await;
