@@ -175,6 +175,12 @@ enum Command {
         /// adapter's SHA-256 must be the one on the ledger). Nodes share the database
         #[arg(long, env = "MERIT_ADAPTER_STORE", value_name = "URL")]
         adapter_store: Option<String>,
+        /// Seconds a client may take to send a request's headers
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        header_timeout: u64,
+        /// Seconds a client may pause between two pieces of a request's body
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        body_timeout: u64,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -731,6 +737,8 @@ async fn run(cli: Cli) -> Result<u8> {
             reward_shares,
             max_batch,
             adapter_store,
+            header_timeout,
+            body_timeout,
             key,
         } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
@@ -788,7 +796,11 @@ async fn run(cli: Cli) -> Result<u8> {
                 });
             }
             eprintln!("merit: serving http://{listen} (data in {})", local.data_dir.display());
-            merit_server::serve(state, listen).await.with_context(|| format!("serving on {listen}"))?;
+            let timeouts = merit_server::Timeouts {
+                header: std::time::Duration::from_secs(header_timeout),
+                body: std::time::Duration::from_secs(body_timeout),
+            };
+            merit_server::serve(state, listen, timeouts).await.with_context(|| format!("serving on {listen}"))?;
         }
         Command::User(cmd) => user(cmd).await?,
         Command::Model(cmd) => match cmd {

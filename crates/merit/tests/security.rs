@@ -128,3 +128,64 @@ async fn a_login_with_a_line_break_in_next_redirects_home() {
     }
     alive(&server).await;
 }
+
+/// Reads until the server closes the connection (or `limit` passes); returns
+/// what it sent and how long that took.
+fn read_to_close(stream: &mut std::net::TcpStream, limit: std::time::Duration) -> (String, std::time::Duration) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&got).to_string(), start.elapsed())
+}
+
+/// Medium: a request whose headers never finish (slowloris) stayed open for
+/// 600 s and more, a body that stopped midway for 200 s and more.
+#[tokio::test]
+async fn slow_headers_and_stalled_bodies_are_cut_off() {
+    use std::io::Write;
+    let server = Server::start_with(&["--header-timeout", "1", "--body-timeout", "1"]).await;
+    let ann = server.user("ann");
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let limit = std::time::Duration::from_secs(8);
+
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: merit\r\nX-Slow: 1\r\n").unwrap();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /api/v1/datanets HTTP/1.1\r\nHost: merit\r\nAuthorization: Bearer {ann}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": \"sl"
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    // Meanwhile others are served.
+    alive(&server).await;
+
+    let (sent, took) = tokio::task::spawn_blocking(move || read_to_close(&mut slow, limit)).await.unwrap();
+    assert!(took < std::time::Duration::from_secs(5), "headers: open for {took:?}");
+    assert!(!sent.contains("200 OK"), "{sent}");
+    let (sent, took) = tokio::task::spawn_blocking(move || read_to_close(&mut stalled, limit)).await.unwrap();
+    assert!(took < std::time::Duration::from_secs(5), "body: open for {took:?}");
+    assert!(!sent.contains("201 Created"), "{sent}");
+    // Nothing half-written: the datanet does not exist.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/datanets", server.url))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(r, json!([]));
+    alive(&server).await;
+}
