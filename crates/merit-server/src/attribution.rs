@@ -161,15 +161,15 @@ async fn index(
 }
 
 /// A published run behind a model id: the run, its base and its datanet versions.
-struct Published {
-    run: merit_store::Run,
+pub(crate) struct Published {
+    pub(crate) run: merit_store::Run,
     base: String,
     versions: Vec<(String, i64)>,
 }
 
 /// The published run behind a model id `<base>:run-<id>`; None for a base
 /// model or an unpublished run (nothing to credit or charge).
-async fn published(state: &AppState, model: &str) -> Result<Option<Published>, GenError> {
+pub(crate) async fn published(state: &AppState, model: &str) -> Result<Option<Published>, GenError> {
     let Some((base, adapter)) = model.split_once(':') else { return Ok(None) };
     let Some(id) = adapter.strip_prefix("run-").and_then(|n| n.parse::<i64>().ok()) else { return Ok(None) };
     let Some(run) = state.store.run(id).await.map_err(internal)? else { return Ok(None) };
@@ -345,6 +345,7 @@ pub async fn charge(
     (prompt_tokens, completion_tokens): (usize, usize),
     answer: &str,
     credited: Option<&[Credited]>,
+    hold: Option<&merit_store::Hold>,
 ) -> Result<Option<i64>, GenError> {
     let Some(p) = published(state, model).await? else { return Ok(None) };
     let (pin, pout) = (p.run.price_in_micros, p.run.price_out_micros);
@@ -394,6 +395,6 @@ pub async fn charge(
         fee_micros: fee,
         payouts,
     };
-    state.store.charge(&charge).await.map_err(internal)?;
+    state.store.charge(&charge, hold).await.map_err(internal)?;
     Ok(Some(fee))
 }

@@ -87,6 +87,98 @@ pub trait Generator: Send + Sync + 'static {
     /// TracIn score summed and similarity averaged over the checkpoints that
     /// saved influence tables). Empty when none did.
     fn influence(&self, req: &GenRequest, answer: &str) -> Result<Vec<(u64, merit_attrib::Influence)>, GenError>;
+    /// How many tokens `req`'s prompt has (chat template applied), or at
+    /// least an upper bound: what a priced answer holds credit for. The
+    /// default bound counts a token per byte, plus the template's.
+    fn prompt_tokens(&self, req: &GenRequest) -> Result<usize, GenError> {
+        Ok(match &req.messages {
+            Some(m) => m.iter().map(|(r, c)| r.len() + c.len() + 8).sum::<usize>() + 64,
+            None => req.prompt.len() + 8,
+        })
+    }
+}
+
+/// Credit held for a priced request while it runs: released when dropped
+/// unless [`Store::charge`](merit_store::Store::charge) took it (releasing
+/// a hold that was charged changes nothing).
+struct CreditHold {
+    store: merit_store::Store,
+    hold: Option<merit_store::Hold>,
+}
+
+impl CreditHold {
+    async fn release(mut self) {
+        if let Some(h) = self.hold.take() {
+            if let Err(e) = self.store.release(&h).await {
+                tracing::error!("releasing credit hold {}: {e}", h.id);
+            }
+        }
+    }
+}
+
+impl Drop for CreditHold {
+    fn drop(&mut self) {
+        if let (Some(h), Ok(rt)) = (self.hold.take(), tokio::runtime::Handle::try_current()) {
+            let store = self.store.clone();
+            rt.spawn(async move {
+                if let Err(e) = store.release(&h).await {
+                    tracing::error!("releasing credit hold {}: {e}", h.id);
+                }
+            });
+        }
+    }
+}
+
+/// Holds the most a priced answer can cost (its prompt at the input price,
+/// `max_tokens` at the output price) from `payer`'s credit before it runs:
+/// 402 when balance + allowance − what other running requests hold cannot
+/// cover it. None for a free model.
+async fn hold_credit(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    payer: &str,
+    gen: &GenRequest,
+) -> Result<Option<CreditHold>, Response> {
+    let Some(p) = crate::attribution::published(state, &gen.model).await.map_err(gen_error)? else {
+        return Ok(None);
+    };
+    let (pin, pout) = (p.run.price_in_micros, p.run.price_out_micros);
+    if pin <= 0 && pout <= 0 {
+        return Ok(None);
+    }
+    let (g2, req) = (g.clone(), gen.clone());
+    let prompt = match tokio::task::spawn_blocking(move || g2.prompt_tokens(&req)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(gen_error(e)),
+        Err(_) => return Err(gen_error(GenError::Internal("counting the prompt's tokens panicked".into()))),
+    };
+    let most = (prompt as i128 * pin as i128 + gen.max_tokens as i128 * pout as i128).div_euclid(1000) + 1;
+    let most = i64::try_from(most).unwrap_or(i64::MAX);
+    match state.store.hold(payer, most).await {
+        Ok(Ok(hold)) => Ok(Some(CreditHold { store: state.store.clone(), hold: Some(hold) })),
+        Ok(Err(available)) => {
+            let credits = |m: i64| m as f64 / 1e6;
+            Err(oai_error(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                format!(
+                    "this answer can cost up to {:.6} credits ({prompt} prompt tokens, max_tokens {}); `{payer}` can spend {:.6} \
+                     (balance {:.6}, allowance {:.6}, held by running requests {:.6})",
+                    credits(most),
+                    gen.max_tokens,
+                    credits(available.micros()),
+                    credits(available.balance_micros),
+                    credits(available.allowance_micros),
+                    credits(available.held_micros),
+                ),
+                None,
+            ))
+        }
+        Err(e) => {
+            tracing::error!("holding credit: {e}");
+            Err(oai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the database failed", None))
+        }
+    }
 }
 
 /// An error in OpenAI's shape.
@@ -362,6 +454,10 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         Err(r) => return r,
     }
     let payer = user.name;
+    let hold = match hold_credit(&state, &g, &payer, &gen).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_u64());
     let created = now_s();
     let model = gen.model.clone();
@@ -384,7 +480,12 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage });
-        match settle(&state, &g2, &payer, &req2, &out, attribution).await {
+        let settled =
+            settle(&state, &g2, &payer, &req2, &out, attribution, hold.as_ref().and_then(|h| h.hold.as_ref())).await;
+        if let Some(h) = hold {
+            h.release().await;
+        }
+        match settled {
             Ok(Some(a)) => v["attribution"] = a,
             Ok(None) => {}
             Err(e) => return gen_error(e),
@@ -434,7 +535,15 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                                     "total_tokens": out.prompt_tokens + out.completion_tokens });
                 let mut last = first(json!({}), Some(&out.finish_reason), Some(usage));
                 // The last chunk carries the attribution, as it carries the usage.
-                match rt.block_on(settle(&st, &g2, &payer, &req2, &out, attribution)) {
+                let settled = rt.block_on(async {
+                    let held = hold.as_ref().and_then(|h| h.hold.as_ref());
+                    let settled = settle(&st, &g2, &payer, &req2, &out, attribution, held).await;
+                    if let Some(h) = hold {
+                        h.release().await;
+                    }
+                    settled
+                });
+                match settled {
                     Ok(Some(a)) => last["attribution"] = a,
                     Ok(None) => {}
                     Err(e) => {
@@ -488,6 +597,7 @@ async fn settle(
     req: &GenRequest,
     out: &GenOutput,
     attribution: Option<Method>,
+    hold: Option<&merit_store::Hold>,
 ) -> Result<Option<Value>, GenError> {
     use crate::attribution as attr;
     let model = req.model.as_str();
@@ -498,7 +608,7 @@ async fn settle(
     };
     // Fees are always split by span attribution of the default length.
     let reuse = credited.as_deref().filter(|_| attribution == Some(Method::Span(attr::MIN_SPAN_TOKENS)));
-    attr::charge(state, g, payer, model, (out.prompt_tokens, out.completion_tokens), &out.text, reuse).await?;
+    attr::charge(state, g, payer, model, (out.prompt_tokens, out.completion_tokens), &out.text, reuse, hold).await?;
     Ok(credited.map(|c| attr::to_json(&c)))
 }
 

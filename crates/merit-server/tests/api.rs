@@ -1166,8 +1166,28 @@ async fn priced_answers_pay_publisher_contributors_and_owners() {
     // A free base model costs nothing.
     assert_eq!(ask("base", sentence.clone()).await.status, StatusCode::OK);
     assert_eq!(balance("dave").await["spent_micros"], 0);
-    // The priced adapter: n words in, n words echoed → fee = n · (1000 + 2000) / 1000 credits.
+    // Issue 14: with nothing to spend, a priced answer is 402 and costs nothing
+    // (it took dave to -18,000 credits).
     let question = format!("{sentence} and then zyx qwv");
+    let r = ask("base:run-1", question.clone()).await;
+    assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["type"], "insufficient_quota");
+    assert_eq!(balance("dave").await["balance_micros"], 0);
+    // An administrator lets dave go below zero.
+    let root = app.admin("root").await;
+    let allow = |token: &str, credits: Value| {
+        let (app, token) = (&app, token.to_string());
+        async move {
+            app.call("PUT", "/api/v1/accounts/dave/allowance", Some(&token), Some(json!({ "allowance": credits })))
+                .await
+        }
+    };
+    assert_eq!(allow(&dave, json!(1e6)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(allow(&root, json!(-1)).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = allow(&root, json!(1e6)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["available_micros"], 1_000_000_000_000i64);
+    // The priced adapter: n words in, n words echoed → fee = n · (1000 + 2000) / 1000 credits.
     let r = ask("base:run-1", question.clone()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let n = r.json()["usage"]["prompt_tokens"].as_i64().unwrap();
@@ -1218,4 +1238,43 @@ async fn priced_answers_pay_publisher_contributors_and_owners() {
     let bob_row = board.as_array().unwrap().iter().find(|r| r["contributor"] == "bob").unwrap().clone();
     assert_eq!(bob_row["earned"].as_f64().unwrap(), bob_earned as f64 / 1e6);
     assert_eq!(app.call("GET", "/api/v1/accounts/nobody/balance", None, None).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Issue 14: balances stay exact and within balance + allowance under
+/// concurrent priced calls (each holds its most possible fee while it runs).
+#[tokio::test]
+async fn concurrent_priced_calls_never_spend_past_the_allowance() {
+    use std::sync::Arc;
+    let app = common::App::with_trainer_and_generator(Arc::new(FakeTrainer), Arc::new(EchoGenerator)).await;
+    let (carl, dave) = (app.user("carl").await, app.user("dave").await);
+    let body = json!({ "base": "base", "rows": [{ "text": "x" }], "max_steps": 1 });
+    assert_eq!(app.call("POST", "/api/v1/runs", Some(&carl), Some(body)).await.status, StatusCode::CREATED);
+    for _ in 0..200 {
+        if app.call("GET", "/api/v1/runs/1", Some(&carl), None).await.json()["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let prices = json!({ "price_per_1k_input": 1000, "price_per_1k_output": 1000 });
+    assert_eq!(app.call("POST", "/api/v1/runs/1/publish", Some(&carl), Some(prices)).await.status, StatusCode::OK);
+    // "a b c": the default bound holds 4 + 5 + 8 + 64 = 81 prompt and 3 output tokens (84 credits) while
+    // it runs; it costs 6. With 100 credits of allowance one call holds at a time, and after three
+    // answers (82 left) none more fits: at most three of the 16 are answered, whatever their order.
+    app.store.set_allowance("dave", 100_000_000).await.unwrap();
+    let body = json!({ "model": "base:run-1", "messages": [{ "role": "user", "content": "a b c" }], "max_tokens": 3 });
+    let calls = (0..16).map(|_| {
+        let (app, dave, body) = (&app, dave.clone(), body.clone());
+        async move { app.call("POST", "/v1/chat/completions", Some(&dave), Some(body)).await.status }
+    });
+    let codes = futures_util::future::join_all(calls).await;
+    let ok = codes.iter().filter(|c| **c == StatusCode::OK).count();
+    assert!(codes.iter().all(|c| *c == StatusCode::OK || *c == StatusCode::PAYMENT_REQUIRED), "{codes:?}");
+    assert!((1..=3).contains(&ok), "{codes:?}");
+    let b = app.call("GET", "/api/v1/accounts/dave/balance", None, None).await.json();
+    assert_eq!(b["held_micros"], 0, "every hold ended");
+    assert_eq!(b["balance_micros"].as_i64().unwrap(), -(ok as i64) * 6_000_000, "each answer: 3 in + 3 out tokens");
+    assert!(b["balance_micros"].as_i64().unwrap() >= -100_000_000);
+    let earned =
+        app.call("GET", "/api/v1/accounts/carl/balance", None, None).await.json()["balance_micros"].as_i64().unwrap();
+    assert_eq!(earned, ok as i64 * 6_000_000, "no owners or contributors: all to the publisher");
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
-pub use accounts::Charge;
+pub use accounts::{Available, Charge, Hold};
 pub use blobs::Blobs;
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};
@@ -129,9 +129,11 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         use sqlx::Executor;
+                        // The busy timeout first: a connection the pool opens under load must
+                        // wait for a lock, not fail with "database is locked" on the next pragma.
                         for pragma in [
-                            "PRAGMA journal_mode = WAL",
                             "PRAGMA busy_timeout = 30000",
+                            "PRAGMA journal_mode = WAL",
                             "PRAGMA foreign_keys = ON",
                             "PRAGMA synchronous = NORMAL",
                         ] {
@@ -183,6 +185,14 @@ struct Writer<'a> {
 impl Writer<'_> {
     async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the transaction with nothing written, before the writer lock is
+    /// let go (a dropped transaction rolls back only when its connection is
+    /// next used, so the next writer would find the database still locked).
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_sessions.sql")),
     (5, include_str!("migrations/0005_publish.sql")),
     (6, include_str!("migrations/0006_rewards.sql")),
+    (7, include_str!("migrations/0007_credit.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -445,6 +445,13 @@ enum UserCommand {
         #[command(flatten)]
         local: Local,
     },
+    /// Let an account spend up to CREDITS below zero on priced answers (0: only what it earned)
+    Allowance {
+        name: String,
+        credits: f64,
+        #[command(flatten)]
+        local: Local,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1078,10 +1085,13 @@ async fn run(cli: Cli) -> Result<u8> {
             } else {
                 let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
                 println!(
-                    "{user}: balance {:.6}, earned {:.6}, spent {:.6} credits",
+                    "{user}: balance {:.6}, earned {:.6}, spent {:.6} credits; allowance {:.6}, held {:.6}, can spend {:.6}",
                     f("balance"),
                     f("earned"),
-                    f("spent")
+                    f("spent"),
+                    f("allowance"),
+                    f("held"),
+                    f("available")
                 );
             }
         }
@@ -1283,6 +1293,14 @@ async fn user(cmd: UserCommand) -> Result<()> {
             let token = store.create_token(&user).await?;
             println!("new API token for {}:", user.name);
             println!("{token}");
+        }
+        UserCommand::Allowance { name, credits, local } => {
+            if !(0.0..=1e9).contains(&credits) {
+                bail!("the allowance must be 0 to 1e9 credits, got {credits}");
+            }
+            let store = local.open().await?;
+            store.set_allowance(&name, (credits * 1e6).round() as i64).await?;
+            println!("{name} may now spend up to {credits} credits below zero");
         }
         UserCommand::List { local } => {
             let store = local.open().await?;

@@ -441,7 +441,27 @@ impl ServeGenerator {
     }
 }
 
+/// The token ids of a request's prompt (the chat template applied to messages).
+fn prompt_ids(tok: &TextTokenizer, req: &GenRequest) -> Result<Vec<u32>, GenError> {
+    let bad = |e: merit_lm::LmError| GenError::BadRequest(e.to_string());
+    match &req.messages {
+        Some(msgs) => {
+            let messages: Vec<merit_lm::Message> =
+                msgs.iter().map(|(r, c)| merit_lm::Message { role: r.clone(), content: c.clone() }).collect();
+            let text = tok.apply_chat_template(&messages, true).map_err(bad)?;
+            tok.encode(&text, false).map_err(bad)
+        }
+        None => tok.encode(&req.prompt, true).map_err(bad),
+    }
+}
+
 impl Generator for ServeGenerator {
+    fn prompt_tokens(&self, req: &GenRequest) -> Result<usize, GenError> {
+        let (base, _) = self.resolve(&req.model)?;
+        let tok = self.base(&base)?.tok.clone();
+        Ok(prompt_ids(&tok, req)?.len())
+    }
+
     fn models(&self) -> Vec<String> {
         let mut ids: Vec<String> = model::registry(&self.data_dir).map(|r| r.into_keys().collect()).unwrap_or_default();
         let bases = ids.clone();
@@ -529,23 +549,7 @@ impl Generator for ServeGenerator {
             None => None,
         };
         let (m, tok) = (&loaded.model, &loaded.tok);
-        let internal = |e: merit_lm::LmError| {
-            let msg = e.to_string();
-            if msg.contains("longer than") {
-                GenError::BadRequest(msg)
-            } else {
-                GenError::Internal(msg)
-            }
-        };
-        let ids = match &req.messages {
-            Some(msgs) => {
-                let messages: Vec<merit_lm::Message> =
-                    msgs.iter().map(|(r, c)| merit_lm::Message { role: r.clone(), content: c.clone() }).collect();
-                let text = tok.apply_chat_template(&messages, true).map_err(|e| GenError::BadRequest(e.to_string()))?;
-                tok.encode(&text, false).map_err(internal)?
-            }
-            None => tok.encode(&req.prompt, true).map_err(internal)?,
-        };
+        let ids = prompt_ids(tok, req)?;
         if ids.is_empty() {
             return Err(GenError::BadRequest("the prompt is empty".into()));
         }

@@ -33,6 +33,7 @@ pub fn api() -> Router<AppState> {
         .route("/ledger/proof/consistency", get(ledger::consistency_get))
         .route("/users", post(users::users_create))
         .route("/accounts/{name}/balance", get(users::accounts_balance))
+        .route("/accounts/{name}/allowance", put(users::accounts_allowance))
         .route("/leaderboard", get(datanets::leaderboard_global))
         .route("/datanets", get(datanets::datanets_list).post(datanets::datanets_create))
         .route("/datanets/{name}", get(datanets::datanets_show).patch(datanets::datanets_update))

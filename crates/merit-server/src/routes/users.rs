@@ -35,13 +35,43 @@ pub async fn users_create(
 }
 
 /// `GET /accounts/{name}/balance`: what a user has earned from served
-/// answers and spent on them (credits; `*_micros` exact).
+/// answers and spent on them, their allowance (how far below zero they may
+/// go) and what running requests hold (credits; `*_micros` exact).
 pub async fn accounts_balance(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    let t = state.store.account(&name).await?.ok_or_else(|| ApiError::not_found(format!("user `{name}`")))?;
+    let missing = || ApiError::not_found(format!("user `{name}`"));
+    let t = state.store.account(&name).await?.ok_or_else(missing)?;
+    let a = state.store.available(&name).await?.ok_or_else(missing)?;
     let credits = |m: i64| m as f64 / 1e6;
     Ok(Json(json!({
         "account": name,
         "balance": credits(t.balance_micros), "earned": credits(t.earned_micros), "spent": credits(t.spent_micros),
+        "allowance": credits(a.allowance_micros), "held": credits(a.held_micros), "available": credits(a.micros()),
         "balance_micros": t.balance_micros, "earned_micros": t.earned_micros, "spent_micros": t.spent_micros,
+        "allowance_micros": a.allowance_micros, "held_micros": a.held_micros, "available_micros": a.micros(),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowance {
+    /// Credits the account may go below zero (0 to 10^9).
+    allowance: f64,
+}
+
+/// `PUT /accounts/{name}/allowance`: administrators set how far below zero
+/// an account may spend on priced answers (default 0: only what it earned).
+pub async fn accounts_allowance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Allowance>,
+) -> ApiResult<Json<Value>> {
+    if !caller.user()?.admin {
+        return Err(ApiError::forbidden("only administrators set allowances"));
+    }
+    if !(0.0..=1e9).contains(&body.allowance) {
+        return Err(ApiError::unprocessable(format!("allowance must be 0 to 1e9 credits, got {}", body.allowance)));
+    }
+    state.store.set_allowance(&name, (body.allowance * 1e6).round() as i64).await?;
+    accounts_balance(State(state), Path(name)).await
 }
