@@ -61,6 +61,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             StoreError::Invalid(msg) => ApiError::unprocessable(msg),
+            StoreError::RunLimit { limit } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "run_limit", e.to_string())
+                .with_details(json!({ "limit": "runs_per_user", "value": limit })),
             StoreError::Limit { name, limit, reset_at_ms } => {
                 let now = merit_store::now_ms();
                 let retry = ((reset_at_ms - now).max(0) as u64).div_ceil(1000);

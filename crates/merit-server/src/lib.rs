@@ -96,8 +96,13 @@ impl AppState {
 
     /// Adds training runs: `trainer` trains them in folders under `runs_dir`
     /// (the worker itself starts with [`start_worker`]).
-    pub fn with_trainer(mut self, trainer: Arc<dyn RunTrainer>, runs_dir: std::path::PathBuf) -> AppState {
-        self.runs = Some(Arc::new(RunHost::new(trainer, runs_dir)));
+    pub fn with_trainer(self, trainer: Arc<dyn RunTrainer>, runs_dir: std::path::PathBuf) -> AppState {
+        self.with_run_host(RunHost::new(trainer, runs_dir))
+    }
+
+    /// Adds training runs as `host` says (its limits too).
+    pub fn with_run_host(mut self, host: RunHost) -> AppState {
+        self.runs = Some(Arc::new(host));
         self
     }
 }

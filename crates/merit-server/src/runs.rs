@@ -55,13 +55,25 @@ pub trait RunTrainer: Send + Sync + 'static {
 pub struct RunHost {
     pub trainer: Arc<dyn RunTrainer>,
     pub dir: PathBuf,
+    /// Queued and running runs one user may have at once.
+    pub max_active: u64,
+    /// How long a run trains while other users' runs wait before its worker
+    /// stops it at a checkpoint and queues it again behind them.
+    pub slice: Duration,
     /// Wakes the worker when a run is queued.
     pub(crate) wake: tokio::sync::Notify,
 }
 
 impl RunHost {
     pub fn new(trainer: Arc<dyn RunTrainer>, dir: PathBuf) -> RunHost {
-        RunHost { trainer, dir, wake: tokio::sync::Notify::new() }
+        RunHost { trainer, dir, max_active: 4, slice: Duration::from_secs(30 * 60), wake: tokio::sync::Notify::new() }
+    }
+
+    /// With these limits (see the fields).
+    pub fn with_limits(mut self, max_active: u64, slice: Duration) -> RunHost {
+        self.max_active = max_active;
+        self.slice = slice;
+        self
     }
 
     /// The folder of run `id`.
@@ -115,9 +127,13 @@ async fn execute(store: &merit_store::Store, host: &Arc<RunHost>, run: merit_sto
     let dir = host.run_dir(id);
     tracing::info!(run = id, "training run started");
     let stop = Arc::new(AtomicBool::new(false));
-    // The stop flag is in the database, so any API node can set it.
+    let preempted = Arc::new(AtomicBool::new(false));
+    // The stop flag is in the database, so any API node can set it. A run
+    // that has had its slice while other users' runs wait is stopped too,
+    // and queued again behind them.
     let watcher = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, preempted) = (store.clone(), stop.clone(), preempted.clone());
+        let (owner, slice, started) = (run.owner_id, host.slice, std::time::Instant::now());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -126,6 +142,12 @@ async fn execute(store: &merit_store::Store, host: &Arc<RunHost>, run: merit_sto
                         stop.store(true, Ordering::Relaxed);
                         return;
                     }
+                }
+                if started.elapsed() >= slice && store.queued_for_others(owner).await.is_ok_and(|n| n > 0) {
+                    tracing::info!(run = id, "other users' runs wait: stopping at a checkpoint to queue it again");
+                    preempted.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                    return;
                 }
             }
         })
@@ -140,6 +162,15 @@ async fn execute(store: &merit_store::Store, host: &Arc<RunHost>, run: merit_sto
     .await
     .unwrap_or_else(|e| Err(format!("the training task panicked: {e}")));
     watcher.abort();
+    if let (true, Ok(s)) = (preempted.load(Ordering::Relaxed), &result) {
+        if s["stopped"].as_bool() == Some(true) {
+            tracing::info!(run = id, "training run queued again after its slice");
+            if let Err(e) = store.preempt_run(id, Some(s)).await {
+                tracing::error!(run = id, "queueing the run again: {e}");
+            }
+            return;
+        }
+    }
     let (status, summary, error) = match result {
         Ok(s) if s["stopped"].as_bool() == Some(true) => ("stopped", Some(s), None),
         Ok(s) => ("done", Some(s), None),

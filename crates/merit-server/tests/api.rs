@@ -1278,3 +1278,57 @@ async fn concurrent_priced_calls_never_spend_past_the_allowance() {
         app.call("GET", "/api/v1/accounts/carl/balance", None, None).await.json()["balance_micros"].as_i64().unwrap();
     assert_eq!(earned, ok as i64 * 6_000_000, "no owners or contributors: all to the publisher");
 }
+
+/// Issue 14 (medium): one user's run blocked the queue for everyone, and
+/// nothing bounded how many runs one user queued.
+#[tokio::test]
+async fn runs_are_limited_per_user_and_take_turns() {
+    use std::time::Duration;
+    let app = common::App::with_run_limits(std::sync::Arc::new(FakeTrainer), 2, Duration::from_millis(300)).await;
+    let (ann, bob) = (app.user("ann").await, app.user("bob").await);
+    let post = |token: &str, steps: u64| {
+        let (app, token) = (&app, token.to_string());
+        async move {
+            let body = json!({ "base": "m", "rows": [{ "text": "x" }], "max_steps": steps });
+            app.call("POST", "/api/v1/runs", Some(&token), Some(body)).await
+        }
+    };
+    let status = |id: i64| {
+        let (app, ann) = (&app, ann.clone());
+        async move { app.call("GET", &format!("/api/v1/runs/{id}"), Some(&ann), None).await.json()["status"].clone() }
+    };
+    // Ann's long runs: two at most, queued or running.
+    let long = post(&ann, 100_000).await.json()["id"].as_i64().unwrap();
+    let second = post(&ann, 100_000).await.json()["id"].as_i64().unwrap();
+    let r = post(&ann, 1).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "run_limit");
+    // Bob's short run gets a turn although ann's came first: ann's running run
+    // is stopped at a checkpoint after its slice and queued again, and bob's
+    // goes before ann's second (ann has had a turn, bob has not).
+    let short = post(&bob, 3).await.json()["id"].as_i64().unwrap();
+    let mut done = false;
+    for _ in 0..300 {
+        if app.call("GET", &format!("/api/v1/runs/{short}"), Some(&bob), None).await.json()["status"] == "done" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done, "bob's run never got a turn");
+    for id in [long, second] {
+        let s = status(id).await;
+        assert!(s == "queued" || s == "running", "ann's run {id} is {s}: preempted runs are queued again, not stopped");
+    }
+    for id in [long, second] {
+        app.call("POST", &format!("/api/v1/runs/{id}/stop"), Some(&ann), None).await;
+    }
+    // The worker stops them at their next step (the test's runtime waits for it).
+    for _ in 0..300 {
+        if status(long).await == "stopped" && status(second).await == "stopped" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ann's runs did not stop: {} {}", status(long).await, status(second).await);
+}

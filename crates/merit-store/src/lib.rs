@@ -60,6 +60,9 @@ pub enum StoreError {
     /// A daily limit would be exceeded.
     #[error("daily limit `{}` of {limit} reached; it resets at {}", name.as_str(), merit_core::quota::rfc3339(*reset_at_ms))]
     Limit { name: merit_core::quota::LimitName, limit: u64, reset_at_ms: i64 },
+    /// A user has as many queued and running runs as they may.
+    #[error("you have {limit} runs queued or running, the most one user may; wait for one to end or stop one")]
+    RunLimit { limit: u64 },
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

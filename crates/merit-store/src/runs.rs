@@ -69,8 +69,12 @@ fn run_from(row: &sqlx::any::AnyRow) -> Result<Run, StoreError> {
 
 impl Store {
     /// Queues a run for `owner`.
-    pub async fn create_run(&self, owner: &User, config: &Value) -> Result<Run, StoreError> {
+    pub async fn create_run(&self, owner: &User, config: &Value, max_active: u64) -> Result<Run, StoreError> {
         let mut w = self.write().await?;
+        if let Err(e) = self.check_active(&mut w, owner.id, max_active).await {
+            w.rollback().await?;
+            return Err(e);
+        }
         let row = sqlx::query(
             "INSERT INTO runs (owner_id, status, config, created_at) VALUES ($1, 'queued', $2, $3) RETURNING id",
         )
@@ -82,6 +86,52 @@ impl Store {
         let id: i64 = col(&row, "id")?;
         w.commit().await?;
         self.run(id).await?.ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
+    }
+
+    /// Refuses a new active (queued or running) run of `owner_id` when they
+    /// have `max_active` already (inside the write transaction, so
+    /// concurrent requests cannot pass it together).
+    async fn check_active(&self, w: &mut crate::Writer<'_>, owner_id: i64, max_active: u64) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            // Serialize one owner's run creations on PostgreSQL (SQLite has its writer lock).
+            sqlx::query("SELECT pg_advisory_xact_lock(7426018, CAST($1 AS INTEGER))")
+                .bind(owner_id)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE owner_id = $1 AND status IN ('queued', 'running')")
+            .bind(owner_id)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        let n: i64 = col(&row, "n")?;
+        if n as u64 >= max_active {
+            return Err(StoreError::RunLimit { limit: max_active });
+        }
+        Ok(())
+    }
+
+    /// Queued runs of owners other than `owner_id` (a reason to preempt).
+    pub async fn queued_for_others(&self, owner_id: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE status = 'queued' AND owner_id <> $1")
+            .bind(owner_id)
+            .fetch_one(&self.pool)
+            .await?;
+        col(&row, "n")
+    }
+
+    /// Puts a running run back in the queue (its worker stopped it at a
+    /// checkpoint to let other users' runs have a turn).
+    pub async fn preempt_run(&self, id: i64, summary: Option<&Value>) -> Result<(), StoreError> {
+        let mut w = self.write().await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'queued', summary = $1, stop_requested = 0, worker = NULL WHERE id = $2 \
+             AND status = 'running'",
+        )
+        .bind(summary.map(Value::to_string))
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<Run>, StoreError> {
@@ -111,14 +161,22 @@ impl Store {
         rows.iter().map(run_from).collect()
     }
 
-    /// Takes the oldest queued run for `worker`, marking it running.
+    /// Takes a queued run for `worker`, marking it running: fairly between
+    /// users — first those with the fewest runs running, then the one whose
+    /// last run started longest ago, then the oldest run.
     pub async fn claim_run(&self, worker: &str) -> Result<Option<Run>, StoreError> {
         let mut w = self.write().await?;
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-        let row = sqlx::query(&format!("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1{lock}"))
-            .fetch_optional(&mut *w.tx)
-            .await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE OF r SKIP LOCKED" } else { "" };
+        let row = sqlx::query(&format!(
+            "SELECT r.id FROM runs r WHERE r.status = 'queued' ORDER BY \
+             (SELECT COUNT(*) FROM runs x WHERE x.owner_id = r.owner_id AND x.status = 'running'), \
+             COALESCE((SELECT MAX(x.started_at) FROM runs x WHERE x.owner_id = r.owner_id), 0), r.id \
+             LIMIT 1{lock}"
+        ))
+        .fetch_optional(&mut *w.tx)
+        .await?;
         let Some(row) = row else {
+            w.rollback().await?;
             return Ok(None);
         };
         let id: i64 = col(&row, "id")?;
@@ -196,13 +254,19 @@ impl Store {
 
     /// Queues a run that ended early (stopped, interrupted, failed) again:
     /// its worker continues from the newest checkpoint in its folder.
-    pub async fn requeue_run(&self, id: i64) -> Result<Run, StoreError> {
+    pub async fn requeue_run(&self, id: i64, max_active: u64) -> Result<Run, StoreError> {
         let mut w = self.write().await?;
-        let row = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(id).fetch_optional(&mut *w.tx).await?;
+        let row =
+            sqlx::query("SELECT status, owner_id FROM runs WHERE id = $1").bind(id).fetch_optional(&mut *w.tx).await?;
         let Some(row) = row else {
+            w.rollback().await?;
             return Err(StoreError::NotFound(format!("run {id}")));
         };
         let status: String = col(&row, "status")?;
+        if let Err(e) = self.check_active(&mut w, col(&row, "owner_id")?, max_active).await {
+            w.rollback().await?;
+            return Err(e);
+        }
         if !matches!(status.as_str(), "stopped" | "interrupted" | "failed") {
             return Err(StoreError::Conflict(format!(
                 "run {id} is {status}; only a stopped, interrupted or failed run resumes"

@@ -271,7 +271,7 @@ async fn runs_queue_claims_each_run_once_and_stops() {
     let (ann, _) = store.create_user("ann", false).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(store.create_run(&ann, &serde_json::json!({ "rank": i })).await.unwrap().id);
+        ids.push(store.create_run(&ann, &serde_json::json!({ "rank": i }), 100).await.unwrap().id);
     }
     let r = store.run(ids[0]).await.unwrap().unwrap();
     assert_eq!((r.status.as_str(), r.owner.as_str(), r.config["rank"].as_i64()), ("queued", "ann", Some(0)));

@@ -175,6 +175,13 @@ enum Command {
         /// adapter's SHA-256 must be the one on the ledger). Nodes share the database
         #[arg(long, env = "MERIT_ADAPTER_STORE", value_name = "URL")]
         adapter_store: Option<String>,
+        /// Training runs one user may have queued or running at once
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        max_runs_per_user: u64,
+        /// Seconds a run trains while other users' runs wait; then it is
+        /// stopped at a checkpoint and queued again behind them
+        #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=604800))]
+        run_slice: u64,
         /// Seconds a client may take to send a request's headers
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout: u64,
@@ -746,6 +753,8 @@ async fn run(cli: Cli) -> Result<u8> {
             adapter_store,
             header_timeout,
             body_timeout,
+            max_runs_per_user,
+            run_slice,
             key,
         } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
@@ -782,7 +791,10 @@ async fn run(cli: Cli) -> Result<u8> {
                 None => None,
             };
             let mut state = merit_server::AppState::new(store, rate, signer)
-                .with_trainer(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
+                .with_run_host(
+                    merit_server::RunHost::new(std::sync::Arc::new(trainer), local.data_dir.join("runs"))
+                        .with_limits(max_runs_per_user, std::time::Duration::from_secs(run_slice)),
+                )
                 .with_generator(std::sync::Arc::new(generator))
                 .with_attribution_dir(local.data_dir.join("attribution"))
                 .with_shares(shares);

@@ -101,7 +101,7 @@ pub async fn runs_create(
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(ApiError::unprocessable)?;
-    let run = state.store.create_run(&user, &config).await?;
+    let run = state.store.create_run(&user, &config, host.max_active).await?;
     host.wake.notify_one();
     Ok((StatusCode::CREATED, Json(run_json(&run))))
 }
@@ -178,7 +178,7 @@ pub async fn runs_resume(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let host = host(&state)?;
     let run = own_run(&state, &caller, &id).await?;
-    let run = state.store.requeue_run(run.id).await?;
+    let run = state.store.requeue_run(run.id, host.max_active).await?;
     host.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(run_json(&run))))
 }

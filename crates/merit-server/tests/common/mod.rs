@@ -65,10 +65,34 @@ impl App {
         App::build_with(rate, trainer, None).await
     }
 
+    /// An app whose worker trains with `trainer`, with these run limits.
+    pub async fn with_run_limits(
+        trainer: std::sync::Arc<dyn merit_server::RunTrainer>,
+        max_active: u64,
+        slice: std::time::Duration,
+    ) -> App {
+        App::build_limited(
+            RateLimit { per_second: 10_000.0, burst: 10_000.0 },
+            Some(trainer),
+            None,
+            (max_active, slice),
+        )
+        .await
+    }
+
     async fn build_with(
         rate: RateLimit,
         trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>,
         generator: Option<std::sync::Arc<dyn merit_server::openai::Generator>>,
+    ) -> App {
+        App::build_limited(rate, trainer, generator, (4, std::time::Duration::from_secs(1800))).await
+    }
+
+    async fn build_limited(
+        rate: RateLimit,
+        trainer: Option<std::sync::Arc<dyn merit_server::RunTrainer>>,
+        generator: Option<std::sync::Arc<dyn merit_server::openai::Generator>>,
+        (max_active, slice): (u64, std::time::Duration),
     ) -> App {
         let dir = tempfile::tempdir().unwrap();
         let store = merit_store::testing::fresh_store(dir.path()).await;
@@ -78,7 +102,8 @@ impl App {
             state = state.with_generator(g);
         }
         if let Some(t) = trainer {
-            state = state.with_trainer(t, dir.path().join("runs"));
+            let host = merit_server::RunHost::new(t, dir.path().join("runs")).with_limits(max_active, slice);
+            state = state.with_run_host(host);
             merit_server::start_worker(&state);
         }
         let router = router(state);
