@@ -1332,3 +1332,43 @@ async fn runs_are_limited_per_user_and_take_turns() {
     }
     panic!("ann's runs did not stop: {} {}", status(long).await, status(second).await);
 }
+
+/// Issue 14 (medium): anonymous `GET /api/v1/ledger/entries?subject=datanet:<draft>`
+/// showed unpublished datanets and other users' pending and rejected files;
+/// `from=9223372036854775808` wrapped to entry 0.
+#[tokio::test]
+async fn ledger_entries_show_only_what_the_caller_may_see() {
+    let app = App::new().await;
+    let (ann, bob, dan) = (app.user("ann").await, app.user("bob").await, app.user("dan").await);
+    assert_eq!(app.datanet(&ann, "secret", "", false).await.status, StatusCode::CREATED);
+    assert_eq!(app.datanet(&ann, "qa", OWNER_REVIEW, true).await.status, StatusCode::CREATED);
+    let r = app.upload("qa", Some(&bob), &[("bob.txt", prose(2).as_bytes())], false).await;
+    let pending = r.json()[0]["contribution_id"].as_i64().unwrap();
+    let list = |token: Option<String>, query: &str| {
+        let (app, path) = (&app, format!("/api/v1/ledger/entries?{query}"));
+        async move { app.call("GET", &path, token.as_deref(), None).await.json() }
+    };
+    assert_eq!(list(None, "subject=datanet:secret").await["entries"], json!([]));
+    assert_eq!(list(Some(dan.clone()), "subject=datanet:secret").await["entries"], json!([]));
+    assert!(!list(Some(ann.clone()), "subject=datanet:secret").await["entries"].as_array().unwrap().is_empty());
+    let about = format!("subject=contribution:{pending}");
+    assert_eq!(list(None, &about).await["entries"], json!([]));
+    assert_eq!(list(Some(dan.clone()), &about).await["entries"], json!([]));
+    assert_eq!(list(Some(bob.clone()), &about).await["entries"].as_array().unwrap().len(), 2, "bob's own");
+    assert_eq!(list(Some(ann.clone()), &about).await["entries"].as_array().unwrap().len(), 2, "the owner reviews it");
+    // The whole log: every index is listed, hidden ones by leaf hash only.
+    let all = list(None, "limit=1000").await;
+    let entries = all["entries"].as_array().unwrap();
+    assert_eq!(entries.len() as u64, all["size"].as_u64().unwrap());
+    let text = all.to_string();
+    assert!(!text.contains("secret") && !text.contains("bob.txt"), "{text}");
+    let hidden: Vec<&Value> = entries.iter().filter(|e| e["hidden"] == true).collect();
+    assert_eq!(hidden.len(), 4, "secret's created and policy leaves, bob's submission and verdict");
+    assert!(hidden.iter().all(|e| e.get("leaf").is_none() && e["leaf_hash"].as_str().unwrap().len() == 64));
+    let i = hidden[0]["index"].as_u64().unwrap();
+    let one = app.call("GET", &format!("/api/v1/ledger/entries/{i}"), None, None).await.json();
+    assert_eq!(one["hidden"], true);
+    assert!(app.call("GET", &format!("/api/v1/ledger/entries/{i}"), Some(&ann), None).await.json()["event"].is_object());
+    let far = list(None, "from=9223372036854775808").await;
+    assert_eq!(far["entries"], json!([]), "{far}");
+}

@@ -755,8 +755,38 @@ async fn served_adapters_answer_like_merit_generate() {
     let token = server.user("ann");
     server.add_fixture_model("llama", "lm");
     let fixtures = fixtures();
-    // Two finished "runs": the PEFT fixture adapter, and the same with its B halved.
-    for (run, halve) in [(7, false), (8, true)] {
+    // Two of ann's runs (adapters are served to whoever may use the run), whose
+    // adapters are then replaced: the PEFT fixture adapter, and the same with its B halved.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let rows = serde_json::json!([{ "instruction": "Where does the river run?", "output": "To the sea." },
+                                      { "instruction": "Name a colour.", "output": "Blue." }]);
+        let body = serde_json::json!({ "base": "lm", "rows": rows, "max_steps": 1, "batch": 1, "grad_accum": 1,
+                                       "data": { "eval_split": 0.0, "cutoff_len": 64 } });
+        let r = http.post(format!("{}/api/v1/runs", server.url)).bearer_auth(&token).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    for id in [1, 2] {
+        let mut status = String::new();
+        for _ in 0..600 {
+            let r: Value = http
+                .get(format!("{}/api/v1/runs/{id}", server.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status = r["status"].as_str().unwrap_or_default().to_string();
+            if status == "done" || status == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, "done", "run {id}: {}", server.ok(&token, &["run", "list"]));
+    }
+    for (run, halve) in [(1, false), (2, true)] {
         let dir = server.dir.path().join(format!("runs/{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg: Value =
@@ -770,7 +800,6 @@ async fn served_adapters_answer_like_merit_generate() {
         std::fs::copy(fixtures.join("llama/adapter/adapter_model.safetensors"), dir.join("adapter_model.safetensors"))
             .unwrap();
     }
-    let http = reqwest::Client::new();
     let ask = |model: &str| {
         let body = serde_json::json!({ "model": model, "prompt": "The river", "max_tokens": 8, "temperature": 0 });
         let req = http.post(format!("{}/v1/completions", server.url)).bearer_auth(&token).json(&body);
@@ -802,8 +831,8 @@ async fn served_adapters_answer_like_merit_generate() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["text"].as_str().unwrap().to_string()
     };
-    let (seven, eight) = (server.dir.path().join("runs/7"), server.dir.path().join("runs/8"));
-    let want = [("lm:run-7", local(Some(&seven))), ("lm", local(None)), ("lm:run-8", local(Some(&eight)))];
+    let (one, two) = (server.dir.path().join("runs/1"), server.dir.path().join("runs/2"));
+    let want = [("lm:run-1", local(Some(&one))), ("lm", local(None)), ("lm:run-2", local(Some(&two)))];
     assert_ne!(want[0].1, want[1].1, "the adapter changes the answer");
     for round in 0..2 {
         for (model, text) in &want {
@@ -818,13 +847,13 @@ async fn served_adapters_answer_like_merit_generate() {
     // The load test spreads its requests over several models.
     let out = server.run(
         &token,
-        &["bench", "serve", "--model", "lm:run-7, lm ,lm:run-8", "--requests", "30", "--concurrency", "12", "--json"],
+        &["bench", "serve", "--model", "lm:run-1, lm ,lm:run-2", "--requests", "30", "--concurrency", "12", "--json"],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(30), Some(0)), "{r}");
-    let out = server.run(&token, &["bench", "serve", "--model", "lm,,lm:run-8", "--requests", "3"]);
+    let out = server.run(&token, &["bench", "serve", "--model", "lm,,lm:run-2", "--requests", "3"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("separated by commas"));
 }

@@ -1,6 +1,8 @@
 //! The ledger over HTTP: C2SP tlog-tiles (`/ledger/checkpoint`,
 //! `/ledger/tile/…`) and JSON under `/api/v1/ledger`.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, Caller};
 use crate::AppState;
 
 /// Hashes (or entries) per full tile.
@@ -120,12 +122,90 @@ fn entry_json(index: u64, leaf: &[u8]) -> Value {
     })
 }
 
-pub async fn entry_get(State(state): State<AppState>, Path(index): Path<String>) -> ApiResult<Json<Value>> {
+/// Who may read which entries in the JSON listing: an entry about an
+/// unpublished datanet only those who see the datanet (owner, curators,
+/// administrators); one about a contribution that is not accepted only its
+/// contributor and those who see every contribution of its datanet. Others
+/// get the entry's index and leaf hash with `"hidden": true`. (The tiles
+/// still carry every leaf: see the README on what the public log reveals.)
+struct Visibility<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    datanets: HashMap<String, Option<bool>>,
+    contributions: HashMap<i64, bool>,
+}
+
+impl Visibility<'_> {
+    /// None: the caller may not see the datanet; Some(all): whether they see
+    /// all its contributions.
+    async fn datanet(&mut self, name: &str) -> ApiResult<Option<bool>> {
+        if let Some(v) = self.datanets.get(name) {
+            return Ok(*v);
+        }
+        let v = match super::access(self.state, self.caller, name).await {
+            Ok(a) => Some(a.sees_all()),
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
+            Err(e) => return Err(e),
+        };
+        self.datanets.insert(name.to_string(), v);
+        Ok(v)
+    }
+
+    async fn contribution(&mut self, id: i64, datanet: &str) -> ApiResult<bool> {
+        if let Some(v) = self.contributions.get(&id) {
+            return Ok(*v);
+        }
+        let v = match self.datanet(datanet).await? {
+            None => false,
+            Some(true) => true,
+            Some(false) => match self.state.store.contribution(id).await? {
+                Some(c) => {
+                    c.status == merit_core::verdict::Status::Accepted
+                        || self.caller.0.as_ref().is_some_and(|u| u.name == c.contributor)
+                }
+                None => false,
+            },
+        };
+        self.contributions.insert(id, v);
+        Ok(v)
+    }
+
+    async fn may_see(&mut self, leaf: &[u8]) -> ApiResult<bool> {
+        Ok(match Event::from_leaf(leaf) {
+            Ok(Event::DatanetCreated { datanet, .. })
+            | Ok(Event::DatanetPolicy { datanet, .. })
+            | Ok(Event::DatanetVersion { datanet, .. }) => self.datanet(&datanet).await?.is_some(),
+            Ok(Event::ContributionSubmitted { contribution_id, datanet, .. })
+            | Ok(Event::ContributionVerdict { contribution_id, datanet, .. }) => {
+                self.contribution(contribution_id, &datanet).await?
+            }
+            _ => true,
+        })
+    }
+
+    async fn entry(&mut self, index: u64, leaf: &[u8]) -> ApiResult<Value> {
+        if self.may_see(leaf).await? {
+            Ok(entry_json(index, leaf))
+        } else {
+            Ok(json!({ "index": index, "leaf_hash": hex::encode(merit_ledger::leaf_hash(leaf)), "hidden": true }))
+        }
+    }
+}
+
+fn visibility<'a>(state: &'a AppState, caller: &'a Caller) -> Visibility<'a> {
+    Visibility { state, caller, datanets: HashMap::new(), contributions: HashMap::new() }
+}
+
+pub async fn entry_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(index): Path<String>,
+) -> ApiResult<Json<Value>> {
     let index: u64 =
         index.parse().map_err(|_| ApiError::bad_request(format!("index must be a whole number, got `{index}`")))?;
     let entries = state.store.ledger_entries(index, 1).await?;
     match entries.first() {
-        Some((i, leaf)) if *i == index => Ok(Json(entry_json(index, leaf))),
+        Some((i, leaf)) if *i == index => Ok(Json(visibility(&state, &caller).entry(index, leaf).await?)),
         _ => Err(ApiError::not_found(format!("ledger entry {index}"))),
     }
 }
@@ -141,15 +221,24 @@ pub struct EntriesQuery {
 
 pub async fn entries_list(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = super::page_limit(q.limit.map(|l| l.min(i64::MAX as u64) as i64), 0)? as u64;
     let size = state.store.ledger_size().await?;
     let entries = match &q.subject {
         Some(subject) => state.store.ledger_entries_about(subject).await?,
-        None => state.store.ledger_entries(q.from, limit).await?,
+        None => state.store.ledger_entries(q.from.min(size), limit).await?,
     };
-    let list: Vec<Value> = entries.iter().map(|(i, leaf)| entry_json(*i, leaf)).collect();
+    let mut v = visibility(&state, &caller);
+    let mut list = Vec::with_capacity(entries.len());
+    for (i, leaf) in &entries {
+        let e = v.entry(*i, leaf).await?;
+        // Asked by subject: an entry the caller may not see is not listed (the subject is a name).
+        if q.subject.is_none() || e.get("hidden").is_none() {
+            list.push(e);
+        }
+    }
     Ok(Json(json!({ "size": size, "entries": list })))
 }
 

@@ -490,7 +490,8 @@ function initLedger() {
     const body = el("tbody");
     for (const e of res.entries.slice().reverse()) {
       const ev = e.event || {};
-      const what = ev.type ? `${ev.type} ${JSON.stringify(Object.fromEntries(Object.entries(ev).filter(([k]) => k !== "type")))}` : "(undecoded)";
+      const what = e.hidden ? "(not shown to you: about an unpublished datanet or another user's pending or rejected file)"
+        : ev.type ? `${ev.type} ${JSON.stringify(Object.fromEntries(Object.entries(ev).filter(([k]) => k !== "type")))}` : "(undecoded)";
       body.append(el("tr", {}, el("td", { text: e.index }), el("td", {}, el("code", { text: what.slice(0, 160) })),
         el("td", {}, el("button", { type: "button", class: "verify", "data-index": e.index, onclick: () => verify(e), text: "Verify inclusion" }))));
     }
@@ -503,9 +504,13 @@ function initLedger() {
     card.hidden = false;
     out.replaceChildren(el("p", { class: "muted", text: "Checking…" }));
     try {
-      const leaf = Uint8Array.from(atob(entry.leaf), (c) => c.charCodeAt(0));
-      const leafHash = await sha256(new Uint8Array([0]), leaf);
-      if (hex(leafHash) !== entry.leaf_hash) throw new Error("the entry's bytes do not hash to its leaf hash");
+      // A hidden entry is checked by its leaf hash alone.
+      let leafHash = unhex(entry.leaf_hash);
+      if (!entry.hidden) {
+        const leaf = Uint8Array.from(atob(entry.leaf), (c) => c.charCodeAt(0));
+        leafHash = await sha256(new Uint8Array([0]), leaf);
+        if (hex(leafHash) !== entry.leaf_hash) throw new Error("the entry's bytes do not hash to its leaf hash");
+      }
       const proof = await api("GET", `/ledger/proof/inclusion?index=${entry.index}&size=${size}`);
       const got = await rootFromProof(entry.index, size, leafHash, proof.hashes.map(unhex));
       const ok = hex(got) === hex(root);
