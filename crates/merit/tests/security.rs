@@ -189,3 +189,19 @@ async fn slow_headers_and_stalled_bodies_are_cut_off() {
     assert_eq!(r, json!([]));
     alive(&server).await;
 }
+
+/// Low: no Content-Security-Policy, X-Frame-Options or X-Content-Type-Options.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let server = Server::start().await;
+    for path in ["/", "/login", "/api/v1/datanets", "/static/app.js", "/no/such/page", "/v1/models"] {
+        let r = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
+        let h = r.headers();
+        let csp = h.get("content-security-policy").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp:?}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h.get("x-frame-options").map(|v| v.to_str().unwrap()), Some("DENY"), "{path}");
+        assert_eq!(h.get("x-content-type-options").map(|v| v.to_str().unwrap()), Some("nosniff"), "{path}");
+        assert!(h.get("referrer-policy").is_some(), "{path}");
+    }
+}
