@@ -168,7 +168,7 @@ try {
 
     step("every page: labelled controls at laptop width, no sideways scrolling at phone width");
     const pages = ["/datanets", "/datanets/new", "/datanets/essays", "/datanets/essays/edit", "/leaderboard", "/runs",
-      "/runs/new", "/runs/1", "/chat", "/ledger", "/login"];
+      "/runs/new", "/runs/1", "/chat", "/ledger", "/login", "/account"];
     for (const p of pages) {
       await page.goto(url + p);
       await labelled(page);
@@ -188,6 +188,21 @@ try {
     await page.goto(`${url}/chat`);
     await page.keyboard.press("Tab");
     assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+
+    step("the account page: a token made, shown once, listed, revoked");
+    await page.goto(`${url}/account`);
+    await page.locator("#tokens table").waitFor();
+    await page.getByLabel("Label").fill("browser");
+    await page.getByRole("button", { name: "New token" }).click();
+    await page.locator("#new-token-value code", { hasText: "mrt_" }).waitFor();
+    const made = await page.locator("#new-token-value code").textContent();
+    assert.match(made, /^mrt_[0-9a-f]{64}$/);
+    const tokenRow = page.locator("#tokens tr", { hasText: "browser" });
+    await tokenRow.getByRole("button", { name: /Revoke/ }).click();
+    await tokenRow.locator(".state", { hasText: "revoked" }).waitFor();
+    const after = await page.evaluate(async (t) => (await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${t}` } })).status, made);
+    assert.equal(after, 401);
+    await shot("13-account");
 
     step("signing out ends the session");
     await page.goto(`${url}/datanets`);

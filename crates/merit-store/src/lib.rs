@@ -42,7 +42,7 @@ pub use blobs::Blobs;
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};
 pub use runs::Run;
-pub use users::User;
+pub use users::{TokenInfo, User};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_publish.sql")),
     (6, include_str!("migrations/0006_rewards.sql")),
     (7, include_str!("migrations/0007_credit.sql")),
+    (8, include_str!("migrations/0008_tokens.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -23,6 +23,21 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
     })
 }
 
+/// An API token as its owner sees it later: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// The first 12 hex digits of the token's SHA-256.
+    pub id: String,
+    pub label: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// Neither revoked nor expired.
+    pub active: bool,
+}
+
+const TOKEN_ID_LEN: usize = 12;
+
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("mrt_{}", hex::encode(bytes))
@@ -63,24 +78,91 @@ impl Store {
 
     /// Issues a further API token for an existing account.
     pub async fn create_token(&self, user: &User) -> Result<String, StoreError> {
+        self.issue_token(user, "", None).await
+    }
+
+    /// Issues an API token labelled `label` (at most 100 bytes), valid until
+    /// `expires_at` (ms since the epoch) when given.
+    pub async fn issue_token(&self, user: &User, label: &str, expires_at: Option<i64>) -> Result<String, StoreError> {
+        if label.len() > 100 || label.chars().any(char::is_control) {
+            return Err(StoreError::Invalid("a token's label is at most 100 bytes of text".into()));
+        }
+        let now = now_ms();
+        if expires_at.is_some_and(|e| e <= now) {
+            return Err(StoreError::Invalid("a token's expiry must be in the future".into()));
+        }
         let mut w = self.write().await?;
         let token = new_token();
-        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at, label, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(token_hash(&token))
             .bind(user.id)
-            .bind(now_ms())
+            .bind(now)
+            .bind(label)
+            .bind(expires_at)
             .execute(&mut *w.tx)
             .await?;
         w.commit().await?;
         Ok(token)
     }
 
-    /// The account an API token belongs to.
+    /// `user`'s tokens, newest first (revoked and expired ones too).
+    pub async fn tokens(&self, user: &User) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT hash, label, created_at, expires_at, revoked_at FROM tokens WHERE user_id = $1 \
+             ORDER BY created_at DESC, hash",
+        )
+        .bind(user.id)
+        .fetch_all(&self.pool)
+        .await?;
+        let now = now_ms();
+        rows.iter()
+            .map(|r| {
+                let hash: String = col(r, "hash")?;
+                let expires_at: Option<i64> = col(r, "expires_at")?;
+                let revoked_at: Option<i64> = col(r, "revoked_at")?;
+                Ok(TokenInfo {
+                    id: hash[..TOKEN_ID_LEN].to_string(),
+                    label: col(r, "label")?,
+                    created_at: col(r, "created_at")?,
+                    expires_at,
+                    revoked_at,
+                    active: revoked_at.is_none() && expires_at.is_none_or(|e| e > now),
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes `user`'s token whose id (the first 12 hex digits of its
+    /// SHA-256, as [`Store::tokens`] lists) or whose text is `which`.
+    pub async fn revoke_token(&self, user: &User, which: &str) -> Result<TokenInfo, StoreError> {
+        let id =
+            if which.starts_with("mrt_") { token_hash(which)[..TOKEN_ID_LEN].to_string() } else { which.to_string() };
+        let found = self.tokens(user).await?.into_iter().filter(|t| t.id == id).collect::<Vec<_>>();
+        let [t] = found.as_slice() else {
+            return Err(StoreError::NotFound(format!("token `{id}` of {}", user.name)));
+        };
+        let mut w = self.write().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL AND substr(hash, 1, 12) = $3",
+        )
+        .bind(now)
+        .bind(user.id)
+        .bind(&id)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(TokenInfo { revoked_at: t.revoked_at.or(Some(now)), active: false, ..t.clone() })
+    }
+
+    /// The account a live API token (not revoked, not expired) belongs to.
     pub async fn user_by_token(&self, token: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(
-            "SELECT u.id, u.name, u.is_admin, u.created_at FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+            "SELECT u.id, u.name, u.is_admin, u.created_at FROM tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)",
         )
         .bind(token_hash(token))
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(user_from).transpose()

@@ -305,3 +305,30 @@ async fn runs_queue_claims_each_run_once_and_stops() {
     assert_eq!(store.runs(Some(&ann), 0, 100).await.unwrap().len(), 6);
     assert_eq!(store.runs(None, 0, 2).await.unwrap()[0].id, ids[5]);
 }
+
+/// Issue 14: tokens have a lifecycle: labels, expiry, revocation.
+#[tokio::test]
+async fn tokens_expire_and_are_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let (ann, first) = store.create_user("ann", false).await.unwrap();
+    let (bob, _) = store.create_user("bob", false).await.unwrap();
+    let soon = store.issue_token(&ann, "ci", Some(merit_store::now_ms() + 300)).await.unwrap();
+    assert!(store.issue_token(&ann, "past", Some(merit_store::now_ms() - 1)).await.is_err());
+    assert!(store.issue_token(&ann, &"x".repeat(101), None).await.is_err());
+    assert_eq!(store.user_by_token(&soon).await.unwrap().unwrap().name, "ann");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(store.user_by_token(&soon).await.unwrap().is_none(), "expired");
+    let list = store.tokens(&ann).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|t| t.active).count(), 1);
+    assert!(list.iter().any(|t| t.label == "ci" && !t.active && t.revoked_at.is_none()));
+    // Revoked by id or by the token itself; nobody revokes another's.
+    let id = list.iter().find(|t| t.active).unwrap().id.clone();
+    assert!(matches!(store.revoke_token(&bob, &id).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.user_by_token(&first).await.unwrap().unwrap().name, "ann");
+    let revoked = store.revoke_token(&ann, &first).await.unwrap();
+    assert_eq!(revoked.id, id);
+    assert!(store.user_by_token(&first).await.unwrap().is_none(), "revoked");
+    assert!(store.tokens(&ann).await.unwrap().iter().all(|t| !t.active));
+}

@@ -441,9 +441,21 @@ enum UserCommand {
         #[command(flatten)]
         local: Local,
     },
-    /// Issue a further API token for an account; prints it as the last line
+    /// Issue a further API token for an account (prints it as the last line),
+    /// or list or revoke an account's tokens
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
-        name: String,
+        #[command(subcommand)]
+        action: Option<TokenAction>,
+        /// The account to issue a token for
+        #[arg(required = true)]
+        name: Option<String>,
+        /// A label to tell the token apart later
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Days until the token stops working (default: until revoked)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_in_days: Option<u32>,
         #[command(flatten)]
         local: Local,
     },
@@ -456,6 +468,23 @@ enum UserCommand {
     Allowance {
         name: String,
         credits: f64,
+        #[command(flatten)]
+        local: Local,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// An account's tokens: id, label, created, expires, revoked (never the tokens)
+    List {
+        name: String,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Revoke a token of an account (by its id from `list`, or the token itself); it stops working at once
+    Revoke {
+        name: String,
+        token: String,
         #[command(flatten)]
         local: Local,
     },
@@ -1299,12 +1328,43 @@ async fn user(cmd: UserCommand) -> Result<()> {
             println!("created {}user {}; API token:", if user.admin { "admin " } else { "" }, user.name);
             println!("{token}");
         }
-        UserCommand::Token { name, local } => {
+        UserCommand::Token { action: None, name, label, expires_in_days, local } => {
+            let name = name.context("name the account")?;
             let store = local.open().await?;
             let user = store.user_by_name(&name).await?.with_context(|| format!("user `{name}` not found"))?;
-            let token = store.create_token(&user).await?;
+            let expires = expires_in_days.map(|d| merit_store::now_ms() + i64::from(d) * 86_400_000);
+            let token = store.issue_token(&user, &label, expires).await?;
             println!("new API token for {}:", user.name);
             println!("{token}");
+        }
+        UserCommand::Token { action: Some(TokenAction::List { name, local }), .. } => {
+            let store = local.open().await?;
+            let user = store.user_by_name(&name).await?.with_context(|| format!("user `{name}` not found"))?;
+            let when = |t: Option<i64>| t.map_or("-".to_string(), merit_core::quota::rfc3339);
+            println!("{:<12}  {:<8}  {:<20}  {:<20}  {:<20}  label", "id", "state", "created", "expires", "revoked");
+            for t in store.tokens(&user).await? {
+                let state = if t.active {
+                    "active"
+                } else if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "expired"
+                };
+                println!(
+                    "{:<12}  {state:<8}  {:<20}  {:<20}  {:<20}  {}",
+                    t.id,
+                    when(Some(t.created_at)),
+                    when(t.expires_at),
+                    when(t.revoked_at),
+                    t.label
+                );
+            }
+        }
+        UserCommand::Token { action: Some(TokenAction::Revoke { name, token, local }), .. } => {
+            let store = local.open().await?;
+            let user = store.user_by_name(&name).await?.with_context(|| format!("user `{name}` not found"))?;
+            let t = store.revoke_token(&user, &token).await?;
+            println!("revoked token {} of {name}", t.id);
         }
         UserCommand::Allowance { name, credits, local } => {
             if !(0.0..=1e9).contains(&credits) {

@@ -205,3 +205,59 @@ async fn every_answer_carries_the_security_headers() {
         assert!(h.get("referrer-policy").is_some(), "{path}");
     }
 }
+
+/// Low: there was no way to revoke a token. Now: `merit user token list /
+/// revoke`, `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`.
+#[tokio::test]
+async fn tokens_are_listed_issued_and_revoked() {
+    let server = Server::start().await;
+    let ann = server.user("ann");
+    let bob = server.user("bob");
+    let http = reqwest::Client::new();
+    let me = |token: String| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move { http.get(format!("{url}/api/v1/me")).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let r = http
+        .post(format!("{}/api/v1/tokens", server.url))
+        .bearer_auth(&ann)
+        .json(&json!({ "label": "laptop", "expires_in_days": 30 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let made: Value = r.json().await.unwrap();
+    let laptop = made["token"].as_str().unwrap().to_string();
+    assert_eq!((made["label"].as_str(), made["active"].as_bool()), (Some("laptop"), Some(true)), "{made}");
+    assert!(made["expires_at"].as_i64().is_some());
+    let bad = http.post(format!("{}/api/v1/tokens", server.url)).bearer_auth(&ann);
+    assert_eq!(bad.json(&json!({ "expires_in_days": 0 })).send().await.unwrap().status().as_u16(), 422);
+    assert_eq!(me(laptop.clone()).await, 200);
+    let list: Value =
+        http.get(format!("{}/api/v1/tokens", server.url)).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("mrt_"), "a listing never shows tokens: {list}");
+    // Bob cannot revoke ann's; ann can.
+    let id = made["id"].as_str().unwrap();
+    let revoke = |token: &str| http.delete(format!("{}/api/v1/tokens/{id}", server.url)).bearer_auth(token.to_string());
+    assert_eq!(revoke(&bob).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(me(laptop.clone()).await, 200);
+    assert_eq!(revoke(&ann).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(me(laptop).await, 401, "revoked at once");
+    // The CLI on the server's store.
+    let dir = server.dir.path().to_str().unwrap().to_string();
+    let db: Vec<&str> = server.db.iter().map(String::as_str).collect();
+    let cli = |args: &[&str]| {
+        let out = merit().args(args).args(["--data-dir", &dir]).args(&db).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let issued = cli(&["user", "token", "ann", "--label", "ci", "--expires-in-days", "1"]);
+    let ci = issued.lines().last().unwrap().to_string();
+    assert_eq!(me(ci.clone()).await, 200);
+    let table = cli(&["user", "token", "list", "ann"]);
+    assert!(table.contains("revoked") && table.contains("ci") && table.contains("active"), "{table}");
+    cli(&["user", "token", "revoke", "ann", &ci]);
+    assert_eq!(me(ci).await, 401);
+    assert_eq!(me(ann.clone()).await, 200, "ann's other token still works");
+}

@@ -7,7 +7,7 @@ pub(crate) mod runs;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::error::{ApiError, ApiResult};
@@ -34,6 +34,8 @@ pub fn api() -> Router<AppState> {
         .route("/users", post(users::users_create))
         .route("/accounts/{name}/balance", get(users::accounts_balance))
         .route("/accounts/{name}/allowance", put(users::accounts_allowance))
+        .route("/tokens", get(users::tokens_list).post(users::tokens_create))
+        .route("/tokens/{id}", delete(users::tokens_revoke))
         .route("/leaderboard", get(datanets::leaderboard_global))
         .route("/datanets", get(datanets::datanets_list).post(datanets::datanets_create))
         .route("/datanets/{name}", get(datanets::datanets_show).patch(datanets::datanets_update))

@@ -75,3 +75,48 @@ pub async fn accounts_allowance(
     state.store.set_allowance(&name, (body.allowance * 1e6).round() as i64).await?;
     accounts_balance(State(state), Path(name)).await
 }
+
+/// `GET /tokens`: the caller's API tokens (never the tokens themselves).
+pub async fn tokens_list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let user = caller.user()?;
+    Ok(Json(json!(state.store.tokens(user).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    label: String,
+    /// Days until it stops working (1 to 3650); none: until revoked.
+    expires_in_days: Option<u32>,
+}
+
+/// `POST /tokens`: a further token for the caller, shown once.
+pub async fn tokens_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let user = caller.user()?;
+    let expires_at = match body.expires_in_days {
+        None => None,
+        Some(d @ 1..=3650) => Some(merit_store::now_ms() + i64::from(d) * 86_400_000),
+        Some(d) => return Err(ApiError::unprocessable(format!("expires_in_days must be 1 to 3650, got {d}"))),
+    };
+    let token = state.store.issue_token(user, &body.label, expires_at).await?;
+    let info = state.store.tokens(user).await?.into_iter().next();
+    let mut v = json!(info);
+    v["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `DELETE /tokens/{id}`: revokes one of the caller's tokens (by its id, or
+/// the token itself); it stops working at once.
+pub async fn tokens_revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user = caller.user()?;
+    Ok(Json(json!(state.store.revoke_token(user, &id).await?)))
+}

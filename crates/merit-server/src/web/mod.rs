@@ -53,6 +53,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("run.html", include_str!("../../web/templates/run.html")),
     ("ledger.html", include_str!("../../web/templates/ledger.html")),
     ("chat.html", include_str!("../../web/templates/chat.html")),
+    ("account.html", include_str!("../../web/templates/account.html")),
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -267,6 +268,7 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(pages::run))
         .route("/ledger", get(pages::ledger))
         .route("/chat", get(pages::chat))
+        .route("/account", get(pages::account))
         // A failure inside a page is an error page, not the API's JSON.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| page_error(None, ApiError::internal())))
 }

@@ -301,6 +301,15 @@ pub async fn chat(viewer: Viewer, Query(q): Query<ChatQuery>) -> Response {
     render(&viewer, "chat.html", "Chat", json!({ "model": q.model }))
 }
 
+/// The signed-in user's account: their API tokens (listed, made and
+/// revoked through `/api/v1/tokens` by the page's script).
+pub async fn account(viewer: Viewer) -> Response {
+    if let Some(r) = sign_in_first(&viewer, "/account") {
+        return r;
+    }
+    render(&viewer, "account.html", "Your account", json!({}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -773,7 +773,48 @@ function initEvaluate() {
   });
 }
 
+// ---- the account page: API tokens
+function initAccount() {
+  const box = $("#tokens");
+  if (!box) return;
+  const when = (ms) => (ms ? new Date(ms).toISOString().slice(0, 16).replace("T", " ") : "—");
+  const load = async () => {
+    let list;
+    try { list = await api("GET", "/tokens"); } catch (e) { box.replaceChildren(el("p", { class: "error", text: e.message })); return; }
+    const table = el("table", {}, el("thead", {}, el("tr", {}, ...["Token", "Label", "Made", "Expires", "State", ""].map((h) => el("th", { scope: "col", text: h })))));
+    const body = el("tbody");
+    for (const t of list) {
+      const state = t.active ? "active" : t.revoked_at ? `revoked ${when(t.revoked_at)}` : "expired";
+      const revoke = el("button", { type: "button", class: "revoke", "data-id": t.id, text: "Revoke", "aria-label": `Revoke token ${t.id}` });
+      revoke.hidden = !t.active;
+      revoke.addEventListener("click", async () => {
+        revoke.disabled = true;
+        try { await api("DELETE", `/tokens/${t.id}`); await load(); } catch (e) { flash(e.message); revoke.disabled = false; }
+      });
+      body.append(el("tr", { "data-id": t.id }, el("td", {}, el("code", { text: t.id })), el("td", { text: t.label || "—" }),
+        el("td", { text: when(t.created_at) }), el("td", { text: when(t.expires_at) }), el("td", { class: "state", text: state }), el("td", {}, revoke)));
+    }
+    table.append(body);
+    box.replaceChildren(table);
+  };
+  $("#new-token").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { label: $("#token-label").value };
+    const days = $("#token-days").value;
+    if (days) body.expires_in_days = Number(days);
+    try {
+      const made = await api("POST", "/tokens", body);
+      const out = $("#new-token-value");
+      out.querySelector("code").textContent = made.token;
+      out.hidden = false;
+      await load();
+    } catch (e) { flash(e.message); }
+  });
+  load();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  initAccount();
   initChat();
   initEvaluate();
   initDatanetForm();
