@@ -380,6 +380,9 @@ fn parse(body: Body, chat: bool) -> Result<(GenRequest, bool, Option<Method>), R
         Some(Stop::Many(v)) if v.len() <= 4 => v,
         Some(Stop::Many(_)) => return Err(bad("at most 4 stop sequences".into(), "stop")),
     };
+    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > 256) {
+        return Err(bad(format!("a stop sequence must be 1 to 256 bytes, got {} bytes", s.len()), "stop"));
+    }
     let (messages, prompt) = if chat {
         let Some(msgs) = body.messages.filter(|m| !m.is_empty()) else {
             return Err(bad("`messages` must be a non-empty list".into(), "messages"));

@@ -843,6 +843,9 @@ async fn openai_compatible_chat_and_completions() {
         (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "temperature": 3 }), "temperature"),
         (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "max_tokens": 0 }), "max_tokens"),
         (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "n": 2 }), "n"),
+        // Issue 14 (low): `stop: [""]` answered an empty string.
+        (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "stop": [""] }), "stop"),
+        (json!({ "model": "base", "messages": [{ "role": "user", "content": "x" }], "stop": "x".repeat(257) }), "stop"),
     ] {
         let e = post("/v1/chat/completions", bad, Some(ann.clone())).await;
         assert_eq!(e.status, StatusCode::BAD_REQUEST);

@@ -306,16 +306,7 @@ async fn ledger_survives_sigkill_during_a_burst() {
 
     let contributions: Value = serde_json::from_str(&srv.ok(&ann, &["review", "burst", "--json"])).unwrap();
     assert!(contributions.as_array().unwrap().is_empty(), "auto review leaves nothing pending");
-    let client = reqwest::Client::new();
-    let all: Value = client
-        .get(format!("{}/api/v1/datanets/burst/contributions?limit=1000", srv.url))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = srv.get_json(&ann, "/api/v1/datanets/burst/contributions?limit=1000").await;
     let mut db_ids: Vec<i64> = all.as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
     db_ids.sort();
     assert!(db_ids.len() >= finished, "{} stored, {finished} answered 201", db_ids.len());
@@ -769,15 +760,7 @@ async fn served_adapters_answer_like_merit_generate() {
     for id in [1, 2] {
         let mut status = String::new();
         for _ in 0..600 {
-            let r: Value = http
-                .get(format!("{}/api/v1/runs/{id}", server.url))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = server.get_json(&token, &format!("/api/v1/runs/{id}")).await;
             status = r["status"].as_str().unwrap_or_default().to_string();
             if status == "done" || status == "failed" {
                 break;

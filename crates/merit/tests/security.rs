@@ -56,15 +56,7 @@ async fn a_huge_rank_is_refused_and_the_server_stays_up() {
         assert_eq!(code, 422, "{field}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(bound), "{field}: {body}");
     }
-    let list: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/runs", server.url))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = server.get_json(&ann, "/api/v1/runs").await;
     assert_eq!(list, json!([]), "nothing refused was queued");
     alive(&server).await;
     // A run that fits is still taken.
@@ -177,15 +169,7 @@ async fn slow_headers_and_stalled_bodies_are_cut_off() {
     assert!(took < std::time::Duration::from_secs(5), "body: open for {took:?}");
     assert!(!sent.contains("201 Created"), "{sent}");
     // Nothing half-written: the datanet does not exist.
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/v1/datanets", server.url))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let r = server.get_json(&ann, "/api/v1/datanets").await;
     assert_eq!(r, json!([]));
     alive(&server).await;
 }
@@ -233,8 +217,7 @@ async fn tokens_are_listed_issued_and_revoked() {
     let bad = http.post(format!("{}/api/v1/tokens", server.url)).bearer_auth(&ann);
     assert_eq!(bad.json(&json!({ "expires_in_days": 0 })).send().await.unwrap().status().as_u16(), 422);
     assert_eq!(me(laptop.clone()).await, 200);
-    let list: Value =
-        http.get(format!("{}/api/v1/tokens", server.url)).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
+    let list = server.get_json(&ann, "/api/v1/tokens").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains("mrt_"), "a listing never shows tokens: {list}");
     // Bob cannot revoke ann's; ann can.

@@ -91,7 +91,7 @@ async fn read_files(mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(Str
             // Plain form fields carry nothing we need.
             continue;
         };
-        let filename = filename.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
+        let filename = clean_file_name(&filename);
         if filename.is_empty() {
             return Err(ApiError::bad_request("a file part has an empty file name"));
         }
@@ -369,4 +369,34 @@ pub(crate) fn to_parquet(records: &[serde_json::Map<String, Value>]) -> ApiResul
         tracing::error!(error = %e, "parquet export failed");
         ApiError::internal()
     })
+}
+
+/// A file name as Merit keeps it: the last path segment, without control
+/// characters and without the invisible bidirectional controls (U+202E and
+/// kin) that make `evil\u{202e}txt.exe` read as `evilexe.txt`; at most 255 bytes.
+fn clean_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out: String = base.chars().filter(|c| !c.is_control() && !bidi(*c)).collect();
+    if out.len() > 255 {
+        let mut end = 255;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_lose_paths_controls_and_bidi_overrides() {
+        use super::clean_file_name as c;
+        assert_eq!(c("a/b\\c.txt"), "c.txt");
+        assert_eq!(c("evil\u{202e}txt.exe"), "eviltxt.exe");
+        assert_eq!(c("x\u{2067}y\u{200f}\r\n.md"), "xy.md");
+        assert_eq!(c(&"é".repeat(200)).len(), 254);
+        assert_eq!(c(" \u{202e} "), "");
+    }
 }

@@ -128,6 +128,19 @@ impl Server {
         add_fixture_model(self.dir.path(), fixture, name);
     }
 
+    /// `GET {url}{path}` with `token`, as JSON.
+    pub async fn get_json(&self, token: &str, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, content).unwrap();
