@@ -27,6 +27,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ApiError::unprocessable(format!("the JSON body does not fit: {}", e.body_text())))
             }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is too large: {}", e.body_text()),
+            )),
             Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {}", e.body_text()))),
         }
     }

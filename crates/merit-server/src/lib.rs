@@ -121,6 +121,7 @@ pub fn router(state: AppState) -> Router {
             error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::middleware))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| error::ApiError::internal().into_response()))
         // The headers every answer carries (unless a handler set its own).
         .layer(Set::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)))

@@ -440,7 +440,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
     };
     let body: Body = match Json::<Body>::from_request(Request::from_parts(parts, body), &state).await {
         Ok(Json(b)) => b,
-        Err(e) => return oai_error(StatusCode::BAD_REQUEST, "invalid_request_error", e.body_text(), None),
+        Err(e) => return oai_error(e.status(), "invalid_request_error", e.body_text(), None),
     };
     let (gen, stream, attribution) = match parse(body, chat) {
         Ok(x) => x,

@@ -244,3 +244,58 @@ async fn tokens_are_listed_issued_and_revoked() {
     assert_eq!(me(ci).await, 401);
     assert_eq!(me(ann.clone()).await, 200, "ann's other token still works");
 }
+
+/// Low: some errors left the JSON error shape (405 with an empty body, `%FF`
+/// in a path, a body over the limit as 400 instead of 413, `/logout` with no
+/// body as 415 text/plain).
+#[tokio::test]
+async fn every_api_error_is_json() {
+    let server = Server::start().await;
+    let ann = server.user("ann");
+    let http = reqwest::Client::new();
+    let check = |r: reqwest::Response, status: u16, openai: bool| async move {
+        assert_eq!(r.status().as_u16(), status, "{}", r.url());
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "{ct}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        if openai {
+            assert!(v["error"].get("type").is_some(), "{v}");
+        } else {
+            assert!(v["error"]["code"].is_string(), "{v}");
+        }
+    };
+    let url = |p: &str| format!("{}{p}", server.url);
+    check(http.delete(url("/api/v1/datanets")).bearer_auth(&ann).send().await.unwrap(), 405, false).await;
+    check(http.get(url("/api/v1/datanets/%FF")).send().await.unwrap(), 400, false).await;
+    check(http.put(url("/v1/models")).bearer_auth(&ann).send().await.unwrap(), 405, true).await;
+    let big = format!("{{\"name\": \"x\", \"summary\": \"{}\"}}", "a".repeat(3 << 20));
+    let r = http
+        .post(url("/api/v1/datanets"))
+        .bearer_auth(&ann)
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    check(r, 413, false).await;
+    let r = http
+        .post(url("/v1/chat/completions"))
+        .bearer_auth(&ann)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    check(r, 413, true).await;
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(url("/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status().as_u16(), 415);
+    assert!(r.status().as_u16() < 500);
+}

@@ -238,9 +238,15 @@ pub(crate) struct CsrfForm {
 }
 
 /// Signs out: the session ends on the server and the cookie is cleared.
-async fn logout(State(state): State<AppState>, viewer: Viewer, Form(form): Form<CsrfForm>) -> Response {
+async fn logout(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    // No form at all (no body): as stale as a wrong token.
+    let sent = form.map(|Form(f)| f.csrf).unwrap_or_default();
     if let Some(s) = &viewer.0 {
-        if s.csrf != form.csrf {
+        if s.csrf != sent {
             return page_error(Some(&viewer), ApiError::forbidden("the sign-out form is stale; reload the page"));
         }
         if let Err(e) = state.store.delete_session(&s.token).await {
