@@ -51,6 +51,8 @@ pub struct AppState {
     pub shares: merit_attrib::Shares,
     /// Where published adapters are uploaded for other nodes (`merit serve --adapter-store`).
     pub adapter_store: Option<Arc<merit_store::remote::AdapterStore>>,
+    /// Cookies carry `Secure` (the server is reached over TLS: `merit serve --public-url https://…`).
+    pub secure_cookies: bool,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -62,6 +64,7 @@ impl AppState {
             signer: Arc::new(signer),
             runs: None,
             generator: None,
+            secure_cookies: false,
             indexes: Arc::new(attribution::Indexes::new(None)),
             shares: merit_attrib::Shares::default(),
             adapter_store: None,

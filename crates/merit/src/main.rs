@@ -175,6 +175,10 @@ enum Command {
         /// adapter's SHA-256 must be the one on the ledger). Nodes share the database
         #[arg(long, env = "MERIT_ADAPTER_STORE", value_name = "URL")]
         adapter_store: Option<String>,
+        /// The address people reach this server at (behind a proxy); an
+        /// https:// one marks the session cookies Secure
+        #[arg(long, env = "MERIT_PUBLIC_URL", value_name = "URL")]
+        public_url: Option<String>,
         /// Training runs one user may have queued or running at once
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
         max_runs_per_user: u64,
@@ -784,6 +788,7 @@ async fn run(cli: Cli) -> Result<u8> {
             body_timeout,
             max_runs_per_user,
             run_slice,
+            public_url,
             key,
         } => {
             if !(rate_limit > 0.0 && rate_burst >= 1.0) {
@@ -829,6 +834,12 @@ async fn run(cli: Cli) -> Result<u8> {
                 .with_shares(shares);
             if let Some(remote) = adapter_store {
                 state = state.with_adapter_store(remote);
+            }
+            if let Some(u) = &public_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    bail!("--public-url `{u}` is not an http:// or https:// URL");
+                }
+                state.secure_cookies = u.starts_with("https://");
             }
             merit_server::start_worker(&state);
             // The embedded defaults include a model to chat with and fine-tune.

@@ -107,9 +107,11 @@ async fn a_login_with_a_line_break_in_next_redirects_home() {
     let ann = server.user("ann");
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for next in ["/runs\r\nSet-Cookie: x=y", "/runs\n", "/\u{7f}", "//evil.example", "/datanets"] {
+        let (cookie, csrf) = login_form(&server).await;
         let r = http
             .post(format!("{}/login", server.url))
-            .form(&[("token", ann.as_str()), ("next", next)])
+            .header("cookie", cookie)
+            .form(&[("token", ann.as_str()), ("next", next), ("csrf", csrf.as_str())])
             .send()
             .await
             .unwrap();
@@ -298,4 +300,53 @@ async fn every_api_error_is_json() {
         .unwrap();
     assert_ne!(r.status().as_u16(), 415);
     assert!(r.status().as_u16() < 500);
+}
+
+/// The sign-in form's cookie (`merit_login=…`) and its CSRF token.
+async fn login_form(server: &Server) -> (String, String) {
+    let r = reqwest::get(format!("{}/login", server.url)).await.unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("merit_login="))
+        .expect("the form sets its cookie");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = r.text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    (cookie, csrf)
+}
+
+/// Low: `/login` had no CSRF token (login CSRF), and no `Secure` cookie behind TLS.
+#[tokio::test]
+async fn sign_in_needs_its_form_and_cookies_are_secure_behind_tls() {
+    let server = Server::start_with(&["--public-url", "https://merit.example"]).await;
+    let ann = server.user("ann");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let post = |cookie: Option<String>, csrf: &str| {
+        let mut req = http.post(format!("{}/login", server.url));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.form(&[("token", ann.as_str()), ("next", "/"), ("csrf", csrf)]).send()
+    };
+    // A page elsewhere can post the form, but not read or set the cookie.
+    let (cookie, csrf) = login_form(&server).await;
+    assert!(cookie.len() > 20);
+    assert_eq!(post(None, &csrf).await.unwrap().status().as_u16(), 403);
+    assert_eq!(post(None, "").await.unwrap().status().as_u16(), 403);
+    assert_eq!(post(Some(cookie.clone()), "0000").await.unwrap().status().as_u16(), 403);
+    let r = post(Some(cookie), &csrf).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("merit_session="))
+        .unwrap();
+    assert!(session.contains("; Secure") && session.contains("HttpOnly"), "{session}");
+    let form = reqwest::get(format!("{}/login", server.url)).await.unwrap();
+    assert!(form.headers().get_all("set-cookie").iter().all(|c| c.to_str().unwrap().contains("; Secure")));
 }

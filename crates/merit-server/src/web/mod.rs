@@ -181,6 +181,47 @@ pub(crate) struct LoginForm {
     token: String,
     #[serde(default)]
     next: String,
+    /// The sign-in form's CSRF token, also in the `merit_login` cookie.
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The cookie that pairs a sign-in form with the browser that loaded it
+/// (double submit: a page elsewhere can post the form, not read the cookie).
+const LOGIN_COOKIE: &str = "merit_login";
+
+/// `; Secure` when the server is told it is reached over TLS.
+fn secure(state: &AppState) -> &'static str {
+    if state.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The sign-in page with a fresh CSRF token, in the form and in a cookie.
+fn login_form(state: &AppState, viewer: &Viewer, error: Option<&str>, next: &str) -> Response {
+    let token = hex::encode(rand_bytes());
+    let data = json!({ "error": error, "next": local_path(next), "csrf": token });
+    let mut r = render(viewer, "login.html", "Sign in", data);
+    let cookie =
+        format!("{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login; Max-Age=3600{}", secure(state));
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    // Two independently keyed SipHashes of the time: 128 unpredictable bits.
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -204,20 +245,39 @@ fn local_path(next: &str) -> String {
     }
 }
 
-async fn login_page(viewer: Viewer, axum::extract::Query(q): axum::extract::Query<NextQuery>) -> Response {
-    render(&viewer, "login.html", "Sign in", json!({ "error": null, "next": local_path(&q.next) }))
+async fn login_page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    axum::extract::Query(q): axum::extract::Query<NextQuery>,
+) -> Response {
+    login_form(&state, &viewer, None, &q.next)
 }
 
-/// Signs in with an API token: a session cookie (HttpOnly, SameSite=Strict).
-async fn login(State(state): State<AppState>, viewer: Viewer, Form(form): Form<LoginForm>) -> Response {
+/// Signs in with an API token: a session cookie (HttpOnly, SameSite=Strict,
+/// Secure behind TLS). The form's CSRF token must match its cookie.
+async fn login(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let paired = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .any(|(k, v)| k == LOGIN_COOKIE && !v.is_empty() && v == form.csrf);
+    if !paired {
+        let mut r = login_form(&state, &viewer, Some("The sign-in form was stale; please sign in again."), &form.next);
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        return r;
+    }
     let user = match state.store.user_by_token(form.token.trim()).await {
         Ok(Some(u)) => u,
         Ok(None) => {
-            let data = json!({
-                "error": "That API token is not valid. `merit user add NAME` prints one.",
-                "next": local_path(&form.next),
-            });
-            let mut r = render(&viewer, "login.html", "Sign in", data);
+            let error = "That API token is not valid. `merit user add NAME` prints one.";
+            let mut r = login_form(&state, &viewer, Some(error), &form.next);
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             return r;
         }
@@ -228,8 +288,19 @@ async fn login(State(state): State<AppState>, viewer: Viewer, Form(form): Form<L
         Err(e) => return page_error(Some(&viewer), e.into()),
     };
     let next = local_path(&form.next);
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_MS / 1000);
-    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_MS / 1000,
+        secure(&state)
+    );
+    let used = format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0{}", secure(&state));
+    let mut r = Redirect::to(&next).into_response();
+    for c in [cookie, used] {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
 }
 
 #[derive(Deserialize)]
@@ -253,7 +324,7 @@ async fn logout(
             return page_error(Some(&viewer), e.into());
         }
     }
-    let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}", secure(&state));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
