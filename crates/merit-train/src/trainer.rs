@@ -50,6 +50,7 @@ pub enum Event {
     },
     Checkpoint {
         step: usize,
+        /// The checkpoint's folder, relative to the run's (no server path leaks).
         path: String,
     },
 }
@@ -383,14 +384,14 @@ impl Trainer<'_> {
             if cfg.save_every.is_some_and(|n| n > 0 && step % n == 0) && step < total {
                 let dir = self.out.join(format!("checkpoint-{step}"));
                 save(step, &dir, &opt)?;
-                emit(&Event::Checkpoint { step, path: dir.display().to_string() }, &mut metrics)?;
+                emit(&Event::Checkpoint { step, path: format!("checkpoint-{step}") }, &mut metrics)?;
             }
         }
         self.model.set_training(false);
         // The final (or stopping) checkpoint, and the adapter at the top of `out`.
         let dir = self.out.join(format!("checkpoint-{step}"));
         save(step, &dir, &opt)?;
-        emit(&Event::Checkpoint { step, path: dir.display().to_string() }, &mut metrics)?;
+        emit(&Event::Checkpoint { step, path: format!("checkpoint-{step}") }, &mut metrics)?;
         publish_adapter(&dir, &self.out)?;
         Ok(Summary {
             steps: step,

@@ -519,7 +519,12 @@ impl merit_server::RunTrainer for ServeTrainer {
                 &mut |line| tracing::info!("{line}"),
                 |_| {},
             )?;
-            Ok(serde_json::to_value(&summary)?)
+            // The run's folder is the server's business: callers see the run, not its path.
+            let mut summary = serde_json::to_value(&summary)?;
+            if let Some(o) = summary.as_object_mut() {
+                o.remove("out");
+            }
+            Ok(summary)
         };
         go().map_err(|e| format!("{e:#}"))
     }

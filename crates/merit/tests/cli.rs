@@ -662,6 +662,10 @@ async fn train_on_the_server_streams_metrics_and_stops() {
         http.get(format!("{}/api/v1/runs", server.url)).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
     let statuses: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["stopped", "done"]);
+    // Issue 14 (low): run summaries and metrics showed absolute server paths.
+    let server_dir = server.dir.path().to_str().unwrap();
+    assert!(!list.to_string().contains(server_dir), "{list}");
+    assert!(!rest.iter().any(|l| l.contains(server_dir)), "{rest:?}");
     assert!(list[0]["summary"]["steps"].as_u64().unwrap() < 100000);
     // The runs from the CLI: list, publish (ledger), and a clear error for a run that ended.
     let done = list[1]["id"].as_i64().unwrap().to_string();
