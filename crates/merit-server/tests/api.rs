@@ -1161,11 +1161,19 @@ async fn priced_answers_pay_publisher_contributors_and_owners() {
         let (app, dave) = (&app, dave.clone());
         async move { app.call("POST", "/v1/chat/completions", Some(&dave), Some(body)).await }
     };
+    let auditor = app.admin("auditor").await;
     let balance = |name: &str| {
-        let app = &app;
+        let (app, auditor) = (&app, auditor.clone());
         let path = format!("/api/v1/accounts/{name}/balance");
-        async move { app.call("GET", &path, None, None).await.json() }
+        async move { app.call("GET", &path, Some(&auditor), None).await.json() }
     };
+    // Issue 14 (low): anyone read any balance, and 200 vs 404 told whether a name exists.
+    assert_eq!(app.call("GET", "/api/v1/accounts/dave/balance", None, None).await.status, StatusCode::UNAUTHORIZED);
+    for name in ["dave", "nobody"] {
+        let r = app.call("GET", &format!("/api/v1/accounts/{name}/balance"), Some(&bob), None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{name}");
+    }
+    assert_eq!(app.call("GET", "/api/v1/accounts/dave/balance", Some(&dave), None).await.status, StatusCode::OK);
     // A free base model costs nothing.
     assert_eq!(ask("base", sentence.clone()).await.status, StatusCode::OK);
     assert_eq!(balance("dave").await["spent_micros"], 0);
@@ -1240,7 +1248,10 @@ async fn priced_answers_pay_publisher_contributors_and_owners() {
     let board = app.call("GET", "/api/v1/leaderboard", None, None).await.json();
     let bob_row = board.as_array().unwrap().iter().find(|r| r["contributor"] == "bob").unwrap().clone();
     assert_eq!(bob_row["earned"].as_f64().unwrap(), bob_earned as f64 / 1e6);
-    assert_eq!(app.call("GET", "/api/v1/accounts/nobody/balance", None, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call("GET", "/api/v1/accounts/nobody/balance", Some(&auditor), None).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// Issue 14: balances stay exact and within balance + allowance under
@@ -1273,12 +1284,13 @@ async fn concurrent_priced_calls_never_spend_past_the_allowance() {
     let ok = codes.iter().filter(|c| **c == StatusCode::OK).count();
     assert!(codes.iter().all(|c| *c == StatusCode::OK || *c == StatusCode::PAYMENT_REQUIRED), "{codes:?}");
     assert!((1..=3).contains(&ok), "{codes:?}");
-    let b = app.call("GET", "/api/v1/accounts/dave/balance", None, None).await.json();
+    let b = app.call("GET", "/api/v1/accounts/dave/balance", Some(&dave), None).await.json();
     assert_eq!(b["held_micros"], 0, "every hold ended");
     assert_eq!(b["balance_micros"].as_i64().unwrap(), -(ok as i64) * 6_000_000, "each answer: 3 in + 3 out tokens");
     assert!(b["balance_micros"].as_i64().unwrap() >= -100_000_000);
-    let earned =
-        app.call("GET", "/api/v1/accounts/carl/balance", None, None).await.json()["balance_micros"].as_i64().unwrap();
+    let earned = app.call("GET", "/api/v1/accounts/carl/balance", Some(&carl), None).await.json()["balance_micros"]
+        .as_i64()
+        .unwrap();
     assert_eq!(earned, ok as i64 * 6_000_000, "no owners or contributors: all to the publisher");
 }
 

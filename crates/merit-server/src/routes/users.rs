@@ -37,10 +37,25 @@ pub async fn users_create(
 /// `GET /accounts/{name}/balance`: what a user has earned from served
 /// answers and spent on them, their allowance (how far below zero they may
 /// go) and what running requests hold (credits; `*_micros` exact).
-pub async fn accounts_balance(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn accounts_balance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let missing = || ApiError::not_found(format!("user `{name}`"));
-    let t = state.store.account(&name).await?.ok_or_else(missing)?;
-    let a = state.store.available(&name).await?.ok_or_else(missing)?;
+    // One's own balance, or any for an administrator; to others every name
+    // is missing alike (a balance is private, and so is whether a name exists).
+    let user = caller.user()?;
+    if user.name != name && !user.admin {
+        return Err(missing());
+    }
+    balance_json(&state, &name).await
+}
+
+async fn balance_json(state: &AppState, name: &str) -> ApiResult<Json<Value>> {
+    let missing = || ApiError::not_found(format!("user `{name}`"));
+    let t = state.store.account(name).await?.ok_or_else(missing)?;
+    let a = state.store.available(name).await?.ok_or_else(missing)?;
     let credits = |m: i64| m as f64 / 1e6;
     Ok(Json(json!({
         "account": name,
@@ -73,7 +88,7 @@ pub async fn accounts_allowance(
         return Err(ApiError::unprocessable(format!("allowance must be 0 to 1e9 credits, got {}", body.allowance)));
     }
     state.store.set_allowance(&name, (body.allowance * 1e6).round() as i64).await?;
-    accounts_balance(State(state), Path(name)).await
+    balance_json(&state, &name).await
 }
 
 /// `GET /tokens`: the caller's API tokens (never the tokens themselves).
