@@ -53,7 +53,7 @@ impl Store {
     async fn available_in(&self, w: &mut crate::Writer<'_>, user_id: i64, now: i64) -> Result<Available, StoreError> {
         let row = sqlx::query(
             "SELECT u.credit_allowance_micros, a.balance_micros, \
-             (SELECT COALESCE(SUM(h.micros), 0) FROM credit_holds h WHERE h.user_id = u.id AND h.created_at > $2) AS held \
+             (SELECT CAST(COALESCE(SUM(h.micros), 0) AS BIGINT) FROM credit_holds h WHERE h.user_id = u.id AND h.created_at > $2) AS held \
              FROM users u LEFT JOIN accounts a ON a.user_id = u.id WHERE u.id = $1",
         )
         .bind(user_id)
