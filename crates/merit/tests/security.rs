@@ -271,25 +271,29 @@ async fn every_api_error_is_json() {
     check(http.delete(url("/api/v1/datanets")).bearer_auth(&ann).send().await.unwrap(), 405, false).await;
     check(http.get(url("/api/v1/datanets/%FF")).send().await.unwrap(), 400, false).await;
     check(http.put(url("/v1/models")).bearer_auth(&ann).send().await.unwrap(), 405, true).await;
-    let big = format!("{{\"name\": \"x\", \"summary\": \"{}\"}}", "a".repeat(3 << 20));
-    let r = http
-        .post(url("/api/v1/datanets"))
-        .bearer_auth(&ann)
-        .header("content-type", "application/json")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    check(r, 413, false).await;
-    let r = http
-        .post(url("/v1/chat/completions"))
-        .bearer_auth(&ann)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    check(r, 413, true).await;
+    // A body over the 2 MiB limit, over a raw socket: its length announces
+    // 3 MiB, and just past the limit is sent (the server reads all of that,
+    // answers and closes; a client writing the rest would meet a closed socket).
+    for (path, openai) in [("/api/v1/datanets", false), ("/v1/chat/completions", true)] {
+        use std::io::{Read, Write};
+        let addr = server.url.trim_start_matches("http://").to_string();
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: merit\r\nAuthorization: Bearer {ann}\r\nContent-Type: application/json\r\n\
+             Content-Length: 3145728\r\nConnection: close\r\n\r\n{{\"name\": \"x\""
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        tcp.write_all(&vec![b' '; (2 << 20) + 1]).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{path}: {answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+        assert_eq!(body["error"].get("type").is_some(), openai, "{body}");
+    }
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
