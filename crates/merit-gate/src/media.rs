@@ -23,6 +23,46 @@ pub(crate) fn image_size(bytes: &[u8]) -> Result<(u64, u64), String> {
     }
 }
 
+/// PNG: the compressed image data (its IDAT chunks) must be able to hold
+/// the pixels the header declares. Deflate expands at most 1032:1, so a
+/// 60000 × 60000 image with a few rows of data is refused as what it is (a
+/// decompression bomb or a broken file) before anyone decodes it.
+pub(crate) fn png_data_fits(bytes: &[u8], width: u64, height: u64) -> Result<(), String> {
+    let (Some(&depth), Some(&color)) = (bytes.get(24), bytes.get(25)) else {
+        return Err("the PNG header is cut short".to_string());
+    };
+    let channels: u64 = match color {
+        0 | 3 => 1,
+        4 => 2,
+        2 => 3,
+        6 => 4,
+        other => return Err(format!("the PNG declares an unknown colour type {other}")),
+    };
+    let row_bits = width.saturating_mul(channels).saturating_mul(depth as u64);
+    let raw = height.saturating_mul(1 + row_bits.div_ceil(8));
+    let mut idat = 0u64;
+    let mut at = 8usize;
+    while let (Some(len), Some(kind)) = (u32be(bytes, at), bytes.get(at + 4..at + 8)) {
+        let len = len as usize;
+        let data = bytes.len().saturating_sub(at + 8).min(len);
+        if kind == b"IDAT" {
+            idat += data as u64;
+        }
+        if kind == b"IEND" {
+            break;
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    if idat.saturating_mul(1032) < raw {
+        return Err(format!(
+            "the image declares {width} × {height} pixels, which need at least {} bytes of compressed data, \
+             and holds {idat}",
+            raw.div_ceil(1032)
+        ));
+    }
+    Ok(())
+}
+
 /// What an audio file declares about itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Audio {

@@ -200,6 +200,11 @@ fn image(policy: &Policy, format: Format, bytes: &[u8]) -> Full {
         Ok(wh) => wh,
         Err(why) => return Full::refused(Some(format), Reason::new("format", "image", Value::Null, Value::Null, why)),
     };
+    if format == Format::Png {
+        if let Err(why) = media::png_data_fits(bytes, width, height) {
+            return Full::refused(Some(format), Reason::new("format", "image", Value::Null, Value::Null, why));
+        }
+    }
     let g = &policy.gates;
     let mut reasons = Vec::new();
     for (metric, value, min, max) in

@@ -735,12 +735,45 @@ fn parquet_bombs_are_refused_by_declared_size() {
 
 // ----- media -----
 
+/// A PNG of `width` × `height` transparent RGBA pixels: its header, its
+/// rows (filter byte 0) in stored deflate blocks, and IEND (CRCs not checked).
 fn png(width: u32, height: u32) -> Vec<u8> {
+    png_with_rows(width, height, height)
+}
+
+/// A PNG declaring `height` rows that holds only `rows` of them.
+fn png_with_rows(width: u32, height: u32, rows: u32) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
     v.extend_from_slice(&width.to_be_bytes());
     v.extend_from_slice(&height.to_be_bytes());
     v.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    let raw = vec![0u8; rows as usize * (1 + 4 * width as usize)];
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
+        z.extend_from_slice(b);
+    }
+    z.extend_from_slice(&[0, 0, 0, 0]);
+    v.extend_from_slice(&(z.len() as u32).to_be_bytes());
+    v.extend_from_slice(b"IDAT");
+    v.extend_from_slice(&z);
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(b"\0\0\0\0IEND\0\0\0\0");
     v
+}
+
+/// Issue 14 (low): a PNG declaring 60000 × 60000 with 10 rows of data was
+/// accepted as that size.
+#[test]
+fn a_png_too_small_for_its_size_is_refused() {
+    let p = Policy::default_for(Kind::Image);
+    check(&p, "a.png", &png_with_rows(600, 60, 60), "pass");
+    let bomb = png_with_rows(60000, 60000, 10);
+    assert!(bomb.len() < 3 << 20);
+    check(&p, "a.png", &bomb, "format/image");
 }
 
 fn bmp(width: i32, height: i32) -> Vec<u8> {
