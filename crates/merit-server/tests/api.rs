@@ -313,6 +313,11 @@ async fn bad_input_gets_clear_errors() {
     // Schema named but not sent.
     let r = app.datanet(&ann, "bad", "[gates]\njson_schema = \"s.json\"", true).await;
     assert_eq!(r.json()["error"]["details"]["key"], "gates.json_schema");
+    // Issue 14 (low): a schema sent without a policy naming it was silently ignored, even when not JSON.
+    let body = json!({ "name": "bad", "policy": "", "summary": "s", "json_schema": "not json" });
+    let r = app.call("POST", "/api/v1/datanets", Some(&ann), Some(body)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["error"]["details"]["key"], "gates.json_schema");
     // Bad names, duplicates, bodies.
     assert_eq!(app.datanet(&ann, "Bad Name", "", true).await.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.datanet(&ann, "ok", "", true).await.status, StatusCode::CREATED);

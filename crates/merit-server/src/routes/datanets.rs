@@ -15,11 +15,22 @@ use crate::AppState;
 /// Parses a policy sent as TOML text; `json_schema` holds the text of the
 /// schema file the policy names, if it names one.
 fn parse_policy(toml: &str, json_schema: Option<&str>) -> Result<Policy, merit_core::PolicyError> {
-    Policy::from_toml(toml, |path| {
+    let used = std::cell::Cell::new(false);
+    let policy = Policy::from_toml(toml, |path| {
+        used.set(true);
         json_schema
             .map(str::to_string)
             .ok_or_else(|| format!("the policy names `{path}`: send that file's contents in the `json_schema` field"))
-    })
+    })?;
+    // A schema the policy does not name would be silently ignored: say so.
+    if json_schema.is_some() && !used.get() {
+        return Err(merit_core::PolicyError {
+            key: "gates.json_schema".into(),
+            reason: "a `json_schema` was sent but the policy names no gates.json_schema file to check rows against"
+                .into(),
+        });
+    }
+    Ok(policy)
 }
 
 async fn datanet_json(state: &AppState, caller: &Caller, a: &Access) -> ApiResult<Value> {
@@ -177,6 +188,9 @@ pub async fn datanets_update(
     caller.user()?;
     let a = access(&state, &caller, &name).await?;
     a.require_owner()?;
+    if body.policy.is_none() && body.json_schema.is_some() {
+        return Err(ApiError::unprocessable("`json_schema` goes with the `policy` that names it"));
+    }
     let policy = body.policy.as_deref().map(|p| parse_policy(p, body.json_schema.as_deref())).transpose()?;
     let patch = DatanetPatch { summary: body.summary, description: body.description, tags: body.tags, policy };
     let d = state.store.update_datanet(&a.datanet, patch).await?;
