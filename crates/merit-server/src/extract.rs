@@ -115,6 +115,15 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // An Authorization header that is not a readable bearer token is an
+        // error, not the public (a client should learn its key is garbled).
+        if parts.headers.contains_key(axum::http::header::AUTHORIZATION) && bearer(parts).is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the Authorization header must be `Bearer <token>` in visible ASCII",
+            ));
+        }
         let Some(token) = bearer(parts) else {
             // The web app: a session cookie, with the CSRF token on every change.
             let Some(session) = Session::of(parts, state).await? else {
