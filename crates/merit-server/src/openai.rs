@@ -109,9 +109,7 @@ struct CreditHold {
 impl CreditHold {
     async fn release(mut self) {
         if let Some(h) = self.hold.take() {
-            if let Err(e) = self.store.release(&h).await {
-                tracing::error!("releasing credit hold {}: {e}", h.id);
-            }
+            release_hold(&self.store, h).await;
         }
     }
 }
@@ -120,12 +118,14 @@ impl Drop for CreditHold {
     fn drop(&mut self) {
         if let (Some(h), Ok(rt)) = (self.hold.take(), tokio::runtime::Handle::try_current()) {
             let store = self.store.clone();
-            rt.spawn(async move {
-                if let Err(e) = store.release(&h).await {
-                    tracing::error!("releasing credit hold {}: {e}", h.id);
-                }
-            });
+            rt.spawn(async move { release_hold(&store, h).await });
         }
+    }
+}
+
+async fn release_hold(store: &merit_store::Store, h: merit_store::Hold) {
+    if let Err(e) = store.release(&h).await {
+        tracing::error!("releasing credit hold {}: {e}", h.id);
     }
 }
 
@@ -483,12 +483,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
         };
         let object = if chat { "chat.completion" } else { "text_completion" };
         let mut v = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage });
-        let settled =
-            settle(&state, &g2, &payer, &req2, &out, attribution, hold.as_ref().and_then(|h| h.hold.as_ref())).await;
-        if let Some(h) = hold {
-            h.release().await;
-        }
-        match settled {
+        match settle(&state, &g2, &payer, &req2, &out, attribution, hold).await {
             Ok(Some(a)) => v["attribution"] = a,
             Ok(None) => {}
             Err(e) => return gen_error(e),
@@ -538,15 +533,7 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
                                     "total_tokens": out.prompt_tokens + out.completion_tokens });
                 let mut last = first(json!({}), Some(&out.finish_reason), Some(usage));
                 // The last chunk carries the attribution, as it carries the usage.
-                let settled = rt.block_on(async {
-                    let held = hold.as_ref().and_then(|h| h.hold.as_ref());
-                    let settled = settle(&st, &g2, &payer, &req2, &out, attribution, held).await;
-                    if let Some(h) = hold {
-                        h.release().await;
-                    }
-                    settled
-                });
-                match settled {
+                match rt.block_on(settle(&st, &g2, &payer, &req2, &out, attribution, hold)) {
                     Ok(Some(a)) => last["attribution"] = a,
                     Ok(None) => {}
                     Err(e) => {
@@ -594,6 +581,25 @@ async fn complete(state: AppState, req: Request, chat: bool) -> Response {
 /// After a generation: the attribution asked for (`min_tokens`, as JSON)
 /// and, for an adapter with a price, the charge (its fee split and recorded).
 async fn settle(
+    state: &AppState,
+    g: &Arc<dyn Generator>,
+    payer: &str,
+    req: &GenRequest,
+    out: &GenOutput,
+    attribution: Option<Method>,
+    hold: Option<CreditHold>,
+) -> Result<Option<Value>, GenError> {
+    let held = hold.as_ref().and_then(|h| h.hold.as_ref());
+    let settled = settle_held(state, g, payer, req, out, attribution, held).await;
+    // Charged or not, the hold ends here (a charged one is gone already).
+    if let Some(h) = hold {
+        h.release().await;
+    }
+    settled
+}
+
+/// Attributes and charges an answer, the charge ending `hold`.
+async fn settle_held(
     state: &AppState,
     g: &Arc<dyn Generator>,
     payer: &str,

@@ -212,15 +212,12 @@ fn login_form(state: &AppState, viewer: &Viewer, error: Option<&str>, next: &str
     r
 }
 
+/// 128 unpredictable bits: two of the request-id generator's draws.
 fn rand_bytes() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    // Two independently keyed SipHashes of the time: 128 unpredictable bits.
+    let (a, b) = (crate::openai::rand_u64(), crate::openai::rand_u64());
     let mut out = [0u8; 16];
-    for half in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        half.copy_from_slice(&h.finish().to_le_bytes());
-    }
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..].copy_from_slice(&b.to_le_bytes());
     out
 }
 
