@@ -42,7 +42,7 @@ pub use blobs::Blobs;
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};
 pub use runs::Run;
-pub use users::{TokenInfo, User};
+pub use users::{TokenInfo, User, MAX_LIVE_TOKENS};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]

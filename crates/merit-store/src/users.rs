@@ -38,6 +38,9 @@ pub struct TokenInfo {
 
 const TOKEN_ID_LEN: usize = 12;
 
+/// Live (not revoked, not expired) tokens one account may hold.
+pub const MAX_LIVE_TOKENS: i64 = 100;
+
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("mrt_{}", hex::encode(bytes))
@@ -92,6 +95,21 @@ impl Store {
             return Err(StoreError::Invalid("a token's expiry must be in the future".into()));
         }
         let mut w = self.write().await?;
+        let live = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE user_id = $1 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(user.id)
+        .bind(now)
+        .fetch_one(&mut *w.tx)
+        .await?;
+        if col::<i64>(&live, "n")? >= MAX_LIVE_TOKENS {
+            w.rollback().await?;
+            return Err(StoreError::Invalid(format!(
+                "{} has {MAX_LIVE_TOKENS} live tokens, the most one account may; revoke one first",
+                user.name
+            )));
+        }
         let token = new_token();
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at, label, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(token_hash(&token))

@@ -331,4 +331,9 @@ async fn tokens_expire_and_are_revoked() {
     assert_eq!(revoked.id, id);
     assert!(store.user_by_token(&first).await.unwrap().is_none(), "revoked");
     assert!(store.tokens(&ann).await.unwrap().iter().all(|t| !t.active));
+    // Live tokens are bounded per account (bob has his first).
+    for _ in 1..merit_store::MAX_LIVE_TOKENS {
+        store.issue_token(&bob, "", None).await.unwrap();
+    }
+    assert!(matches!(store.issue_token(&bob, "", None).await, Err(StoreError::Invalid(_))));
 }
