@@ -16,8 +16,10 @@ mode=build
 [ "${1:-}" = "--check" ] && mode=check
 
 OUT=target/cuda
-VENV=${CUDA_VENV:-$OUT/venv}
 mkdir -p "$OUT"
+# Absolute: the python below runs from inside the venv (so no `nvidia` folder in
+# the working directory shadows the installed package).
+VENV=$(realpath -m "${CUDA_VENV:-$OUT/venv}")
 
 # The compiler (enough for `--check`), then the libraries the binary links.
 COMPILER=("nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*"
