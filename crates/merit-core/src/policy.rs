@@ -267,7 +267,8 @@ pub struct Policy {
     pub gates: Gates,
 }
 
-/// The largest `max_file_bytes` a policy may declare (uploads are held in memory).
+/// The largest `max_file_bytes` a policy may declare (uploads stream to disk,
+/// but the gates read a file whole, under `merit serve --request-memory`).
 pub const MAX_FILE_BYTES_CEILING: u64 = 256 * 1024 * 1024;
 
 /// A policy was refused: `key` is the dotted TOML key, `reason` says why.

@@ -13,6 +13,7 @@
 #![recursion_limit = "256"]
 
 pub mod attribution;
+pub mod budget;
 pub mod error;
 mod extract;
 pub mod openai;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub adapter_store: Option<Arc<merit_store::remote::AdapterStore>>,
     /// Cookies carry `Secure` (the server is reached over TLS: `merit serve --public-url https://…`).
     pub secure_cookies: bool,
+    /// Memory all requests together may hold for bodies and gating.
+    pub memory: budget::MemoryBudget,
     buckets: Arc<ratelimit::Buckets>,
 }
 
@@ -65,6 +68,7 @@ impl AppState {
             runs: None,
             generator: None,
             secure_cookies: false,
+            memory: budget::MemoryBudget::new(DEFAULT_REQUEST_MEMORY),
             indexes: Arc::new(attribution::Indexes::new(None)),
             shares: merit_attrib::Shares::default(),
             adapter_store: None,
@@ -91,6 +95,13 @@ impl AppState {
         self
     }
 
+    /// Lets requests hold at most `bytes` of memory together (bodies being
+    /// read and parsed, files being gated); see [`budget`].
+    pub fn with_request_memory(mut self, bytes: u64) -> AppState {
+        self.memory = budget::MemoryBudget::new(bytes);
+        self
+    }
+
     /// Splits priced answers' fees by `shares` instead of the default 0.2 / 0.7 / 0.1.
     pub fn with_shares(mut self, shares: merit_attrib::Shares) -> AppState {
         self.shares = shares;
@@ -110,6 +121,9 @@ impl AppState {
     }
 }
 
+/// What requests may hold in memory together unless told otherwise: 2 GiB.
+pub const DEFAULT_REQUEST_MEMORY: u64 = 2 << 30;
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     use axum::http::{header, HeaderValue};
@@ -123,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), budget::middleware))
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::middleware))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| error::ApiError::internal().into_response()))

@@ -162,7 +162,7 @@ impl Store {
         d: &Datanet,
         who: &User,
         sub: Submission,
-        file: &[u8],
+        file: crate::Staged,
     ) -> Result<Contribution, StoreError> {
         let mut w = self.write().await?;
         let now = now_ms();
@@ -216,7 +216,7 @@ impl Store {
         }
         crate::ledger::append(&mut w, self.backend, &events, now).await?;
         if status != Status::Rejected {
-            self.blobs.put(file)?;
+            self.blobs.keep(file)?;
         }
         w.commit().await?;
         self.contribution(id).await?.ok_or_else(|| StoreError::NotFound(format!("contribution {id}")))

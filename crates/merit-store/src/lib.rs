@@ -38,7 +38,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 pub use accounts::{Available, Charge, Hold};
-pub use blobs::Blobs;
+pub use blobs::{Blobs, Staged, Staging};
 pub use contributions::{Contribution, ContributionFilter, NewRow, StoredRow, Submission, Version};
 pub use datanets::{Datanet, DatanetPatch, DatanetStats, NewDatanet, Role};
 pub use runs::Run;

@@ -2,7 +2,7 @@
 
 use merit_core::{Kind, Policy, Review, Status};
 use merit_store::testing::fresh_store;
-use merit_store::{ContributionFilter, DatanetPatch, NewDatanet, NewRow, Role, StoreError, Submission};
+use merit_store::{ContributionFilter, DatanetPatch, NewDatanet, NewRow, Role, Store, StoreError, Submission};
 
 fn row(text: &str, sig: Vec<u32>) -> NewRow {
     NewRow {
@@ -85,7 +85,12 @@ async fn versions_duplicates_and_review() {
 
     let sig_a: Vec<u32> = (0..112).collect();
     let c1 = store
-        .submit(&d, &bob, submission(vec![row("first", sig_a.clone()), row("second", (200..312).collect())]), b"x")
+        .submit(
+            &d,
+            &bob,
+            submission(vec![row("first", sig_a.clone()), row("second", (200..312).collect())]),
+            staged(&store, b"x"),
+        )
         .await
         .unwrap();
     assert_eq!(c1.status, Status::Accepted);
@@ -102,7 +107,10 @@ async fn versions_duplicates_and_review() {
     assert_eq!(v1.root, hex::encode(merit_ledger::root(&leaves)));
 
     // Exact duplicate → rejected, nothing added.
-    let c2 = store.submit(&d, &bob, submission(vec![row("first", (500..612).collect())]), b"y").await.unwrap();
+    let c2 = store
+        .submit(&d, &bob, submission(vec![row("first", (500..612).collect())]), staged(&store, b"y"))
+        .await
+        .unwrap();
     assert_eq!(c2.status, Status::Rejected);
     assert_eq!(c2.reasons[0].gate, "exact_duplicate");
     // Near duplicate (100 of 112 positions equal) → rejected.
@@ -110,13 +118,16 @@ async fn versions_duplicates_and_review() {
     for v in near.iter_mut().take(12) {
         *v += 10_000;
     }
-    let c3 = store.submit(&d, &bob, submission(vec![row("first, nearly", near)]), b"z").await.unwrap();
+    let c3 = store.submit(&d, &bob, submission(vec![row("first, nearly", near)]), staged(&store, b"z")).await.unwrap();
     assert_eq!(c3.status, Status::Rejected);
     assert_eq!(c3.reasons[0].gate, "near_duplicate");
     assert!(store.version(&d, 2).await.unwrap().is_none());
 
     // A second accepted file makes version 2; version 1 is unchanged.
-    let c4 = store.submit(&d, &ann, submission(vec![row("third", (700..812).collect())]), b"w").await.unwrap();
+    let c4 = store
+        .submit(&d, &ann, submission(vec![row("third", (700..812).collect())]), staged(&store, b"w"))
+        .await
+        .unwrap();
     assert_eq!(c4.version, Some(2));
     let v2 = store.version(&d, 2).await.unwrap().unwrap();
     assert_eq!((v2.row_count, v2.byte_count), (3, 200));
@@ -134,7 +145,10 @@ async fn versions_duplicates_and_review() {
     let mut p = Policy::default_for(Kind::Text);
     p.review = Review::Owner;
     let r = store.create_datanet(&ann, new_datanet("reviewed", p)).await.unwrap();
-    let c5 = store.submit(&r, &bob, submission(vec![row("pending row", (900..1012).collect())]), b"p").await.unwrap();
+    let c5 = store
+        .submit(&r, &bob, submission(vec![row("pending row", (900..1012).collect())]), staged(&store, b"p"))
+        .await
+        .unwrap();
     assert_eq!(c5.status, Status::Pending);
     assert!(store.latest_version(&r).await.unwrap().is_none());
     let pending = store
@@ -145,7 +159,10 @@ async fn versions_duplicates_and_review() {
     let c5 = store.approve(&r, c5.id, &ann, submission(vec![row("pending row", (900..1012).collect())])).await.unwrap();
     assert_eq!((c5.status, c5.version), (Status::Accepted, Some(1)));
     assert!(matches!(store.approve(&r, c5.id, &ann, submission(vec![])).await, Err(StoreError::Conflict(_))));
-    let c6 = store.submit(&r, &bob, submission(vec![row("other", (1100..1212).collect())]), b"q").await.unwrap();
+    let c6 = store
+        .submit(&r, &bob, submission(vec![row("other", (1100..1212).collect())]), staged(&store, b"q"))
+        .await
+        .unwrap();
     let c6 = store.reject(&r, c6.id, &ann, "off topic").await.unwrap();
     assert_eq!(c6.status, Status::Rejected);
     assert_eq!(c6.reasons[0].gate, "review");
@@ -170,7 +187,7 @@ async fn daily_limits_hold_under_concurrency() {
                     &d,
                     &ann,
                     submission(vec![row(&format!("row {i}"), (i * 1000..i * 1000 + 112).collect())]),
-                    b"c",
+                    staged(&store, b"c"),
                 )
                 .await
         }));
@@ -200,8 +217,8 @@ async fn every_change_appends_its_ledger_leaves() {
     let (bob, _) = store.create_user("bob", false).await.unwrap();
     assert_eq!(store.ledger_size().await.unwrap(), 0);
     let d = store.create_datanet(&ann, new_datanet("qa", Policy::default_for(Kind::Text))).await.unwrap();
-    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), b"1").await.unwrap();
-    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), b"1").await.unwrap();
+    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), staged(&store, b"1")).await.unwrap();
+    store.submit(&d, &bob, submission(vec![row("one", (0..112).collect())]), staged(&store, b"1")).await.unwrap();
     let kinds: Vec<&str> = store
         .ledger_entries(0, 100)
         .await
@@ -336,4 +353,8 @@ async fn tokens_expire_and_are_revoked() {
         store.issue_token(&bob, "", None).await.unwrap();
     }
     assert!(matches!(store.issue_token(&bob, "", None).await, Err(StoreError::Invalid(_))));
+}
+
+fn staged(store: &Store, bytes: &[u8]) -> merit_store::Staged {
+    store.blobs().stage_bytes(bytes).unwrap()
 }

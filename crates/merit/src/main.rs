@@ -192,6 +192,12 @@ enum Command {
         /// Seconds a client may pause between two pieces of a request's body
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
         body_timeout: u64,
+        /// MiB of memory all requests together may hold: bodies being read
+        /// and parsed, uploaded files being gated (uploads stream to disk
+        /// first). Requests wait for their share; one that needs more than
+        /// this is refused with 413
+        #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(16..=1 << 24))]
+        request_memory: u64,
         #[command(flatten)]
         key: LedgerKey,
     },
@@ -786,6 +792,7 @@ async fn run(cli: Cli) -> Result<u8> {
             adapter_store,
             header_timeout,
             body_timeout,
+            request_memory,
             max_runs_per_user,
             run_slice,
             public_url,
@@ -831,7 +838,8 @@ async fn run(cli: Cli) -> Result<u8> {
                 )
                 .with_generator(std::sync::Arc::new(generator))
                 .with_attribution_dir(local.data_dir.join("attribution"))
-                .with_shares(shares);
+                .with_shares(shares)
+                .with_request_memory(request_memory << 20);
             if let Some(remote) = adapter_store {
                 state = state.with_adapter_store(remote);
             }

@@ -384,3 +384,69 @@ async fn a_garbled_authorization_header_is_401() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"));
     alive(&server).await;
 }
+
+/// The most memory the process has held (VmHWM), in bytes.
+fn peak_memory(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Medium: one dry run of a 250 MB file held ~800 MB of server memory, and
+/// a request could carry 32 such files, all read into memory before the
+/// first was judged. Uploads now stream to the staging folder on disk, and
+/// every request shares one memory budget (`--request-memory`).
+#[tokio::test]
+async fn uploads_stream_to_disk_and_request_memory_is_bounded() {
+    let server = Server::start_with(&["--request-memory", "16"]).await;
+    let ann = server.user("ann");
+    let policy = server.file(
+        "p.toml",
+        b"max_file_bytes = 200000000\n[limits]\nuser_bytes_per_day = 0\ndatanet_bytes_per_day = 0\nuser_files_per_day = 0\n",
+    );
+    server.ok(&ann, &["datanet", "create", "big", "--policy", s(&policy), "--publish"]);
+    let url = format!("{}/api/v1/datanets/big/contributions", server.url);
+    let http = reqwest::Client::new();
+    let before = peak_memory(&server);
+    let huge = vec![b'a'; 150 << 20];
+    let form =
+        reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(huge).file_name("huge.txt"));
+    let r = http.post(&url).query(&[("dry_run", "true")]).bearer_auth(&ann).multipart(form).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large_for_server", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--request-memory"), "{body}");
+    let grew = peak_memory(&server).saturating_sub(before);
+    assert!(grew < 48 << 20, "a 150 MB upload raised the server's peak memory by {} MiB", grew >> 20);
+    let staging = server.dir.path().join("blobs").join("tmp");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "the refused file is not left in staging");
+
+    // Files that fit take turns for the budget: every one gets its verdict.
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let (http, url, ann) = (http.clone(), url.clone(), ann.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut text = String::new();
+            while text.len() < 1 << 20 {
+                text.push_str(&prose(100 * i + text.len() as u64));
+                text.push_str("\n\n");
+            }
+            let form = reqwest::multipart::Form::new()
+                .part("file", reqwest::multipart::Part::bytes(text.into_bytes()).file_name(format!("f{i}.txt")));
+            let r = http.post(url).query(&[("dry_run", "true")]).bearer_auth(ann).multipart(form).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // A JSON body is reserved before it is read: 20 MB of run rows need
+    // more than the whole 16 MiB.
+    let rows: Vec<Value> = (0..20_000).map(|i| json!({ "instruction": "x".repeat(1000), "output": i })).collect();
+    let (code, body) = post_run(&server, &ann, json!({ "base": "tiny", "rows": rows })).await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large_for_server", "{body}");
+    alive(&server).await;
+}

@@ -4,11 +4,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use merit_core::{Policy, Status};
-use merit_store::{Contribution, ContributionFilter, Datanet, NewRow, StoreError, Submission};
+use merit_store::{Contribution, ContributionFilter, Datanet, NewRow, Staged, StoreError, Submission};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{access, parse_id, Access};
+use crate::budget;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::AppState;
@@ -22,15 +23,22 @@ fn gate_version() -> String {
 }
 
 /// Runs the gates on a file (on a blocking thread: they are CPU work) and
-/// turns the result into a submission for the store.
-async fn gate(policy: &Policy, filename: &str, bytes: bytes::Bytes) -> ApiResult<Submission> {
+/// turns the result into a submission for the store. The file is read into
+/// memory only here, under a reservation of the server's request memory.
+async fn gate(state: &AppState, policy: &Policy, filename: &str, file: &FileOnDisk) -> ApiResult<Submission> {
+    let size = file.len;
+    let _held = state.memory.reserve(size.saturating_mul(budget::GATE_FACTOR), &format!("gating `{filename}`")).await?;
     let policy = policy.clone();
     let name = filename.to_string();
-    let sha = merit_core::sha256_hex(&bytes);
-    let size = bytes.len() as u64;
-    let inspection = tokio::task::spawn_blocking(move || merit_gate::inspect(&policy, &name, &bytes))
-        .await
-        .map_err(|_| ApiError::internal())?;
+    let sha = file.sha256.clone();
+    let path = file.path.clone();
+    let inspection = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path)?;
+        Ok::<_, std::io::Error>(merit_gate::inspect(&policy, &name, &bytes))
+    })
+    .await
+    .map_err(|_| ApiError::internal())?
+    .map_err(StoreError::from)?;
     let rows = inspection
         .rows
         .into_iter()
@@ -60,6 +68,19 @@ async fn gate(policy: &Policy, filename: &str, bytes: bytes::Bytes) -> ApiResult
     })
 }
 
+/// A file the gates read from disk: a staged upload or a kept blob.
+struct FileOnDisk {
+    path: std::path::PathBuf,
+    len: u64,
+    sha256: String,
+}
+
+impl From<&Staged> for FileOnDisk {
+    fn from(s: &Staged) -> FileOnDisk {
+        FileOnDisk { path: s.path().to_path_buf(), len: s.len(), sha256: s.sha256().to_string() }
+    }
+}
+
 fn verdict_json(file: &str, c: &Contribution) -> Value {
     json!({
         "file": file,
@@ -78,13 +99,15 @@ pub struct UploadQuery {
     dry_run: bool,
 }
 
-/// Reads every file of a multipart body, cutting a file off with 413 as soon
-/// as it passes the datanet's `max_file_bytes` (nothing is kept then).
-async fn read_files(mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(String, bytes::Bytes)>> {
+/// Reads every file of a multipart body into the blob store's staging
+/// folder (never into memory whole), cutting a file off with 413 as soon as
+/// it passes the datanet's `max_file_bytes` (nothing is kept then).
+async fn read_files(state: &AppState, mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(String, Staged)>> {
     let cap = d.policy.max_file_bytes;
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::bad_request(format!("bad multipart body: {}", e.body_text()))
     };
+    let io = |e: std::io::Error| ApiError::from(StoreError::from(e));
     let mut files = Vec::new();
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         let Some(filename) = field.file_name().map(str::to_string) else {
@@ -102,9 +125,9 @@ async fn read_files(mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(Str
                 format!("at most {MAX_FILES_PER_REQUEST} files per request"),
             ));
         }
-        let mut buf = bytes::BytesMut::new();
+        let mut staging = state.store.blobs().stage().map_err(io)?;
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
-            if buf.len() as u64 + chunk.len() as u64 > cap {
+            if staging.len() + chunk.len() as u64 > cap {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "file_too_large",
@@ -112,9 +135,9 @@ async fn read_files(mut multipart: Multipart, d: &Datanet) -> ApiResult<Vec<(Str
                 )
                 .with_details(json!({ "file": filename, "limit": "max_file_bytes", "value": cap })));
             }
-            buf.extend_from_slice(&chunk);
+            staging.write(&chunk).map_err(io)?;
         }
-        files.push((filename, buf.freeze()));
+        files.push((filename, staging.finish().map_err(io)?));
     }
     if files.is_empty() {
         return Err(ApiError::bad_request(
@@ -141,10 +164,10 @@ pub async fn contributions_create(
         )
     })?;
     let d = &a.datanet;
-    let files = read_files(multipart, d).await?;
+    let files = read_files(&state, multipart, d).await?;
     let mut results = Vec::new();
-    for (filename, bytes) in files {
-        let sub = gate(&d.policy, &filename, bytes.clone()).await?;
+    for (filename, file) in files {
+        let sub = gate(&state, &d.policy, &filename, &FileOnDisk::from(&file)).await?;
         if query.dry_run {
             let rows = sub.rows.len();
             let (status, reasons, credit) = state.store.dry_run(d, sub).await?;
@@ -160,7 +183,7 @@ pub async fn contributions_create(
             }));
             continue;
         }
-        match state.store.submit(d, &user, sub, &bytes).await {
+        match state.store.submit(d, &user, sub, file).await {
             Ok(c) => results.push(verdict_json(&filename, &c)),
             Err(e @ StoreError::Limit { .. }) => {
                 // Files before this one are recorded; say so next to the 429.
@@ -259,16 +282,20 @@ pub async fn contributions_file(
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let (_, c) = visible_contribution(&state, &caller, &name, &id).await?;
-    let bytes = state.store.blobs().get(&c.sha256).map_err(StoreError::from)?.ok_or_else(|| {
-        ApiError::not_found(format!("the file of contribution {} (rejected files are not kept)", c.id))
-    })?;
+    let not_kept = || ApiError::not_found(format!("the file of contribution {} (rejected files are not kept)", c.id));
+    let path = state.store.blobs().path_of(&c.sha256).ok_or_else(not_kept)?;
+    let body = match super::stream_file(&path).await {
+        Ok(body) => body,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_kept()),
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
     let safe_name: String = c.filename.chars().filter(|ch| !ch.is_control() && *ch != '"' && *ch != '\\').collect();
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{safe_name}\"")),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }
@@ -299,11 +326,13 @@ pub async fn contributions_approve(
 ) -> ApiResult<Json<Value>> {
     let (a, c) = reviewable(&state, &caller, &name, &id).await?;
     let user = caller.user()?;
-    let bytes = state.store.blobs().get(&c.sha256).map_err(StoreError::from)?.ok_or_else(|| {
+    let missing = || {
         tracing::error!(contribution = c.id, "the kept file of a pending contribution is missing");
         ApiError::internal()
-    })?;
-    let regated = gate(&a.datanet.policy, &c.filename, bytes.into()).await?;
+    };
+    let path = state.store.blobs().path_of(&c.sha256).filter(|p| p.is_file()).ok_or_else(missing)?;
+    let file = FileOnDisk { path, len: c.bytes.max(0) as u64, sha256: c.sha256.clone() };
+    let regated = gate(&state, &a.datanet.policy, &c.filename, &file).await?;
     let c = state.store.approve(&a.datanet, c.id, user, regated).await?;
     Ok(Json(verdict_json(&c.filename, &c)))
 }

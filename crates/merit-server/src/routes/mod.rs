@@ -137,6 +137,27 @@ pub(crate) fn page_limit(limit: Option<i64>, offset: i64) -> ApiResult<i64> {
     Ok(limit)
 }
 
+/// A file as a response body, read in pieces as the client takes them (a
+/// large file never sits in memory whole). Errors opening it are returned.
+pub(crate) async fn stream_file(path: &std::path::Path) -> std::io::Result<axum::body::Body> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let pieces = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            // The error ends the body (and the stream after it).
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(pieces))
+}
+
 /// Parses a numeric path segment.
 pub(crate) fn parse_id(what: &str, s: &str) -> ApiResult<i64> {
     s.parse::<i64>()

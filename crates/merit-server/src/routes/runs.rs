@@ -304,8 +304,8 @@ pub async fn runs_file(
         )));
     };
     let path = host.run_dir(run.id).join(&name);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok(([(header::CONTENT_TYPE, *mime)], bytes).into_response()),
+    match super::stream_file(&path).await {
+        Ok(body) => Ok(([(header::CONTENT_TYPE, *mime)], body).into_response()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(ApiError::not_found(format!("`{name}` of run {} (not written yet)", run.id)))
         }
