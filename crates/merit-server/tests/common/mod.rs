@@ -10,6 +10,8 @@ use merit_server::{router, AppState, RateLimit};
 use serde_json::Value;
 use tower::ServiceExt;
 
+pub mod fakes;
+
 pub struct App {
     pub router: axum::Router,
     pub store: merit_store::Store,
