@@ -18,6 +18,12 @@ pub enum Event {
     /// A datanet was created.
     #[serde(rename = "datanet.created")]
     DatanetCreated { datanet: String, owner: String, kind: String, at: i64 },
+    /// A draft was published. Until now its events named it by `commitment`
+    /// (`name_commitment(salt, datanet)`, so the public log showed no name a
+    /// draft's owner had not published); `salt` opens the commitment. Both
+    /// are null for a datanet whose events always carried its name.
+    #[serde(rename = "datanet.published")]
+    DatanetPublished { datanet: String, commitment: Option<String>, salt: Option<String>, at: i64 },
     /// A datanet's policy was set (at creation or changed before publishing).
     #[serde(rename = "datanet.policy")]
     DatanetPolicy { datanet: String, policy_hash: String, at: i64 },
@@ -173,6 +179,7 @@ impl Event {
     pub fn subject(&self) -> String {
         match self {
             Event::DatanetCreated { datanet, .. }
+            | Event::DatanetPublished { datanet, .. }
             | Event::DatanetPolicy { datanet, .. }
             | Event::DatanetVersion { datanet, .. } => {
                 format!("datanet:{datanet}")
@@ -188,10 +195,23 @@ impl Event {
         }
     }
 
+    /// Whether a `datanet.published` event's salt opens its commitment to its
+    /// name (true for every other event, and for one without a commitment).
+    pub fn opens(&self) -> bool {
+        match self {
+            Event::DatanetPublished { datanet, commitment: Some(c), salt: Some(salt), .. } => {
+                *c == name_commitment(salt, datanet)
+            }
+            Event::DatanetPublished { commitment, salt, .. } => commitment.is_none() && salt.is_none(),
+            _ => true,
+        }
+    }
+
     /// The event's type name, such as `contribution.verdict`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::DatanetCreated { .. } => "datanet.created",
+            Event::DatanetPublished { .. } => "datanet.published",
             Event::DatanetPolicy { .. } => "datanet.policy",
             Event::ContributionSubmitted { .. } => "contribution.submitted",
             Event::ContributionVerdict { .. } => "contribution.verdict",
@@ -203,15 +223,56 @@ impl Event {
     }
 }
 
+/// The prefix of a name commitment: `h:` and 64 hex digits.
+pub const COMMITMENT_PREFIX: &str = "h:";
+
+/// How an unpublished datanet is named on the ledger: `h:` and the hex
+/// SHA-256 of a domain tag, the datanet's secret `salt` (hex) and its name.
+/// Without the salt the name cannot be guessed from the log; the
+/// `datanet.published` event reveals the salt.
+pub fn name_commitment(salt: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"merit.datanet-name.v1\0");
+    h.update(salt.as_bytes());
+    h.update(b"\0");
+    h.update(name.as_bytes());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(COMMITMENT_PREFIX.len() + 64);
+    out.push_str(COMMITMENT_PREFIX);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Commitments opened by `datanet.published` events (commitment → name);
+/// commitments whose salt does not open them are left out.
+pub fn opened_names<'a>(events: impl IntoIterator<Item = &'a Event>) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for e in events {
+        if let Event::DatanetPublished { datanet, commitment: Some(c), .. } = e {
+            if e.opens() {
+                out.insert(c.clone(), datanet.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The leaderboard's input for datanet `datanet`, from ledger events alone:
-/// each contribution's latest verdict, its credit and its times.
+/// each contribution's latest verdict, its credit and its times (events
+/// from before its publication, under its commitment, included).
 pub fn outcomes<'a>(events: impl IntoIterator<Item = &'a Event>, datanet: &str) -> Vec<merit_core::score::Outcome> {
     use merit_core::score::Outcome;
     use merit_core::Status;
+    let events: Vec<&Event> = events.into_iter().collect();
+    let names = opened_names(events.iter().copied());
+    let is_it = |d: &String| d == datanet || names.get(d).is_some_and(|n| n == datanet);
     let mut by_id: std::collections::BTreeMap<i64, Outcome> = std::collections::BTreeMap::new();
     for e in events {
         match e {
-            Event::ContributionSubmitted { contribution_id, datanet: d, contributor, at, .. } if d == datanet => {
+            Event::ContributionSubmitted { contribution_id, datanet: d, contributor, at, .. } if is_it(d) => {
                 by_id.insert(
                     *contribution_id,
                     Outcome {
@@ -223,9 +284,7 @@ pub fn outcomes<'a>(events: impl IntoIterator<Item = &'a Event>, datanet: &str) 
                     },
                 );
             }
-            Event::ContributionVerdict { contribution_id, datanet: d, status, credit_micros, at, .. }
-                if d == datanet =>
-            {
+            Event::ContributionVerdict { contribution_id, datanet: d, status, credit_micros, at, .. } if is_it(d) => {
                 if let Some(o) = by_id.get_mut(contribution_id) {
                     o.status = Status::parse(status).unwrap_or(Status::Pending);
                     o.credit = *credit_micros as f64 / 1e6;
@@ -260,5 +319,56 @@ mod tests {
         );
         assert_eq!(Event::from_leaf(&leaf).unwrap(), e);
         assert!(Event::from_leaf(b"{\"v\":2,\"type\":\"datanet.version\"}").is_err());
+    }
+
+    #[test]
+    fn commitments_hide_names_until_publication_opens_them() {
+        let salt = "00ff".repeat(16);
+        let c = name_commitment(&salt, "secret");
+        assert!(c.starts_with("h:") && c.len() == 66, "{c}");
+        assert_eq!(c, name_commitment(&salt, "secret"));
+        assert_ne!(c, name_commitment(&"01ff".repeat(16), "secret"), "another salt, another commitment");
+        assert_ne!(c, name_commitment(&salt, "secreT"));
+        let at = 1;
+        let draft_events = [
+            Event::ContributionSubmitted {
+                contribution_id: 1,
+                datanet: c.clone(),
+                contributor: "ann".into(),
+                sha256: "ab".into(),
+                bytes: 3,
+                at,
+            },
+            Event::ContributionVerdict {
+                contribution_id: 1,
+                datanet: c.clone(),
+                contributor: "ann".into(),
+                status: "accepted".into(),
+                reasons_digest: String::new(),
+                policy_hash: String::new(),
+                gate_version: String::new(),
+                credit_micros: 500_000,
+                reviewer: None,
+                at,
+            },
+        ];
+        assert!(draft_events.iter().all(|e| !String::from_utf8(e.to_leaf()).unwrap().contains("secret")));
+        // Before publication the leaderboard has nothing under the name.
+        assert!(outcomes(&draft_events, "secret").is_empty());
+        let published = Event::DatanetPublished {
+            datanet: "secret".into(),
+            commitment: Some(c.clone()),
+            salt: Some(salt.clone()),
+            at,
+        };
+        assert!(published.opens());
+        let all: Vec<Event> = draft_events.iter().cloned().chain([published]).collect();
+        let o = outcomes(&all, "secret");
+        assert_eq!((o.len(), o[0].credit), (1, 0.5));
+        // A salt that does not open the commitment links nothing.
+        let forged = Event::DatanetPublished { datanet: "other".into(), commitment: Some(c), salt: Some(salt), at };
+        assert!(!forged.opens());
+        let all: Vec<Event> = draft_events.iter().cloned().chain([forged]).collect();
+        assert!(outcomes(&all, "other").is_empty());
     }
 }

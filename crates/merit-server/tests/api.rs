@@ -1280,3 +1280,67 @@ async fn ledger_entries_show_only_what_the_caller_may_see() {
     let far = list(None, "from=9223372036854775808").await;
     assert_eq!(far["entries"], json!([]), "{far}");
 }
+
+/// Issue 14: the public log (the tiles carry every leaf) named unpublished
+/// datanets. A draft's leaves now carry a salted commitment to its name;
+/// publishing reveals the salt, and the commitment opens to the name.
+#[tokio::test]
+async fn a_drafts_name_stays_off_the_public_log_until_it_is_published() {
+    let app = App::new().await;
+    let ann = app.user("ann").await;
+    let cy = app.user("cy").await;
+    assert_eq!(app.datanet(&ann, "secretnet", "review = \"owner\"\n", false).await.status, StatusCode::CREATED);
+    app.call("PUT", "/api/v1/datanets/secretnet/curators/cy", Some(&ann), None).await;
+    let r = app.upload("secretnet", Some(&ann), &[("a.txt", prose(1).as_bytes())], false).await;
+    let id = r.json()[0]["contribution_id"].as_i64().unwrap();
+    let r = app.call("POST", &format!("/api/v1/datanets/secretnet/contributions/{id}/approve"), Some(&cy), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let leaves = |app: &App| {
+        let store = app.store.clone();
+        async move { store.ledger_entries(0, 1000).await.unwrap() }
+    };
+    let before = leaves(&app).await;
+    assert!(before.len() >= 5, "created, policy, submitted, verdicts, version");
+    for (i, leaf) in &before {
+        assert!(!String::from_utf8_lossy(leaf).contains("secretnet"), "leaf {i} names the draft");
+    }
+    let commitment = match merit_ledger::event::Event::from_leaf(&before[0].1).unwrap() {
+        merit_ledger::event::Event::DatanetCreated { datanet, .. } => datanet,
+        e => panic!("{e:?}"),
+    };
+    assert!(commitment.starts_with("h:"), "{commitment}");
+    // Those who may see the draft read its entries by name, with the name beside the commitment.
+    let mine = app.call("GET", "/api/v1/ledger/entries?subject=datanet:secretnet", Some(&ann), None).await.json();
+    assert!(mine["entries"].as_array().unwrap().len() >= 3, "{mine}");
+    assert_eq!(mine["entries"][0]["datanet_name"], "secretnet", "{mine}");
+    let public = app.call("GET", "/api/v1/ledger/entries?subject=datanet:secretnet", None, None).await.json();
+    assert_eq!(public["entries"], json!([]));
+
+    // Publication opens it: one leaf with the name, the commitment and the salt.
+    assert_eq!(app.call("POST", "/api/v1/datanets/secretnet/publish", Some(&ann), None).await.status, StatusCode::OK);
+    let after = leaves(&app).await;
+    let published: Vec<_> = after[before.len()..]
+        .iter()
+        .map(|(_, leaf)| merit_ledger::event::Event::from_leaf(leaf).unwrap())
+        .filter(|e| e.kind() == "datanet.published")
+        .collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert!(published[0].opens());
+    match &published[0] {
+        merit_ledger::event::Event::DatanetPublished { datanet, commitment: c, .. } => {
+            assert_eq!((datanet.as_str(), c.as_deref()), ("secretnet", Some(commitment.as_str())));
+        }
+        e => panic!("{e:?}"),
+    }
+    // The public now reads every entry, and the leaderboard recomputed from the
+    // leaves alone counts the contribution made while it was a draft.
+    let public = app.call("GET", "/api/v1/ledger/entries?subject=datanet:secretnet", None, None).await.json();
+    assert!(public["entries"].as_array().unwrap().len() >= 4, "{public}");
+    let events: Vec<_> = after.iter().map(|(_, l)| merit_ledger::event::Event::from_leaf(l).unwrap()).collect();
+    let outcomes = merit_ledger::event::outcomes(&events, "secretnet");
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].contributor, "ann");
+    // Publishing twice appends nothing.
+    app.call("POST", "/api/v1/datanets/secretnet/publish", Some(&ann), None).await;
+    assert_eq!(leaves(&app).await.len(), after.len());
+}

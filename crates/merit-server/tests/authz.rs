@@ -128,7 +128,7 @@ async fn every_route_answers_every_role_as_the_roles_table_says() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["event"]["datanet"] == "draft")
+        .find(|e| e["datanet_name"] == "draft")
         .map(|e| e["index"].as_u64().unwrap())
         .unwrap();
     let size = ledger["size"].as_u64().unwrap();

@@ -204,7 +204,7 @@ impl Store {
         let id: i64 = col(&row, "id")?;
         let mut events = vec![Event::ContributionSubmitted {
             contribution_id: id,
-            datanet: d.name.clone(),
+            datanet: d.ledger_name(),
             contributor: who.name.clone(),
             sha256: sub.sha256.clone(),
             bytes,
@@ -723,7 +723,7 @@ async fn append_rows(
         .execute(&mut *w.tx)
         .await?;
     Ok(Event::DatanetVersion {
-        datanet: d.name.clone(),
+        datanet: d.ledger_name(),
         version: number + 1,
         row_count: row_count + rows.len() as i64,
         byte_count: byte_count + bytes,
@@ -747,7 +747,7 @@ fn verdict_event(
 ) -> Event {
     Event::ContributionVerdict {
         contribution_id: id,
-        datanet: d.name.clone(),
+        datanet: d.ledger_name(),
         contributor: contributor.to_string(),
         status: status.as_str().to_string(),
         reasons_digest: verdict::reasons_digest(reasons),

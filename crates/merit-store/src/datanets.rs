@@ -46,6 +46,26 @@ pub struct Datanet {
     pub published: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// How the ledger names it until it is published (see [`Datanet::ledger_name`]).
+    #[serde(skip)]
+    pub name_commitment: Option<String>,
+}
+
+impl Datanet {
+    /// The name its ledger events carry: the name once published, before
+    /// that the salted commitment to it (datanets created before commitments
+    /// existed carry their name).
+    pub fn ledger_name(&self) -> String {
+        match (&self.name_commitment, self.published) {
+            (Some(c), false) => c.clone(),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// `NAME@VERSION` as the ledger writes it (see `ledger_name`).
+    pub fn ledger_version(&self, version: i64) -> String {
+        format!("{}@{version}", self.ledger_name())
+    }
 }
 
 /// What it takes to create a datanet.
@@ -82,7 +102,7 @@ pub struct DatanetStats {
 }
 
 const SELECT: &str = "SELECT d.id, d.name, u.name AS owner, d.owner_id, d.policy, d.policy_hash, d.summary, d.description, \
-                      d.tags, d.published, d.created_at, d.updated_at FROM datanets d JOIN users u ON u.id = d.owner_id";
+                      d.tags, d.published, d.created_at, d.updated_at, d.name_commitment FROM datanets d JOIN users u ON u.id = d.owner_id";
 
 fn datanet_from(row: &sqlx::any::AnyRow) -> Result<Datanet, StoreError> {
     let name: String = col(row, "name")?;
@@ -103,6 +123,7 @@ fn datanet_from(row: &sqlx::any::AnyRow) -> Result<Datanet, StoreError> {
         published: col::<i64>(row, "published")? != 0,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
+        name_commitment: col(row, "name_commitment")?,
         name,
     })
 }
@@ -122,9 +143,18 @@ impl Store {
             return Err(StoreError::Conflict(format!("datanet `{}` already exists", new.name)));
         }
         let now = now_ms();
+        // A draft is named on the ledger by a salted commitment until published.
+        let (salt, commitment) = if new.publish {
+            (None, None)
+        } else {
+            let salt = hex::encode(rand::random::<[u8; 32]>());
+            let commitment = merit_ledger::event::name_commitment(&salt, &new.name);
+            (Some(salt), Some(commitment))
+        };
+        let ledger_name = commitment.clone().unwrap_or_else(|| new.name.clone());
         sqlx::query(
-            "INSERT INTO datanets (name, owner_id, kind, policy, policy_hash, summary, description, tags, published, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+            "INSERT INTO datanets (name, owner_id, kind, policy, policy_hash, summary, description, tags, published, created_at, updated_at, name_salt, name_commitment) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
         )
         .bind(&new.name)
         .bind(owner.id)
@@ -136,17 +166,19 @@ impl Store {
         .bind(&tags_json)
         .bind(new.publish as i64)
         .bind(now)
+        .bind(&salt)
+        .bind(&commitment)
         .execute(&mut *w.tx)
         .await
         .map_err(|e| unique_violation(e, || format!("datanet `{}` already exists", new.name)))?;
         let events = [
             Event::DatanetCreated {
-                datanet: new.name.clone(),
+                datanet: ledger_name.clone(),
                 owner: owner.name.clone(),
                 kind: new.policy.kind.as_str().to_string(),
                 at: now,
             },
-            Event::DatanetPolicy { datanet: new.name.clone(), policy_hash: new.policy.hash_hex(), at: now },
+            Event::DatanetPolicy { datanet: ledger_name, policy_hash: new.policy.hash_hex(), at: now },
         ];
         crate::ledger::append(&mut w, self.backend, &events, now).await?;
         w.commit().await?;
@@ -156,6 +188,15 @@ impl Store {
     /// The datanet called `name`.
     pub async fn datanet(&self, name: &str) -> Result<Option<Datanet>, StoreError> {
         let row = sqlx::query(&format!("{SELECT} WHERE d.name = $1")).bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(datanet_from).transpose()
+    }
+
+    /// The datanet whose ledger commitment is `commitment` (`h:…`).
+    pub async fn datanet_by_commitment(&self, commitment: &str) -> Result<Option<Datanet>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE d.name_commitment = $1"))
+            .bind(commitment)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(datanet_from).transpose()
     }
 
@@ -202,7 +243,7 @@ impl Store {
         let tags_json = serde_json::to_string(&tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let now = now_ms();
         if policy_hash != d.policy_hash {
-            let event = Event::DatanetPolicy { datanet: d.name.clone(), policy_hash: policy_hash.clone(), at: now };
+            let event = Event::DatanetPolicy { datanet: d.ledger_name(), policy_hash: policy_hash.clone(), at: now };
             crate::ledger::append(&mut w, self.backend, &[event], now).await?;
         }
         sqlx::query(
@@ -224,11 +265,26 @@ impl Store {
     /// Publishes a datanet: the public can read it and anyone signed in can contribute.
     pub async fn publish_datanet(&self, d: &Datanet) -> Result<Datanet, StoreError> {
         let mut w = self.write().await?;
-        sqlx::query("UPDATE datanets SET published = 1, updated_at = $1 WHERE id = $2")
-            .bind(now_ms())
+        let now = now_ms();
+        let done = sqlx::query("UPDATE datanets SET published = 1, updated_at = $1 WHERE id = $2 AND published = 0")
+            .bind(now)
             .bind(d.id)
             .execute(&mut *w.tx)
             .await?;
+        if done.rows_affected() == 1 {
+            // The ledger learns the name, and which commitment stood for it.
+            let row = sqlx::query("SELECT name_salt, name_commitment FROM datanets WHERE id = $1")
+                .bind(d.id)
+                .fetch_one(&mut *w.tx)
+                .await?;
+            let event = Event::DatanetPublished {
+                datanet: d.name.clone(),
+                commitment: col(&row, "name_commitment")?,
+                salt: col(&row, "name_salt")?,
+                at: now,
+            };
+            crate::ledger::append(&mut w, self.backend, &[event], now).await?;
+        }
         w.commit().await?;
         self.datanet(&d.name).await?.ok_or_else(|| StoreError::NotFound(format!("datanet `{}`", d.name)))
     }

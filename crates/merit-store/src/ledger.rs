@@ -135,10 +135,20 @@ impl Store {
 
     /// Entries about `subject` (`contribution:<id>`, `datanet:<name>`), oldest first.
     pub async fn ledger_entries_about(&self, subject: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query("SELECT idx, leaf FROM ledger_entries WHERE subject = $1 ORDER BY idx LIMIT 1000")
-            .bind(subject)
-            .fetch_all(&self.pool)
-            .await?;
+        // A datanet's entries from before its publication are filed under its commitment.
+        let mut also = subject.to_string();
+        if let Some(name) = subject.strip_prefix("datanet:") {
+            if let Some(c) = self.datanet(name).await?.and_then(|d| d.name_commitment) {
+                also = format!("datanet:{c}");
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT idx, leaf FROM ledger_entries WHERE subject = $1 OR subject = $2 ORDER BY idx LIMIT 1000",
+        )
+        .bind(subject)
+        .bind(&also)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|r| Ok((col::<i64>(r, "idx")? as u64, col::<Vec<u8>>(r, "leaf")?))).collect()
     }
 

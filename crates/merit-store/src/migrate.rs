@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_rewards.sql")),
     (7, include_str!("migrations/0007_credit.sql")),
     (8, include_str!("migrations/0008_tokens.sql")),
+    (9, include_str!("migrations/0009_name_commitments.sql")),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

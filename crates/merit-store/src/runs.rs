@@ -298,6 +298,19 @@ impl Store {
         if !matches!(run.status.as_str(), "done" | "stopped") {
             return Err(StoreError::Conflict(format!("run {id} is {}; only a finished run is published", run.status)));
         }
+        // The data versions as the ledger names them (a draft by its commitment).
+        let mut datanets = Vec::new();
+        for spec in run.config["sources"].as_array().into_iter().flatten() {
+            let Some(spec) = spec.as_str().and_then(|s| s.strip_prefix("datanet:")) else { continue };
+            let named = match spec.rsplit_once('@') {
+                Some((name, v)) => match (self.datanet(name).await?, v.parse::<i64>()) {
+                    (Some(d), Ok(v)) => d.ledger_version(v),
+                    _ => spec.to_string(),
+                },
+                None => spec.to_string(),
+            };
+            datanets.push(named);
+        }
         let now = now_ms();
         let mut w = self.write().await?;
         let done = sqlx::query(
@@ -314,12 +327,6 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("run {id} is already published")));
         }
-        let datanets = run.config["sources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().and_then(|s| s.strip_prefix("datanet:")).map(str::to_string))
-            .collect();
         let event = Event::AdapterPublished {
             run_id: id,
             publisher: publisher.name.clone(),

@@ -179,6 +179,12 @@ pub async fn verify(source: &Source, key: Option<&str>, trusted: Option<&PathBuf
             if index >= cp.size {
                 break;
             }
+            // A publication must open the commitment that stood for the name.
+            if let Ok(e @ Event::DatanetPublished { .. }) = Event::from_leaf(&leaf) {
+                if !e.opens() {
+                    bail!("ledger entry {index}: the published salt does not open the datanet's name commitment");
+                }
+            }
             frontier.push(leaf_hash(&leaf));
             roots.push(frontier.root());
             next += 1;

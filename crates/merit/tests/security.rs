@@ -442,11 +442,21 @@ async fn uploads_stream_to_disk_and_request_memory_is_bounded() {
         assert_eq!(code, 200, "{body}");
     }
 
-    // A JSON body is reserved before it is read: 20 MB of run rows need
-    // more than the whole 16 MiB.
-    let rows: Vec<Value> = (0..20_000).map(|i| json!({ "instruction": "x".repeat(1000), "output": i })).collect();
-    let (code, body) = post_run(&server, &ann, json!({ "base": "tiny", "rows": rows })).await;
-    assert_eq!(code, 413, "{body}");
-    assert_eq!(body["error"]["code"], "too_large_for_server", "{body}");
+    // A body is reserved before it is read: a declared 20 MB of JSON needs
+    // more than the whole 16 MiB, and the 413 comes before any of it is sent.
+    use std::io::{Read, Write};
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /api/v1/runs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ann}\r\n\
+         Content-Type: application/json\r\nContent-Length: 20000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = conn.read(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("too_large_for_server"), "{reply}");
     alive(&server).await;
 }

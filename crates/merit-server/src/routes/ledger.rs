@@ -127,11 +127,15 @@ fn entry_json(index: u64, leaf: &[u8]) -> Value {
 /// administrators); one about a contribution that is not accepted only its
 /// contributor and those who see every contribution of its datanet. Others
 /// get the entry's index and leaf hash with `"hidden": true`. (The tiles
-/// still carry every leaf: see the README on what the public log reveals.)
+/// still carry every leaf, but a draft's leaves name it by a salted
+/// commitment until it is published: see the README.) A visible entry that
+/// names a datanet by its commitment also gets `"datanet_name"`.
 struct Visibility<'a> {
     state: &'a AppState,
     caller: &'a Caller,
     datanets: HashMap<String, Option<bool>>,
+    /// Commitment → name, for the datanets the caller may see.
+    names: HashMap<String, String>,
     contributions: HashMap<i64, bool>,
 }
 
@@ -142,11 +146,24 @@ impl Visibility<'_> {
         if let Some(v) = self.datanets.get(name) {
             return Ok(*v);
         }
-        let v = match super::access(self.state, self.caller, name).await {
-            Ok(a) => Some(a.sees_all()),
-            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
-            Err(e) => return Err(e),
+        let real = if name.starts_with(merit_ledger::event::COMMITMENT_PREFIX) {
+            self.state.store.datanet_by_commitment(name).await?.map(|d| d.name)
+        } else {
+            Some(name.to_string())
         };
+        let v = match real.as_deref() {
+            None => None,
+            Some(real) => match super::access(self.state, self.caller, real).await {
+                Ok(a) => Some(a.sees_all()),
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
+                Err(e) => return Err(e),
+            },
+        };
+        if let (Some(_), Some(real)) = (v, real) {
+            if real != name {
+                self.names.insert(name.to_string(), real);
+            }
+        }
         self.datanets.insert(name.to_string(), v);
         Ok(v)
     }
@@ -173,6 +190,7 @@ impl Visibility<'_> {
     async fn may_see(&mut self, leaf: &[u8]) -> ApiResult<bool> {
         Ok(match Event::from_leaf(leaf) {
             Ok(Event::DatanetCreated { datanet, .. })
+            | Ok(Event::DatanetPublished { datanet, .. })
             | Ok(Event::DatanetPolicy { datanet, .. })
             | Ok(Event::DatanetVersion { datanet, .. }) => self.datanet(&datanet).await?.is_some(),
             Ok(Event::ContributionSubmitted { contribution_id, datanet, .. })
@@ -185,7 +203,11 @@ impl Visibility<'_> {
 
     async fn entry(&mut self, index: u64, leaf: &[u8]) -> ApiResult<Value> {
         if self.may_see(leaf).await? {
-            Ok(entry_json(index, leaf))
+            let mut e = entry_json(index, leaf);
+            if let Some(name) = e["event"]["datanet"].as_str().and_then(|c| self.names.get(c)) {
+                e["datanet_name"] = json!(name);
+            }
+            Ok(e)
         } else {
             Ok(json!({ "index": index, "leaf_hash": hex::encode(merit_ledger::leaf_hash(leaf)), "hidden": true }))
         }
@@ -193,7 +215,7 @@ impl Visibility<'_> {
 }
 
 fn visibility<'a>(state: &'a AppState, caller: &'a Caller) -> Visibility<'a> {
-    Visibility { state, caller, datanets: HashMap::new(), contributions: HashMap::new() }
+    Visibility { state, caller, datanets: HashMap::new(), names: HashMap::new(), contributions: HashMap::new() }
 }
 
 pub async fn entry_get(
