@@ -250,14 +250,19 @@ async fn models(State(state): State<AppState>, req: Request) -> Response {
         Err(r) => return r,
     };
     let all = tokio::task::spawn_blocking(move || g.models()).await.unwrap_or_default();
-    let mut ids = Vec::with_capacity(all.len());
-    for id in all {
-        match may_use_model(&state, &user, &id).await {
-            Ok(true) => ids.push(id),
-            Ok(false) => {}
-            Err(r) => return r,
+    // The adapters' runs in one query; then the one rule, `may_serve`.
+    let wanted: Vec<i64> = all.iter().filter_map(|m| crate::runs::adapter_run(m)).collect();
+    let runs = match state.store.runs_with_ids(&wanted).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::error!("reading runs: {e}");
+            return oai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the database failed", None);
         }
-    }
+    };
+    let servable: std::collections::HashSet<i64> =
+        runs.iter().filter(|r| crate::runs::may_serve(&user, r)).map(|r| r.id).collect();
+    let ids: Vec<String> =
+        all.into_iter().filter(|m| crate::runs::adapter_run(m).is_none_or(|run| servable.contains(&run))).collect();
     let data: Vec<Value> =
         ids.iter().map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "merit" })).collect();
     Json(json!({ "object": "list", "data": data })).into_response()

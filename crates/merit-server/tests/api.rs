@@ -1344,3 +1344,18 @@ async fn a_drafts_name_stays_off_the_public_log_until_it_is_published() {
     app.call("POST", "/api/v1/datanets/secretnet/publish", Some(&ann), None).await;
     assert_eq!(leaves(&app).await.len(), after.len());
 }
+
+/// Issue 14: every number a caller chooses is bounded on arrival; rows sent
+/// inline to a run are at most 100,000 (a 422 naming `rows`).
+#[tokio::test]
+async fn rows_sent_inline_are_bounded() {
+    let app = App::with_trainer(std::sync::Arc::new(FakeTrainer)).await;
+    let ann = app.user("ann").await;
+    let rows: Vec<Value> = (0..100_001).map(|_| json!({ "text": "x" })).collect();
+    let r = app.call("POST", "/api/v1/runs", Some(&ann), Some(json!({ "base": "m", "rows": rows }))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let e = r.json();
+    assert_eq!(e["error"]["details"]["field"], "rows", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("at most 100000"), "{e}");
+    assert_eq!(app.call("GET", "/api/v1/runs", Some(&ann), None).await.json(), json!([]));
+}

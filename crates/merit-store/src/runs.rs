@@ -139,6 +139,23 @@ impl Store {
         row.as_ref().map(run_from).transpose()
     }
 
+    /// The runs of these ids that exist (in chunks of 500: one query each).
+    pub async fn runs_with_ids(&self, ids: &[i64]) -> Result<Vec<Run>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("{SELECT} WHERE r.id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(run_from(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs, newest first: of one owner, or of everybody.
     pub async fn runs(&self, owner: Option<&User>, offset: i64, limit: i64) -> Result<Vec<Run>, StoreError> {
         let rows = match owner {

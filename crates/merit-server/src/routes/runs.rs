@@ -34,6 +34,9 @@ async fn visible_run(state: &AppState, caller: &Caller, id: &str) -> ApiResult<R
     }
 }
 
+/// The most rows a run may carry inline (`rows`); more belong in a datanet.
+pub const MAX_INLINE_ROWS: usize = 100_000;
+
 /// `POST /runs`: the run's settings (merit-train's, every one optional but
 /// `base`), plus where the rows come from: `datanets` (`NAME` or
 /// `NAME@VERSION`, resolved now to exact versions the caller may read) and/or
@@ -74,6 +77,13 @@ pub async fn runs_create(
     }
     match body.remove("rows") {
         None | Some(Value::Null) => {}
+        Some(Value::Array(rows)) if rows.len() > MAX_INLINE_ROWS => {
+            return Err(ApiError::unprocessable(format!(
+                "`rows` holds {} rows; at most {MAX_INLINE_ROWS} are sent inline (put more in a datanet)",
+                rows.len()
+            ))
+            .with_details(json!({ "field": "rows", "limit": MAX_INLINE_ROWS })));
+        }
         Some(Value::Array(rows)) if !rows.is_empty() => {
             let mut jsonl = Vec::new();
             for r in &rows {
