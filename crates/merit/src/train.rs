@@ -226,14 +226,21 @@ fn check_served_run(data_dir: &Path, config: &TrainConfig) -> Result<()> {
 }
 
 /// The memory this process may use for training: `MERIT_WORKER_MEMORY`
-/// (bytes) when set, else the machine's (or its cgroup's, when lower).
-/// None on a GPU, whose memory the engine does not report yet.
+/// (bytes) when set; on a GPU (`MERIT_DEVICE=cuda[:N]`) that GPU's memory as
+/// `nvidia-smi` reports it (None when it cannot tell); else the machine's
+/// (or its cgroup's, when lower).
 fn worker_memory_bytes() -> Option<u64> {
     if let Some(v) = std::env::var("MERIT_WORKER_MEMORY").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
         return Some(v);
     }
-    if std::env::var("MERIT_DEVICE").is_ok_and(|d| d.starts_with("cuda")) {
-        return None;
+    if let Some(device) = std::env::var("MERIT_DEVICE").ok().filter(|d| d.starts_with("cuda")) {
+        let index = device.strip_prefix("cuda:").unwrap_or("0");
+        let out = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", index])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        return gpu_memory_from_smi(&String::from_utf8_lossy(&out.stdout));
     }
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -246,6 +253,12 @@ fn worker_memory_bytes() -> Option<u64> {
         (Some(t), Some(c)) => Some(t.min(c)),
         (t, c) => t.or(c),
     }
+}
+
+/// `nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits`
+/// prints MiB, one GPU a line.
+fn gpu_memory_from_smi(out: &str) -> Option<u64> {
+    out.lines().next()?.trim().parse::<u64>().ok().map(|mib| mib << 20)
 }
 
 /// Loads the base for training: QLoRA keeps a GGUF base as stored and turns
@@ -809,4 +822,16 @@ fn peak_rss_bytes() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gpu_memory_is_read_from_nvidia_smi() {
+        // What nvidia-smi prints for an H200 (MiB).
+        assert_eq!(super::gpu_memory_from_smi("143771\n"), Some(143_771 << 20));
+        assert_eq!(super::gpu_memory_from_smi(" 81559 \n81559\n"), Some(81_559 << 20));
+        assert_eq!(super::gpu_memory_from_smi("[N/A]\n"), None);
+        assert_eq!(super::gpu_memory_from_smi(""), None);
+    }
 }
