@@ -330,8 +330,11 @@ def attacks(merit):
             check(400 <= st < 500, f"{method} {path}: {st}")
         st, _, _ = srv.request("POST", "/logout", expect_json=False)
         check(st < 500 and st != 415, f"/logout without a body: {st}")
-        _, reply = raw_exchange(srv.port, b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 5)
-        check(not reply.startswith(b"HTTP/1.1 5"), f"a control byte in a header: {reply[:60]!r}")
+        for raw in [b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", b"GET / HTTTP/9\r\n\r\n",
+                    b"GET /api/v1/me HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"]:
+            _, reply = raw_exchange(srv.port, raw, 5)
+            check(reply.startswith(b"HTTP/1.1 4") and b"application/json" in reply,
+                  f"a request hyper cannot parse: {reply[:120]!r}")
 
         print("low: stop strings, json_schema, PNG dimensions, file names, balances, headers")
         st, _ = srv.json("POST", "/v1/chat/completions", ann, dict(chat, model="tiny", stop=[""]))

@@ -22,6 +22,7 @@ pub mod ratelimit;
 mod routes;
 pub mod runs;
 mod web;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,7 +205,7 @@ pub async fn serve(state: AppState, addr: SocketAddr, timeouts: Timeouts) -> std
         });
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(wire::JsonParseErrors::new(stream)),
                 hyper_util::service::TowerToHyperService::new(service),
             )
             .into_owned();

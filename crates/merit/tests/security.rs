@@ -294,6 +294,27 @@ async fn every_api_error_is_json() {
         assert!(body["error"]["message"].is_string(), "{body}");
         assert_eq!(body["error"].get("type").is_some(), openai, "{body}");
     }
+    // Requests hyper's parser refuses (a control byte in a header, a request
+    // line that is not HTTP, headers past its limit) get the JSON shape too.
+    let big_header = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
+    for (request, status) in [
+        ("GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-A: a\u{1}b\r\n\r\n".to_string(), "400"),
+        (format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ann}\u{7f}\r\n\r\n"), "400"),
+        ("GET /api/v1/me HTTTP/9\r\n\r\n".to_string(), "400"),
+        (format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\n{big_header}\r\n"), "431"),
+    ] {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+        let _ = tcp.write_all(request.as_bytes());
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{request:.60?}: {answer}");
+        assert!(answer.contains("content-type: application/json"), "{request:.60?}: {answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    }
     let r = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
