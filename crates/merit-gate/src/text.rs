@@ -19,12 +19,8 @@ use crate::round4;
 pub(crate) enum Bound {
     /// Fails when `value > threshold`.
     Max,
-    /// Fails when `value >= threshold`.
-    MaxExcl,
     /// Fails when `value < threshold`.
     Min,
-    /// Fails when `value <= threshold`.
-    MinExcl,
 }
 
 /// Whether a value is a ratio in [0, 1] or an unbounded count (for the margin).
@@ -53,9 +49,7 @@ impl Rule {
         let (v, t) = (self.value, self.threshold);
         match self.bound {
             Bound::Max => v <= t,
-            Bound::MaxExcl => v < t,
             Bound::Min => v >= t,
-            Bound::MinExcl => v > t,
         }
     }
 
@@ -67,19 +61,19 @@ impl Rule {
         let (v, t) = (self.value, self.threshold);
         let margin = match (self.unit, self.bound) {
             (Unit::Flag, _) => return 1.0,
-            (_, Bound::Max | Bound::MaxExcl) => {
+            (_, Bound::Max) => {
                 if t <= 0.0 {
                     return 1.0;
                 }
                 (t - v) / t
             }
-            (Unit::Ratio, Bound::Min | Bound::MinExcl) => {
+            (Unit::Ratio, Bound::Min) => {
                 if t >= 1.0 {
                     return 1.0;
                 }
                 (v - t) / (1.0 - t)
             }
-            (Unit::Count, Bound::Min | Bound::MinExcl) => {
+            (Unit::Count, Bound::Min) => {
                 if t <= 0.0 {
                     return 1.0;
                 }
@@ -97,9 +91,7 @@ impl Rule {
         let (v, t) = (shown(self.value), shown(self.threshold));
         let relation = match self.bound {
             Bound::Max => format!("above the maximum of {t}"),
-            Bound::MaxExcl => format!("at or above the limit of {t}"),
             Bound::Min => format!("below the minimum of {t}"),
-            Bound::MinExcl => format!("at or below the limit of {t}"),
         };
         let message = match self.unit {
             Unit::Flag => self.what.to_string(),
@@ -289,7 +281,7 @@ fn make_tok(text: &str, start: usize, end: usize) -> Tok {
         let mut alpha = false;
         for c in s.chars() {
             chars += 1;
-            symbol &= is_punct(c);
+            symbol &= crate::dt_tables::contains(crate::dt_tables::PUNCTUATION, c);
             alpha |= c.is_alphabetic();
         }
         (chars, symbol, alpha)
@@ -307,25 +299,66 @@ pub(crate) fn char_count(s: &str) -> usize {
     }
 }
 
-/// Python's `str.splitlines()` for `\n`, `\r\n` and `\r` (no trailing empty line).
+/// Python's `str.isspace()` for one character: Unicode White_Space and the
+/// four information separators `\x1c`..`\x1f`.
+#[inline]
+pub(crate) fn py_is_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()`.
+#[inline]
+pub(crate) fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_is_space)
+}
+
+/// Python's `str.splitlines()`: lines end at `\n`, `\r\n`, `\r`, `\x0b`,
+/// `\x0c`, `\x1c`, `\x1d`, `\x1e`, `\x85`, U+2028 and U+2029; no empty line
+/// after a final line break.
 pub(crate) fn splitlines(text: &str) -> impl Iterator<Item = &str> {
-    let bytes = text.as_bytes();
-    let mut pos = 0;
+    let mut rest = text;
     std::iter::from_fn(move || {
-        if pos >= bytes.len() {
+        if rest.is_empty() {
             return None;
         }
-        let start = pos;
-        pos = memchr::memchr2(b'\n', b'\r', &bytes[pos..]).map_or(bytes.len(), |p| pos + p);
-        let line = &text[start..pos];
-        if pos < bytes.len() {
-            if bytes[pos] == b'\r' && pos + 1 < bytes.len() && bytes[pos + 1] == b'\n' {
-                pos += 2;
-            } else {
-                pos += 1;
+        let found = rest.char_indices().find(|&(_, c)| {
+            matches!(
+                c,
+                '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+            )
+        });
+        let Some((at, c)) = found else {
+            let line = rest;
+            rest = "";
+            return Some(line);
+        };
+        let line = &rest[..at];
+        let mut next = at + c.len_utf8();
+        if c == '\r' && rest[next..].starts_with('\n') {
+            next += 1;
+        }
+        rest = &rest[next..];
+        Some(line)
+    })
+}
+
+/// `re.split("\n+", text)`: pieces between runs of `\n`, with an empty piece
+/// before a leading run and after a trailing one.
+fn split_newline_runs(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r.as_bytes()) {
+            None => {
+                rest = None;
+                Some(r)
+            }
+            Some(p) => {
+                let run = r.as_bytes()[p..].iter().take_while(|&&b| b == b'\n').count();
+                rest = Some(&r[p + run..]);
+                Some(&r[..p])
             }
         }
-        Some(line)
     })
 }
 
@@ -388,7 +421,9 @@ pub(crate) fn measure(text: &str, gates: &Gates, s: &mut Scratch) {
 /// (min_doc_words 50 and max_doc_words 100 000 are the `length` gate.)
 fn gopher_quality(text: &str, toks: &[Tok], rules: &mut Vec<Rule>) {
     let n_words = toks.len() as f64;
-    let (mut non_symbol, mut non_symbol_chars, mut alpha, mut stop) = (0usize, 0usize, 0usize, 0usize);
+    let (mut non_symbol, mut non_symbol_chars, mut alpha) = (0usize, 0usize, 0usize);
+    // `len(STOP_WORDS ∩ set(words))`: distinct stop words, case as written.
+    let mut stop_seen = 0u8;
     for t in toks {
         if !t.symbol {
             non_symbol += 1;
@@ -397,11 +432,14 @@ fn gopher_quality(text: &str, toks: &[Tok], rules: &mut Vec<Rule>) {
         if t.alpha {
             alpha += 1;
             let w = &text[t.start..t.end];
-            if w.len() <= 4 && STOP_WORDS.contains(&w) {
-                stop += 1;
+            if w.len() <= 4 {
+                if let Some(k) = STOP_WORDS.iter().position(|s| *s == w) {
+                    stop_seen |= 1 << k;
+                }
             }
         }
     }
+    let stop = stop_seen.count_ones();
     const G: &str = "gopher_quality";
     if non_symbol > 0 {
         let avg = non_symbol_chars as f64 / non_symbol as f64;
@@ -447,11 +485,11 @@ fn gopher_quality(text: &str, toks: &[Tok], rules: &mut Vec<Rule>) {
     let (mut lines, mut bullets, mut ellipsis_lines) = (0usize, 0usize, 0usize);
     for line in splitlines(text) {
         lines += 1;
-        let l = line.trim_start();
+        let l = line.trim_start_matches(py_is_space);
         if l.starts_with('\u{2022}') || l.starts_with('-') {
             bullets += 1;
         }
-        let r = line.trim_end();
+        let r = line.trim_end_matches(py_is_space);
         if r.ends_with("...") || r.ends_with('\u{2026}') {
             ellipsis_lines += 1;
         }
@@ -488,7 +526,7 @@ fn gopher_quality(text: &str, toks: &[Tok], rules: &mut Vec<Rule>) {
     rules.push(Rule {
         gate: G,
         metric: "stop_word_count",
-        what: "number of stop words (the, be, to, of, and, that, have, with)",
+        what: "number of distinct stop words (the, be, to, of, and, that, have, with)",
         value: stop as f64,
         threshold: 2.0,
         bound: Bound::Min,
@@ -516,7 +554,7 @@ fn find_duplicates<'a>(
 
 /// Paragraphs as `re.split(r"\n{2,}", text.strip())`.
 fn paragraphs(text: &str) -> impl Iterator<Item = &str> {
-    let t = text.trim();
+    let t = py_strip(text);
     let bytes = t.as_bytes();
     let mut pos = 0;
     let mut done = false;
@@ -568,7 +606,7 @@ fn gopher_repetition(text: &str, text_chars: usize, s: &mut Scratch, rules: &mut
         bound: Bound::Max,
         unit: Unit::Ratio,
     });
-    let (lines, line_dups, line_dup_chars) = find_duplicates(splitlines(text), &mut s.table, 64);
+    let (lines, line_dups, line_dup_chars) = find_duplicates(split_newline_runs(text), &mut s.table, 64);
     rules.push(Rule {
         gate: G,
         metric: "dup_line_ratio",
@@ -676,7 +714,8 @@ fn gopher_repetition(text: &str, text_chars: usize, s: &mut Scratch, rules: &mut
                     continue;
                 }
                 if s.table.contains_or_insert(s.grams[i]) {
-                    repeated += gram_chars(&s.prefix, i, n);
+                    // `"".join(words[i:i + n])`: no spaces between the words.
+                    repeated += s.prefix[i + n] - s.prefix[i];
                     next_allowed = i + n;
                 }
             }
@@ -793,51 +832,49 @@ fn count_sentences(line: &str) -> usize {
 /// remove_citations, filter_no_terminal_punct (`. ? ! " '`, not `...`),
 /// min_num_sentences 5, min_words_per_line 3, max_word_length 1000,
 /// filter_lorem_ipsum, filter_javascript, filter_curly_bracket, filter_policy.
-/// Line removals become one rule: at most half of the characters may be in
-/// dropped lines (Merit's choice; see the crate documentation).
+/// C4 is a line filter: lines it drops do not count against a row (a row is
+/// not rewritten), only the document rules decide — lorem ipsum or a curly
+/// bracket in a line that survived the line rules before them, and fewer than
+/// 5 sentences in the lines kept.
 fn c4(text: &str, rules: &mut Vec<Rule>) {
     const G: &str = "c4";
-    let (mut sentences, mut kept_chars, mut dropped_chars) = (0usize, 0usize, 0usize);
+    let mut sentences = 0usize;
     let (mut lorem, mut curly) = (false, false);
     for raw in splitlines(text) {
-        let line = raw.trim();
+        let line = py_strip(raw);
         if line.is_empty() {
             continue;
         }
-        let chars = char_count(line);
-        // Only "fewer than 3 words" and "a word over 1000 characters" matter.
-        let long_word = line.len() > 1000 && line.split_whitespace().any(|w| w.len() > 1000 && char_count(w) > 1000);
-        let words = line.split_whitespace().take(3).count();
-        let keep = 'keep: {
-            if long_word {
-                break 'keep false;
-            }
-            let cleaned = strip_citations(line);
-            let l: &str = &cleaned;
-            let terminal = l.ends_with(['.', '?', '!', '"', '\'']) && !l.ends_with("...");
-            if !terminal || words < 3 {
-                break 'keep false;
-            }
-            let (has_lorem, javascript, policy) = c4_phrases(l);
-            lorem |= has_lorem;
-            // datatrove's order: javascript lines go before the curly-bracket check.
-            if javascript {
-                break 'keep false;
-            }
-            if l.contains('{') {
-                curly = true;
-            }
-            if policy {
-                break 'keep false;
-            }
-            sentences += count_sentences(l);
-            true
-        };
-        if keep {
-            kept_chars += chars;
-        } else {
-            dropped_chars += chars;
+        // `line.split()`: Python's whitespace.
+        let mut words = line.split(py_is_space).filter(|w| !w.is_empty());
+        let long_word = line.len() > 1000 && line.split(py_is_space).any(|w| w.len() > 1000 && char_count(w) > 1000);
+        if long_word {
+            continue;
         }
+        let few_words = words.by_ref().take(3).count() < 3;
+        let cleaned = strip_citations(line);
+        let l: &str = &cleaned;
+        let terminal = l.ends_with(['.', '?', '!', '"', '\'']) && !l.ends_with("...");
+        if !terminal || few_words {
+            continue;
+        }
+        let (has_lorem, javascript, policy) = c4_phrases(l);
+        if has_lorem {
+            // datatrove drops the document at the first such line.
+            lorem = true;
+            break;
+        }
+        if javascript {
+            continue;
+        }
+        if l.contains('{') {
+            curly = true;
+            break;
+        }
+        if policy {
+            continue;
+        }
+        sentences += count_sentences(l);
     }
     rules.push(Rule {
         gate: G,
@@ -857,49 +894,62 @@ fn c4(text: &str, rules: &mut Vec<Rule>) {
         bound: Bound::Max,
         unit: Unit::Flag,
     });
-    rules.push(Rule {
-        gate: G,
-        metric: "sentence_count",
-        what: "number of sentences in lines that end with punctuation and have at least 3 words",
-        value: sentences as f64,
-        threshold: 5.0,
-        bound: Bound::Min,
-        unit: Unit::Count,
-    });
-    let total = kept_chars + dropped_chars;
-    rules.push(Rule {
-        gate: G,
-        metric: "removed_line_char_ratio",
-        what: "share of characters in lines C4 would remove",
-        value: if total == 0 { 1.0 } else { dropped_chars as f64 / total as f64 },
-        threshold: 0.5,
-        bound: Bound::Max,
-        unit: Unit::Ratio,
-    });
+    if !lorem && !curly {
+        rules.push(Rule {
+            gate: G,
+            metric: "sentence_count",
+            what: "number of sentences in lines that end with punctuation and have at least 3 words",
+            value: sentences as f64,
+            threshold: 5.0,
+            bound: Bound::Min,
+            unit: Unit::Count,
+        });
+    }
 }
 
-/// datatrove `FineWebQualityFilter` defaults: line_punct_thr 0.12 (fails at
-/// or below), short_line_thr 0.67 with short_line_length 30 (fails at or
-/// above), char_duplicates_ratio 0.01 (fails at or above), new_line_ratio 0.3.
-/// Lines are split on `\n` (a `\r` before it is dropped).
+/// datatrove `FineWebQualityFilter` defaults, over the lines of `text.split("\n")`
+/// that are not blank (a row with none fails): line_punct_thr 0.12 (share of
+/// lines ending in datatrove's `TERMINAL_PUNCTUATION`; fails below),
+/// short_line_thr 0.67 with short_line_length 30 (fails above),
+/// char_duplicates_ratio 0.01 (characters of repeated lines over the
+/// characters that are not `\n`; fails above), new_line_ratio 0.3 (`\n` per
+/// word token; fails above).
 fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Rule>) {
     const G: &str = "fineweb";
     let (mut lines, mut punct, mut short) = (0usize, 0usize, 0usize);
     seen.reset(64);
     let mut dup_chars = 0usize;
-    for raw in text.split('\n') {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
+    for line in text.split('\n') {
+        if py_strip(line).is_empty() {
+            continue;
+        }
         lines += 1;
-        if line.ends_with(['.', '\'', '"', '!', '?']) {
+        if line
+            .chars()
+            .next_back()
+            .is_some_and(|c| crate::dt_tables::contains(crate::dt_tables::TERMINAL_PUNCTUATION, c))
+        {
             punct += 1;
         }
         let chars = char_count(line);
         if chars <= 30 {
             short += 1;
         }
-        if !line.trim().is_empty() && seen.contains_or_insert(bytes64(line.as_bytes())) {
+        if seen.contains_or_insert(bytes64(line.as_bytes())) {
             dup_chars += chars;
         }
+    }
+    if lines == 0 {
+        rules.push(Rule {
+            gate: G,
+            metric: "empty",
+            what: "the text has no line that is not blank",
+            value: 1.0,
+            threshold: 0.0,
+            bound: Bound::Max,
+            unit: Unit::Flag,
+        });
+        return;
     }
     let newlines = text.bytes().filter(|&b| b == b'\n').count();
     let non_newline_chars = char_count(text) - newlines;
@@ -909,7 +959,7 @@ fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Ru
         what: "share of lines ending with punctuation",
         value: punct as f64 / lines as f64,
         threshold: 0.12,
-        bound: Bound::MinExcl,
+        bound: Bound::Min,
         unit: Unit::Ratio,
     });
     rules.push(Rule {
@@ -918,7 +968,7 @@ fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Ru
         what: "share of lines of 30 characters or fewer",
         value: short as f64 / lines as f64,
         threshold: 0.67,
-        bound: Bound::MaxExcl,
+        bound: Bound::Max,
         unit: Unit::Ratio,
     });
     rules.push(Rule {
@@ -927,7 +977,7 @@ fn fineweb(text: &str, n_words: usize, seen: &mut CountTable, rules: &mut Vec<Ru
         what: "share of characters in duplicated lines",
         value: if non_newline_chars == 0 { 0.0 } else { dup_chars as f64 / non_newline_chars as f64 },
         threshold: 0.01,
-        bound: Bound::MaxExcl,
+        bound: Bound::Max,
         unit: Unit::Ratio,
     });
     rules.push(Rule {
@@ -1221,7 +1271,7 @@ mod tests {
         assert_eq!(r(0.2, 0.1, Bound::Max, Unit::Ratio).sub_score(), 0.0);
         assert_eq!(r(100.0, 50.0, Bound::Min, Unit::Count).sub_score(), 1.0);
         assert!((r(60.0, 50.0, Bound::Min, Unit::Count).sub_score() - 0.4).abs() < 1e-9);
-        assert_eq!(r(0.12, 0.12, Bound::MinExcl, Unit::Ratio).sub_score(), 0.0);
+        assert_eq!(r(0.11, 0.12, Bound::Min, Unit::Ratio).sub_score(), 0.0);
         assert_eq!(r(1.0, 0.0, Bound::Max, Unit::Flag).sub_score(), 0.0);
     }
 }
