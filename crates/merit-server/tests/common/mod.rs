@@ -230,6 +230,6 @@ pub fn prose(seed: u64) -> String {
         out.push_str(&s);
         out.push(if i % 4 == 3 { '\n' } else { ' ' });
     }
-    out.push_str(&format!("This note carries the number {seed} so it stays unique.\n"));
+    out.push_str(&format!("This note carries the number {seed} so that it stays unique.\n"));
     out
 }

@@ -178,7 +178,7 @@ pub fn prose(seed: u64) -> String {
             next()
         ));
     }
-    out.push_str(&format!("\nThis note carries the number {seed} so it stays unique.\n"));
+    out.push_str(&format!("\nThis note carries the number {seed} so that it stays unique.\n"));
     out
 }
 
