@@ -8,7 +8,8 @@ Run by scripts/datatrove_diff.sh inside a venv that has datatrove and spaCy.
 The documents come from the machine: Debian's /usr/share/common-licenses and
 /usr/share/doc (README, NEWS, copyright, changelogs; .gz read too) and the
 long descriptions in installed Python packages' METADATA. Each output line:
-{"id", "source", "text", "datatrove": {"gopher_quality": bool, ...}}.
+{"id", "source", "text", "datatrove": {"gopher_quality": bool, ...}, "words":
+[datatrove's English word tokens]}.
 """
 
 import glob
@@ -20,6 +21,7 @@ import sys
 import sysconfig
 
 from datatrove.data import Document
+from datatrove.utils.text import split_into_words
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
@@ -114,7 +116,9 @@ def main():
                 doc = Document(text=text, id=digest[:16])
                 result = flt.filter(doc)
                 verdicts[name] = bool(result[0] if isinstance(result, tuple) else result)
-            f.write(json.dumps({"id": digest[:16], "source": path, "text": text, "datatrove": verdicts}) + "\n")
+            words = split_into_words(text)
+            f.write(json.dumps({"id": digest[:16], "source": path, "text": text, "datatrove": verdicts,
+                                "words": words}) + "\n")
             counts[source] = counts.get(source, 0) + 1
             n += 1
             if n >= max_docs:

@@ -26,7 +26,8 @@ VENV=$(realpath -m "${DATATROVE_VENV:-$OUT/venv}")
 mkdir -p "$OUT"
 if [ ! -x "$VENV/bin/datatrove-ready" ]; then
     [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "datatrove==0.10.1" "spacy==3.8.*"
+    # (datatrove's text utilities import `regex`, which only its extras install.)
+    "$VENV/bin/pip" install -q "datatrove==0.10.1" "spacy==3.8.*" regex
     printf '#!/bin/sh\n' >"$VENV/bin/datatrove-ready" && chmod +x "$VENV/bin/datatrove-ready"
 fi
 "$VENV/bin/python" scripts/datatrove_diff.py "$OUT/corpus.jsonl" --max-docs "$max_docs"

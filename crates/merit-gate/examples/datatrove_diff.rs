@@ -50,12 +50,31 @@ fn main() {
     let mut tally = [[0usize; 3]; 4];
     let mut examples: Vec<Vec<String>> = vec![Vec::new(); 4];
     let mut docs = 0;
+    let (mut same_words, mut word_docs) = (0usize, 0usize);
+    let mut word_examples = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.unwrap_or_else(|e| panic!("{path}: line {}: {e}", n + 1));
         let doc: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: line {}: {e}", n + 1));
         let text = doc["text"].as_str().unwrap_or_default();
         docs += 1;
+        if let Some(theirs) = doc["words"].as_array() {
+            word_docs += 1;
+            let ours = merit_gate::word_tokens(text);
+            let first_diff = (0..ours.len().max(theirs.len()))
+                .find(|&i| ours.get(i).copied() != theirs.get(i).and_then(|w| w.as_str()));
+            match first_diff {
+                None => same_words += 1,
+                Some(i) if word_examples.len() < show => word_examples.push(format!(
+                    "  {} ({}): token {i}: merit {:?}, datatrove {:?}",
+                    doc["id"],
+                    doc["source"],
+                    &ours[i.saturating_sub(2)..(i + 3).min(ours.len())],
+                    &theirs[i.saturating_sub(2)..(i + 3).min(theirs.len())]
+                )),
+                Some(_) => {}
+            }
+        }
         for (f, family) in families.iter().enumerate() {
             let Some(theirs) = doc["datatrove"][family].as_bool() else { continue };
             let ours = merit_gate::family_verdict(text, family);
@@ -74,6 +93,15 @@ fn main() {
     }
     println!("{docs} documents; agreement with datatrove 0.10 (default settings) per family:");
     println!("{:<18} {:>9} {:>22} {:>22}", "family", "agree", "merit drops, dt keeps", "merit keeps, dt drops");
+    if word_docs > 0 {
+        println!(
+            "word tokens identical to datatrove's (spaCy's) in {same_words} of {word_docs} documents ({:.2}%)",
+            100.0 * same_words as f64 / word_docs as f64
+        );
+        for e in &word_examples {
+            println!("{e}");
+        }
+    }
     let mut ok = true;
     for (f, family) in families.iter().enumerate() {
         let [agree, ours_stricter, theirs_stricter] = tally[f];

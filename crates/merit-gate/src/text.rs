@@ -151,122 +151,19 @@ impl Scratch {
     }
 }
 
-/// Punctuation as datatrove's `PUNCTUATION_SET` sees it: ASCII punctuation,
-/// the common Unicode quotes, dashes, brackets and CJK punctuation.
-#[inline]
-pub(crate) fn is_punct(c: char) -> bool {
-    if c.is_ascii() {
-        return c.is_ascii_punctuation();
-    }
-    matches!(c,
-        '\u{00A1}' | '\u{00AB}' | '\u{00B4}' | '\u{00B7}' | '\u{00BB}' | '\u{00BF}'
-        | '\u{2010}'..='\u{2027}' | '\u{2030}'..='\u{205E}' | '\u{2190}'..='\u{21FF}'
-        | '\u{2500}'..='\u{25FF}' | '\u{3000}'..='\u{303F}' | '\u{FF01}'..='\u{FF0F}'
-        | '\u{FF1A}'..='\u{FF20}' | '\u{FF3B}'..='\u{FF40}' | '\u{FF5B}'..='\u{FF65}'
-        | '\u{2236}' | '\u{FE30}'..='\u{FE4F}')
-}
-
-/// Splits `text` into word tokens roughly as NLTK's Treebank tokenizer does:
-/// whitespace-separated chunks, with leading and trailing punctuation split
-/// off one character at a time (a run of dots stays one token, and a chunk
-/// made only of punctuation is one token).
+/// Splits `text` into word tokens as datatrove does for English: spaCy's
+/// English tokenizer (see `spacy_en`), whitespace tokens left out.
 pub(crate) fn tokenize(text: &str, out: &mut Vec<Tok>) {
+    thread_local! {
+        static SPANS: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     out.clear();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    let n = bytes.len();
-    while i < n {
-        // Skip whitespace.
-        let b = bytes[i];
-        if b < 0x80 {
-            if is_ascii_space(b) {
-                i += 1;
-                continue;
-            }
-        } else if let Some(c) = text[i..].chars().next() {
-            if c.is_whitespace() {
-                i += c.len_utf8();
-                continue;
-            }
-        }
-        // A chunk runs to the next whitespace.
-        let start = i;
-        while i < n {
-            let b = bytes[i];
-            if b < 0x80 {
-                if is_ascii_space(b) {
-                    break;
-                }
-                i += 1;
-            } else {
-                match text[i..].chars().next() {
-                    Some(c) if c.is_whitespace() => break,
-                    Some(c) => i += c.len_utf8(),
-                    None => break,
-                }
-            }
-        }
-        push_chunk(text, start, i, out);
-    }
-}
-
-#[inline]
-fn is_ascii_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
-}
-
-fn push_chunk(text: &str, start: usize, end: usize, out: &mut Vec<Tok>) {
-    let chunk = &text[start..end];
-    if chunk.is_ascii() {
-        push_ascii_chunk(text, start, end, out);
-        return;
-    }
-    // Where the word proper starts and ends (first and last non-punctuation characters).
-    let Some((first, _)) = chunk.char_indices().find(|&(_, c)| !is_punct(c)) else {
-        out.push(make_tok(text, start, end));
-        return;
-    };
-    let last_end =
-        chunk.char_indices().rev().find(|&(_, c)| !is_punct(c)).map(|(i, c)| i + c.len_utf8()).unwrap_or(chunk.len());
-    // Leading punctuation, one character at a time.
-    for (i, c) in chunk[..first].char_indices() {
-        out.push(make_tok(text, start + i, start + i + c.len_utf8()));
-    }
-    out.push(make_tok(text, start + first, start + last_end));
-    // Trailing punctuation, one character at a time, a run of dots as one token.
-    let tail = &chunk[last_end..];
-    let tb = tail.as_bytes();
-    let mut i = 0;
-    while i < tail.len() {
-        let w = if tb[i] == b'.' {
-            tb[i..].iter().take_while(|&&b| b == b'.').count()
-        } else {
-            tail[i..].chars().next().map_or(1, char::len_utf8)
-        };
-        let s = start + last_end + i;
-        out.push(make_tok(text, s, s + w));
-        i += w;
-    }
-}
-
-/// `push_chunk` for an ASCII chunk, byte by byte.
-fn push_ascii_chunk(text: &str, start: usize, end: usize, out: &mut Vec<Tok>) {
-    let b = &text.as_bytes()[start..end];
-    let Some(first) = b.iter().position(|c| !c.is_ascii_punctuation()) else {
-        out.push(make_tok(text, start, end));
-        return;
-    };
-    let last_end = b.iter().rposition(|c| !c.is_ascii_punctuation()).map_or(b.len(), |p| p + 1);
-    for i in 0..first {
-        out.push(make_tok(text, start + i, start + i + 1));
-    }
-    out.push(make_tok(text, start + first, start + last_end));
-    let mut i = last_end;
-    while i < b.len() {
-        let w = if b[i] == b'.' { b[i..].iter().take_while(|&&c| c == b'.').count() } else { 1 };
-        out.push(make_tok(text, start + i, start + i + w));
-        i += w;
-    }
+    SPANS.with(|spans| {
+        let mut spans = spans.borrow_mut();
+        spans.clear();
+        crate::spacy_en::tokenize(text, &mut spans);
+        out.extend(spans.iter().map(|&(a, b)| make_tok(text, a, b)));
+    });
 }
 
 #[inline]
@@ -316,28 +213,51 @@ pub(crate) fn py_strip(s: &str) -> &str {
 /// `\x0c`, `\x1c`, `\x1d`, `\x1e`, `\x85`, U+2028 and U+2029; no empty line
 /// after a final line break.
 pub(crate) fn splitlines(text: &str) -> impl Iterator<Item = &str> {
+    // Bytes that start a line break: the ASCII ones, and the lead bytes of
+    // U+0085 (C2 85) and U+2028 / U+2029 (E2 80 A8 / A9).
+    const fn breaks() -> [bool; 256] {
+        let mut t = [false; 256];
+        let mut i = 0;
+        let list = [b'\n', b'\r', 0x0b, 0x0c, 0x1c, 0x1d, 0x1e, 0xc2, 0xe2];
+        while i < list.len() {
+            t[list[i] as usize] = true;
+            i += 1;
+        }
+        t
+    }
+    const BREAK: [bool; 256] = breaks();
     let mut rest = text;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let found = rest.char_indices().find(|&(_, c)| {
-            matches!(
-                c,
-                '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
-            )
-        });
-        let Some((at, c)) = found else {
-            let line = rest;
-            rest = "";
-            return Some(line);
+        let b = rest.as_bytes();
+        let mut i = 0;
+        let (at, len) = loop {
+            match b[i..].iter().position(|&c| BREAK[c as usize]) {
+                None => {
+                    let line = rest;
+                    rest = "";
+                    return Some(line);
+                }
+                Some(p) => {
+                    let k = i + p;
+                    let len = match b[k] {
+                        0xc2 if b.get(k + 1) == Some(&0x85) => 2,
+                        0xe2 if b.get(k + 1) == Some(&0x80) && matches!(b.get(k + 2), Some(0xa8 | 0xa9)) => 3,
+                        0xc2 | 0xe2 => 0,
+                        b'\r' if b.get(k + 1) == Some(&b'\n') => 2,
+                        _ => 1,
+                    };
+                    if len > 0 {
+                        break (k, len);
+                    }
+                    i = k + 1;
+                }
+            }
         };
         let line = &rest[..at];
-        let mut next = at + c.len_utf8();
-        if c == '\r' && rest[next..].starts_with('\n') {
-            next += 1;
-        }
-        rest = &rest[next..];
+        rest = &rest[at + len..];
         Some(line)
     })
 }
@@ -1226,10 +1146,10 @@ mod tests {
     }
 
     #[test]
-    fn tokenizer_splits_punctuation_like_treebank() {
+    fn tokenizer_splits_like_spacy() {
         assert_eq!(toks("Hello, world!"), ["Hello", ",", "world", "!"]);
         assert_eq!(toks("(wait...) ok"), ["(", "wait", "...", ")", "ok"]);
-        assert_eq!(toks("-- ... U.S. don't"), ["--", "...", "U.S", ".", "don't"]);
+        assert_eq!(toks("-- ... U.S. don't"), ["--", "...", "U.S.", "do", "n't"]);
         assert_eq!(toks("«Grüße» 東京。"), ["«", "Grüße", "»", "東京", "。"]);
         assert!(toks(" \n\t ").is_empty());
     }
@@ -1273,5 +1193,22 @@ mod tests {
         assert!((r(60.0, 50.0, Bound::Min, Unit::Count).sub_score() - 0.4).abs() < 1e-9);
         assert_eq!(r(0.11, 0.12, Bound::Min, Unit::Ratio).sub_score(), 0.0);
         assert_eq!(r(1.0, 0.0, Bound::Max, Unit::Flag).sub_score(), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod py_tests {
+    #[test]
+    fn splitlines_is_pythons() {
+        fn lines(t: &str) -> Vec<&str> {
+            super::splitlines(t).collect()
+        }
+        assert_eq!(
+            lines("a\nb\r\nc\rd\u{0b}e\u{0c}f\u{1c}g\u{85}h\u{2028}i\u{2029}j"),
+            ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        );
+        assert_eq!(lines("a\n\nb\n"), ["a", "", "b"]);
+        assert_eq!(lines("é\u{2026}\u{00e2}x"), ["é\u{2026}\u{00e2}x"]);
+        assert_eq!(lines(""), Vec::<&str>::new());
     }
 }
