@@ -24,11 +24,12 @@ done
 OUT=target/datatrove
 VENV=$(realpath -m "${DATATROVE_VENV:-$OUT/venv}")
 mkdir -p "$OUT"
-if [ ! -x "$VENV/bin/datatrove-ready" ]; then
+# (datatrove's text utilities import `regex`, which only its extras install.)
+REQS=("datatrove==0.10.1" "spacy==3.8.*" "regex")
+if [ "$(cat "$VENV/datatrove-ready" 2>/dev/null)" != "${REQS[*]}" ]; then
     [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-    # (datatrove's text utilities import `regex`, which only its extras install.)
-    "$VENV/bin/pip" install -q "datatrove==0.10.1" "spacy==3.8.*" regex
-    printf '#!/bin/sh\n' >"$VENV/bin/datatrove-ready" && chmod +x "$VENV/bin/datatrove-ready"
+    "$VENV/bin/pip" install -q "${REQS[@]}"
+    echo "${REQS[*]}" >"$VENV/datatrove-ready"
 fi
 "$VENV/bin/python" scripts/datatrove_diff.py "$OUT/corpus.jsonl" --max-docs "$max_docs"
 cargo run -q -p merit-gate --example datatrove_diff -- "$OUT/corpus.jsonl" "${rest[@]}"
