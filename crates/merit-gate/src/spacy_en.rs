@@ -181,12 +181,22 @@ fn pair_hash(a: &str, b: &str) -> u64 {
 fn merge_specials(r: &Rules, text: &str, first: usize, out: &mut Vec<(usize, usize)>) {
     let toks = &out[first..];
     let mut found: Vec<(usize, usize)> = Vec::new();
+    // Whether token i is ASCII letters only: a pattern never starts with two
+    // such tokens (something split them: an affix or an infix, a token itself).
+    let mut plain_here = toks.first().is_some_and(|&(a, b)| plain_word(&text[a..b]));
     for i in 0..toks.len().saturating_sub(1) {
         let tok = &text[toks[i].0..toks[i].1];
-        if !r.merge_first[tok.as_bytes()[0] as usize] || (!r.merge_from_word && plain_word(tok)) {
+        let next = &text[toks[i + 1].0..toks[i + 1].1];
+        let plain_next = plain_word(next);
+        let (plain_tok, skip_word) = (plain_here, plain_here && !r.merge_from_word);
+        plain_here = plain_next;
+        if skip_word || (plain_tok && plain_next) || !r.merge_first[tok.as_bytes()[0] as usize] {
             continue;
         }
-        let next = &text[toks[i + 1].0..toks[i + 1].1];
+        let gap = &text[toks[i].1..toks[i + 1].0];
+        if !(gap.is_empty() || gap == " ") {
+            continue;
+        }
         let Some(patterns) = r.merges.get(&pair_hash(tok, next)) else { continue };
         'pattern: for p in patterns {
             if i + p.len() > toks.len() {
