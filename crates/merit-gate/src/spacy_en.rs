@@ -137,14 +137,20 @@ fn plain_word(chunk: &str) -> bool {
 pub(crate) fn tokenize(text: &str, out: &mut Vec<(usize, usize)>) {
     let r = rules();
     let first = out.len();
-    split_chunks(r, text, true, out);
-    merge_specials(r, text, first, out);
+    // The merge pass can only change chunks split the long way or into
+    // special-case pieces (its merges never cross whitespace: no special case
+    // but whitespace itself holds any); rows of plain words skip it.
+    if split_chunks(r, text, true, out) {
+        merge_specials(r, text, first, out);
+    }
 }
 
-/// The first pass: every whitespace-free chunk, split.
-fn split_chunks(r: &Rules, text: &str, specials: bool, out: &mut Vec<(usize, usize)>) {
+/// The first pass: every whitespace-free chunk, split. Returns whether the
+/// merge pass may change something.
+fn split_chunks(r: &Rules, text: &str, specials: bool, out: &mut Vec<(usize, usize)>) -> bool {
     let bytes = text.as_bytes();
     let mut start = None;
+    let mut may_merge = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -157,7 +163,7 @@ fn split_chunks(r: &Rules, text: &str, specials: bool, out: &mut Vec<(usize, usi
         };
         match (space, start) {
             (true, Some(s)) => {
-                chunk(r, text, s, i, specials, out);
+                may_merge |= chunk(r, text, s, i, specials, out);
                 start = None;
             }
             (false, None) => start = Some(i),
@@ -166,8 +172,9 @@ fn split_chunks(r: &Rules, text: &str, specials: bool, out: &mut Vec<(usize, usi
         i += len;
     }
     if let Some(s) = start {
-        chunk(r, text, s, text.len(), specials, out);
+        may_merge |= chunk(r, text, s, text.len(), specials, out);
     }
+    may_merge
 }
 
 fn pair_hash(a: &str, b: &str) -> u64 {
@@ -535,21 +542,23 @@ thread_local! {
 }
 
 /// `chunk` through the thread's cache (chunks of ASCII letters, special
-/// cases and long chunks go straight through).
-fn chunk(r: &Rules, text: &str, s: usize, e: usize, specials: bool, out: &mut Vec<(usize, usize)>) {
+/// cases and long chunks go straight through). Returns whether the merge
+/// pass may change the chunk's tokens.
+fn chunk(r: &Rules, text: &str, s: usize, e: usize, specials: bool, out: &mut Vec<(usize, usize)>) -> bool {
     let whole = &text[s..e];
-    if quick(r, whole, s, specials, out) {
-        return;
+    if let Some(may_merge) = quick(r, whole, s, specials, out) {
+        return may_merge;
     }
     if !specials || e - s > 64 {
-        return split_chunk(r, text, s, e, specials, out);
+        split_chunk(r, text, s, e, specials, out);
+        return true;
     }
     let hit = CACHE.with(|c| {
         let c = c.borrow();
         c.get(whole).map(|spans| out.extend(spans.iter().map(|&(a, b)| (s + a as usize, s + b as usize))))
     });
     if hit.is_some() {
-        return;
+        return true;
     }
     let first = out.len();
     split_chunk(r, text, s, e, specials, out);
@@ -561,37 +570,40 @@ fn chunk(r: &Rules, text: &str, s: usize, e: usize, specials: bool, out: &mut Ve
         }
         c.insert(whole.to_string(), spans);
     });
+    true
 }
 
 /// The commonest chunks, split as `split_chunk` would without its work: a
 /// special case; a word of ASCII letters; such a word and one closing mark
 /// (`,` `;` `:` `!` `?` `)` `"`, or `.` after a lowercase letter), which is a
-/// suffix. Returns whether `whole` (at `s`) was one of them.
+/// suffix. `None` when `whole` (at `s`) is none of them, else whether the
+/// merge pass may change its tokens (special-case pieces).
 #[inline]
-fn quick(r: &Rules, whole: &str, s: usize, specials: bool, out: &mut Vec<(usize, usize)>) -> bool {
+fn quick(r: &Rules, whole: &str, s: usize, specials: bool, out: &mut Vec<(usize, usize)>) -> Option<bool> {
     if let Some(pieces) = r.special(whole).filter(|_| specials) {
         push_special(pieces, s, out);
-        return true;
+        return Some(true);
     }
     if plain_word(whole) {
         out.push((s, s + whole.len()));
-        return true;
+        return Some(false);
     }
     let bytes = whole.as_bytes();
-    let [.., before, last] = bytes else { return false };
+    let [.., before, last] = bytes else { return None };
     let closing = matches!(last, b',' | b';' | b':' | b'!' | b'?' | b')' | b'"')
         || (*last == b'.' && before.is_ascii_lowercase());
     // (`last` is ASCII, so the word ends on a character boundary.)
     if !closing || !plain_word(&whole[..whole.len() - 1]) {
-        return false;
+        return None;
     }
     let word = &whole[..whole.len() - 1];
-    match r.special(word).filter(|_| specials) {
+    let special = r.special(word).filter(|_| specials);
+    match special {
         Some(pieces) => push_special(pieces, s, out),
         None => out.push((s, s + word.len())),
     }
     out.push((s + word.len(), s + whole.len()));
-    true
+    Some(special.is_some())
 }
 
 /// One whitespace-free chunk `text[s..e]` (`specials`: whether special
