@@ -42,8 +42,6 @@ struct Rules {
     /// Special cases that hold affixes, as the tokens they split into without
     /// special cases, by the hash of their first two tokens: spaCy's phrase matcher.
     merges: FastMap<u64, Vec<Vec<String>>>,
-    /// Whether a merge can start with a token of ASCII letters only.
-    merge_from_word: bool,
     /// The first bytes of the merges' first tokens.
     merge_first: [bool; 256],
     /// The longest special case, in bytes (longer strings are not looked up).
@@ -83,7 +81,6 @@ fn rules() -> &'static Rules {
             url: compile("url", data::URL),
             specials: data::SPECIALS.iter().copied().collect(),
             merges: FastMap::default(),
-            merge_from_word: false,
             merge_first: [false; 256],
             special_max: data::SPECIALS.iter().map(|(k, _)| k.len()).max().unwrap_or(0),
             shape_first: Vec::new(),
@@ -117,7 +114,6 @@ fn rules() -> &'static Rules {
             let pattern: Vec<String> = spans.iter().map(|&(a, b)| key[a..b].to_string()).collect();
             merges.entry(pair_hash(&pattern[0], &pattern[1])).or_default().push(pattern);
         }
-        rules.merge_from_word = merges.values().flatten().any(|p| plain_word(&p[0]));
         for p in merges.values().flatten() {
             rules.merge_first[p[0].as_bytes()[0] as usize] = true;
         }
@@ -195,9 +191,9 @@ fn merge_specials(r: &Rules, text: &str, first: usize, out: &mut Vec<(usize, usi
         let tok = &text[toks[i].0..toks[i].1];
         let next = &text[toks[i + 1].0..toks[i + 1].1];
         let plain_next = plain_word(next);
-        let (plain_tok, skip_word) = (plain_here, plain_here && !r.merge_from_word);
+        let plain_tok = plain_here;
         plain_here = plain_next;
-        if skip_word || (plain_tok && plain_next) || !r.merge_first[tok.as_bytes()[0] as usize] {
+        if (plain_tok && plain_next) || !r.merge_first[tok.as_bytes()[0] as usize] {
             continue;
         }
         let gap = &text[toks[i].1..toks[i + 1].0];

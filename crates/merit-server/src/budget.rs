@@ -117,19 +117,14 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     let (reserve, req) = match length {
         Some(n) => (n, req),
-        None if chunked => {
-            // No size up front: the body may be at most UNSIZED_BODY_MAX.
+        // No size up front (a chunked HTTP/1 body, or any HTTP/2 body without
+        // a length): the body may be at most UNSIZED_BODY_MAX.
+        None if chunked || req.version() == axum::http::Version::HTTP_2 => {
             let (parts, body) = req.into_parts();
             let body = axum::body::Body::new(http_body_util::Limited::new(body, UNSIZED_BODY_MAX as usize));
             (UNSIZED_BODY_MAX, Request::from_parts(parts, body))
         }
-        // HTTP/1 with neither header has no body; HTTP/2 may stream one
-        // without a length, so it gets the same bound.
-        None if req.version() == axum::http::Version::HTTP_2 => {
-            let (parts, body) = req.into_parts();
-            let body = axum::body::Body::new(http_body_util::Limited::new(body, UNSIZED_BODY_MAX as usize));
-            (UNSIZED_BODY_MAX, Request::from_parts(parts, body))
-        }
+        // HTTP/1 with neither header has no body.
         None => (0, req),
     };
     match state.memory.reserve(reserve.saturating_mul(BODY_FACTOR), "this request's body").await {
